@@ -1,0 +1,37 @@
+"""mlnpe: amortized Bayesian multilevel models (multilevel neural posterior estimation, ML-NPE).
+
+Train once on simulations of a two-level model; afterwards every dataset of that model is fitted in
+milliseconds. See `MultilevelNPE` for the entry point and `TwoLevelModel` for bringing your own simulator.
+"""
+
+__version__ = "0.1.0"
+
+from .data import GroupedBatch, GroupedData, collate  # noqa: E402
+from .draws import PosteriorDraws  # noqa: E402
+from .errors import ConfigError, DataError, LoadError, MlnpeError, RangeError, RangeWarning, SpecError  # noqa: E402
+from .estimator import MultilevelEstimator, NetworkConfig  # noqa: E402
+from .spec import ParamSpec, TwoLevelModel, simulate_batch  # noqa: E402
+from .train import TrainConfig, TrainHistory  # noqa: E402
+from .amortizer import MultilevelNPE  # noqa: E402
+
+__all__ = [
+    "GroupedBatch",
+    "GroupedData",
+    "collate",
+    "PosteriorDraws",
+    "MlnpeError",
+    "DataError",
+    "SpecError",
+    "ConfigError",
+    "RangeError",
+    "RangeWarning",
+    "LoadError",
+    "MultilevelEstimator",
+    "NetworkConfig",
+    "ParamSpec",
+    "TwoLevelModel",
+    "simulate_batch",
+    "TrainConfig",
+    "TrainHistory",
+    "MultilevelNPE",
+]

@@ -1,0 +1,317 @@
+"""`MultilevelNPE`: train once on simulations of a two-level model, then fit any dataset in milliseconds.
+
+Example:
+    >>> from mlnpe import MultilevelNPE, TrainConfig
+    >>> from mlnpe.models import NormalHierarchical
+    >>> npe = MultilevelNPE(NormalHierarchical(), groups=(5, 30), rows=(2, 50))
+    >>> history = npe.train(TrainConfig(steps=2000))          # doctest: +SKIP
+    >>> draws = npe.sample(data, n_draws=1000, seed=1)         # doctest: +SKIP
+    >>> draws.summary()                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .data import GroupedBatch, GroupedData, collate
+from .draws import PosteriorDraws
+from .errors import ConfigError, DataError, LoadError
+from .estimator import MultilevelEstimator, NetworkConfig
+from .models import model_from_config
+from .spec import ParamSpec, SimulatedBatch, TwoLevelModel, bijector_of, check_range, check_sizes, labels_of, simulate_batch
+from .train import TrainConfig, TrainHistory, train_estimator
+
+__all__ = ["MultilevelNPE", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_CONFIG_FILE, _WEIGHTS_FILE = "config.json", "weights.pt"
+
+
+class MultilevelNPE:
+    """Amortized posterior of a two-level model (ML-NPE).
+
+    Arguments:
+        model: the two-level model to learn (its simulator is needed for training only).
+        groups: (min, max) number of groups J drawn per simulated dataset.
+        rows: (min, max) rows N_j drawn per simulated group.
+        network: network sizes.
+        local_summary: optional custom local summary module (interface in mlnpe.nn).
+        global_summary: optional custom global summary module.
+        seed: seed of the network initialization and the pilot simulations.
+        pilot_size: number of pilot datasets used to standardize inputs and parameters.
+    """
+
+    def __init__(
+        self,
+        model: TwoLevelModel | None,
+        groups: tuple[int, int] = (5, 30),
+        rows: tuple[int, int] = (2, 50),
+        network: NetworkConfig | dict[str, Any] | None = None,
+        local_summary: nn.Module | None = None,
+        global_summary: nn.Module | None = None,
+        seed: int = 0,
+        pilot_size: int = 1024,
+        *,
+        _specs: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        if model is None and _specs is None:
+            raise ConfigError("`model` is required: pass a TwoLevelModel instance.")
+        if model is not None and not isinstance(model, TwoLevelModel):
+            raise ConfigError(f"`model` must be a TwoLevelModel, got {type(model).__name__}.")
+        specs = _specs or _specs_of(model)
+        self.global_params = tuple(ParamSpec.from_dict(p) for p in specs["global_params"])
+        self.local_params = tuple(ParamSpec.from_dict(p) for p in specs["local_params"])
+        if not self.global_params or not self.local_params:
+            raise ConfigError("the model must declare at least one global and one local parameter.")
+        self.y_dim, self.x_dim = int(specs["y_dim"]), int(specs["x_dim"])
+        self.groups = check_sizes("groups", groups)
+        self.rows = check_sizes("rows", rows)
+        self.network = network if isinstance(network, NetworkConfig) else NetworkConfig.from_dict(network or {})
+        self.seed = int(seed)
+        with torch.random.fork_rng():  # seeded initialization without touching the global RNG
+            torch.manual_seed(self.seed)
+            self.estimator = MultilevelEstimator(
+                bijector_of(self.global_params),
+                bijector_of(self.local_params),
+                self.y_dim + self.x_dim,
+                self.network,
+                local_summary,
+                global_summary,
+            )
+        self.custom_summaries = (local_summary is not None, global_summary is not None)
+        self.history = TrainHistory()
+        self.trained = False
+        if model is not None and _specs is None:
+            pilot = simulate_batch(model, pilot_size, self.groups, self.rows, torch.Generator().manual_seed(self.seed + 1))
+            self.estimator.set_standardization(pilot.global_params, pilot.local_params, pilot.batch)
+
+    # ---- names ----------------------------------------------------------------------------------------------
+    @property
+    def global_names(self) -> list[str]:
+        return labels_of(self.global_params)
+
+    @property
+    def local_names(self) -> list[str]:
+        return labels_of(self.local_params)
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def simulate(self, n: int, generator: torch.Generator) -> SimulatedBatch:
+        """n datasets from the model over the trained ranges of J and N_j."""
+        if self.model is None:
+            raise ConfigError("this estimator was loaded without its model; pass `model=` to `load` to simulate.")
+        return simulate_batch(self.model, n, self.groups, self.rows, generator)
+
+    def train(self, config: TrainConfig | None = None, **overrides: Any) -> TrainHistory:
+        """Trains (or continues training) the networks on simulations.
+
+        Arguments:
+            config: training settings; keyword overrides replace single fields (e.g. `steps=500`).
+        Returns:
+            the training history (also kept in `self.history`).
+        """
+        config = config or TrainConfig()
+        if overrides:
+            config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+        generator = torch.Generator().manual_seed(config.seed + 12345 * (1 + len(self.history.step)))
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            self.history = train_estimator(self.estimator, self.simulate, config, generator, self.history)
+        self.trained = True
+        self.train_config = config
+        return self.history
+
+    # ---- inference ------------------------------------------------------------------------------------------
+    def _batch(self, data: Any, allow_extrapolation: bool) -> tuple[GroupedBatch, list[tuple[str, ...]]]:
+        datasets = [data] if isinstance(data, GroupedData) else list(data) if isinstance(data, (list, tuple)) else None
+        if not datasets or not all(isinstance(d, GroupedData) for d in datasets):
+            raise DataError(
+                f"`data` must be a GroupedData or a list of them, got {type(data).__name__}. Build one with "
+                "GroupedData.from_dataframe(df, response=..., group=...) or GroupedData.from_arrays(y, group)."
+            )
+        for i, d in enumerate(datasets):
+            if d.y_dim != self.y_dim or d.x_dim != self.x_dim:
+                raise DataError(
+                    f"`data`[{i}] has {d.y_dim} response and {d.x_dim} covariate columns; the model expects "
+                    f"{self.y_dim} and {self.x_dim}."
+                )
+            check_range("groups", [d.n_groups], self.groups, allow=allow_extrapolation)
+            check_range("rows per group", d.n_rows.tolist(), self.rows, allow=allow_extrapolation)
+        if not self.trained:
+            import warnings
+
+            warnings.warn("this estimator has not been trained yet; its draws are meaningless.", stacklevel=3)
+        return collate(datasets), [d.levels for d in datasets]
+
+    def sample(
+        self,
+        data: GroupedData | Sequence[GroupedData],
+        n_draws: int = 1000,
+        seed: int | None = None,
+        allow_extrapolation: bool = False,
+    ) -> PosteriorDraws | list[PosteriorDraws]:
+        """Joint posterior draws for one dataset (PosteriorDraws) or several (a list), ancestral (eq. 14).
+
+        Arguments:
+            data: observed dataset(s).
+            n_draws: number of joint draws.
+            seed: seed of the draws (None: fresh randomness).
+            allow_extrapolation: accept datasets far outside the trained J and N_j ranges.
+        """
+        if int(n_draws) < 1:
+            raise ConfigError(f"`n_draws` must be a positive integer, got {n_draws!r}.")
+        batch, levels = self._batch(data, allow_extrapolation)
+        generator = torch.Generator()
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+        self.estimator.eval()
+        g, l, lp_g, lp_l = self.estimator.sample(int(n_draws), batch, generator, return_log_prob=True)
+        log_q = (lp_g + lp_l.sum(-1)).numpy()
+        out = [
+            PosteriorDraws(
+                g[:, i].numpy().astype(np.float64),
+                l[:, i, : len(lev)].numpy().astype(np.float64),
+                tuple(self.global_names),
+                tuple(self.local_names),
+                lev,
+                log_q[:, i].astype(np.float64),
+            )
+            for i, lev in enumerate(levels)
+        ]
+        return out[0] if isinstance(data, GroupedData) else out
+
+    def sample_batch(
+        self, batch: GroupedBatch, n_draws: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws for a padded batch (no checks; for simulation studies such as SBC).
+
+        Returns:
+            global draws (n_draws, B, G) and local draws (n_draws, B, J, L); padded groups hold junk.
+        """
+        self.estimator.eval()
+        return self.estimator.sample(int(n_draws), batch, generator)
+
+    @torch.no_grad()
+    def log_prob(self, draws: PosteriorDraws, data: GroupedData, allow_extrapolation: bool = False) -> np.ndarray:
+        """Exact log density log q(tau, omega | x) + sum_j log q(lambda_j | tau, omega, x_j) of given draws: (draws,)."""
+        batch, _ = self._batch(data, allow_extrapolation)
+        g = torch.as_tensor(draws.global_draws, dtype=torch.float32)[:, None]
+        l = torch.as_tensor(draws.local_draws, dtype=torch.float32)[:, None]
+        if l.shape[2] != batch.group_mask.shape[1]:
+            raise DataError(f"`draws` has {l.shape[2]} groups but `data` has {batch.group_mask.shape[1]}.")
+        lp_g, lp_l = self.estimator.log_prob(g, l, batch)
+        return (lp_g + lp_l.sum(-1))[:, 0].double().numpy()
+
+    # ---- save / load ----------------------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        """Everything but the weights, as JSON-ready data."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "mlnpe_version": __version__,
+            "torch_version": torch.__version__,
+            "model": None if self.model is None else self.model.to_config(),
+            "specs": {
+                "global_params": [p.to_dict() for p in self.global_params],
+                "local_params": [p.to_dict() for p in self.local_params],
+                "y_dim": self.y_dim,
+                "x_dim": self.x_dim,
+            },
+            "groups": list(self.groups),
+            "rows": list(self.rows),
+            "network": self.network.to_dict(),
+            "custom_summaries": list(self.custom_summaries),
+            "seed": self.seed,
+            "trained": self.trained,
+            "history": self.history.to_dict(),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Saves to a directory: config.json and weights.pt (tensors only, loadable with weights_only=True)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / _CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=1))
+        torch.save(self.estimator.state_dict(), path / _WEIGHTS_FILE)
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        model: TwoLevelModel | None = None,
+        local_summary: nn.Module | None = None,
+        global_summary: nn.Module | None = None,
+    ) -> "MultilevelNPE":
+        """Loads a saved estimator; no pickle is involved.
+
+        Arguments:
+            path: the directory written by `save`.
+            model: the model, needed to continue training (registered built-in models are rebuilt from JSON).
+            local_summary, global_summary: custom summary modules, if the estimator was built with them.
+        Raises:
+            LoadError: missing or corrupt files, or a configuration that does not match the weights.
+        """
+        path = Path(path)
+        try:
+            config = json.loads((path / _CONFIG_FILE).read_text())
+        except FileNotFoundError:
+            raise LoadError(f"no {_CONFIG_FILE} in {str(path)!r}; pass the directory written by `save`.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LoadError(f"{str(path / _CONFIG_FILE)!r} is not valid JSON ({e}); the save is corrupt.") from None
+        if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+            got = config.get("format_version") if isinstance(config, dict) else None
+            raise LoadError(
+                f"{str(path)!r} has format_version {got!r}; this mlnpe reads version {FORMAT_VERSION}. Re-save it "
+                "with a matching mlnpe version."
+            )
+        needs = config.get("custom_summaries", [False, False])
+        if (needs[0] and local_summary is None) or (needs[1] and global_summary is None):
+            raise LoadError(
+                "this estimator was saved with custom summary networks: pass freshly built modules of the same "
+                "architecture as `local_summary=` / `global_summary=`."
+            )
+        model = model or model_from_config(config.get("model") or {})
+        try:
+            npe = cls(
+                model,
+                tuple(config["groups"]),
+                tuple(config["rows"]),
+                NetworkConfig.from_dict(config["network"]),
+                local_summary,
+                global_summary,
+                int(config.get("seed", 0)),
+                _specs=config["specs"],
+            )
+        except (KeyError, TypeError) as e:
+            raise LoadError(f"{str(path / _CONFIG_FILE)!r} lacks or mangles an entry ({e}); the save is corrupt.") from None
+        try:
+            state = torch.load(path / _WEIGHTS_FILE, weights_only=True, map_location="cpu")
+        except FileNotFoundError:
+            raise LoadError(f"no {_WEIGHTS_FILE} in {str(path)!r}; the save is incomplete.") from None
+        except Exception as e:  # torch raises several types for corrupt archives
+            raise LoadError(f"{str(path / _WEIGHTS_FILE)!r} cannot be read as tensors ({type(e).__name__}: {e}).") from None
+        try:
+            npe.estimator.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise LoadError(
+                f"the weights in {str(path)!r} do not match its configuration: {str(e).splitlines()[0]}"
+            ) from None
+        npe.trained = bool(config.get("trained", True))
+        npe.history = TrainHistory(**config.get("history", {}))
+        npe.estimator.eval()
+        return npe
+
+
+def _specs_of(model: TwoLevelModel) -> dict[str, Any]:
+    return {
+        "global_params": [p.to_dict() for p in model.global_params],
+        "local_params": [p.to_dict() for p in model.local_params],
+        "y_dim": model.y_dim,
+        "x_dim": model.x_dim,
+    }

@@ -1,0 +1,256 @@
+"""Mask-aware summary networks and conditional flows.
+
+Summary-network interface (any ``nn.Module`` that follows it plugs in):
+
+- ``forward(x: (sets, items, features), mask: (sets, items)) -> (sets, out_features)``, where every set has at
+  least one real item, and the module has an integer attribute ``out_features``.
+
+The local summary sees one set per real group (its rows); the global summary sees one set per dataset (its
+groups' local summaries). Outputs must not depend on padded items, and for exchangeable data not on their
+order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import zuko
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+__all__ = [
+    "MLP",
+    "DeepSet",
+    "SetTransformer",
+    "RecurrentSummary",
+    "ConditionalFlow",
+    "build_summary",
+]
+
+
+class MLP(nn.Sequential):
+    """Linear layers with SiLU activations between them."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int):
+        sizes = [in_features, *hidden, out_features]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.SiLU())
+        super().__init__(*layers)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """(sets, items, d), (sets, items) -> (sets, d): mean over real items only."""
+    weights = mask.to(values.dtype)[..., None]
+    return (values * weights).sum(-2) / weights.sum(-2).clamp_min(1.0)
+
+
+class DeepSet(nn.Module):
+    """Masked deep set: rho(mean_i phi(x_i)), plus the set's raw first two moments and log size.
+
+    Rows are processed packed (only real items go through phi), so padding costs no compute. The raw moments
+    mean(x) and mean(x^2) and log(n) are appended to the output: for exponential-family data they are the
+    sufficient statistics, which the networks then need not learn to compute.
+
+    Arguments:
+        in_features: item dimension d.
+        summary_dim: dimension of the learned part of the output.
+        hidden: width of phi and rho.
+        depth: number of hidden layers of phi and rho.
+        moments: append raw moments and log size to the output.
+        item_hidden: width of phi, which runs once per item (default: hidden).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        summary_dim: int = 16,
+        hidden: int = 64,
+        depth: int = 2,
+        moments: bool = True,
+        item_hidden: int | None = None,
+    ):
+        super().__init__()
+        self.moments = moments
+        # phi runs once per item (row), rho once per set: a narrow phi keeps the per-row cost low.
+        item_hidden = item_hidden or hidden
+        self.phi = MLP(in_features, [item_hidden] * depth, item_hidden)
+        extra = 2 * in_features + 1 if moments else 1
+        self.rho = MLP(item_hidden + extra, [hidden] * depth, summary_dim)
+        self.out_features = summary_dim + extra
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
+        sets, items, d = x.shape
+        counts = mask.sum(-1, keepdim=True).to(x.dtype).clamp_min(1.0)
+        flat_mask = mask.reshape(-1)
+        rows = x.reshape(-1, d)[flat_mask]
+        owner = torch.arange(sets, device=x.device).repeat_interleave(items)[flat_mask]
+        pooled = x.new_zeros(sets, self.phi[-1].out_features).index_add_(0, owner, self.phi(rows)) / counts
+        features = [torch.log(counts)]
+        if self.moments:
+            raw = x.new_zeros(sets, 2 * d).index_add_(0, owner, torch.cat([rows, rows * rows], -1)) / counts
+            features.insert(0, raw)
+        extra = torch.cat(features, -1)
+        return torch.cat([self.rho(torch.cat([pooled, extra], -1)), extra], -1)
+
+
+class _MAB(nn.Module):
+    """Multihead attention block: H = LN(Q + attn(Q, K)); out = LN(H + FF(H))."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ff = MLP(dim, [dim], dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, q: Tensor, k: Tensor, key_mask: Tensor | None) -> Tensor:
+        padding = None if key_mask is None else ~key_mask
+        h = self.norm1(q + self.attn(q, k, k, key_padding_mask=padding, need_weights=False)[0])
+        return self.norm2(h + self.ff(h))
+
+
+class _ISAB(nn.Module):
+    """Induced set attention block: inducing points attend to the real items, items attend back."""
+
+    def __init__(self, dim: int, heads: int, inducing: int):
+        super().__init__()
+        self.points = nn.Parameter(torch.randn(1, inducing, dim) / dim**0.5)
+        self.mab1, self.mab2 = _MAB(dim, heads), _MAB(dim, heads)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        h = self.mab1(self.points.expand(x.shape[0], -1, -1), x, mask)
+        return self.mab2(x, h, None)
+
+
+class SetTransformer(nn.Module):
+    """Set transformer (Lee et al. 2019) with masked attention: embedding, ISAB blocks, PMA pooling.
+
+    Padded items never act as keys; since pooling by multihead attention (PMA) attends only to real items,
+    the output is invariant to padding and to the order of items. log(n) is appended to the output.
+
+    Arguments:
+        in_features: item dimension d.
+        summary_dim: output dimension (before log n).
+        dim: attention width.
+        heads: attention heads.
+        blocks: number of ISAB blocks.
+        inducing: inducing points per ISAB.
+        seeds: PMA seed vectors.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        summary_dim: int = 16,
+        dim: int = 64,
+        heads: int = 4,
+        blocks: int = 2,
+        inducing: int = 16,
+        seeds: int = 1,
+    ):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"SetTransformer `dim` ({dim}) must be divisible by `heads` ({heads}).")
+        self.embed = MLP(in_features, [dim], dim)
+        self.blocks = nn.ModuleList(_ISAB(dim, heads, inducing) for _ in range(blocks))
+        self.seeds = nn.Parameter(torch.randn(1, seeds, dim) / dim**0.5)
+        self.pool = _MAB(dim, heads)
+        self.head = MLP(seeds * dim + 1, [dim], summary_dim)
+        self.out_features = summary_dim + 1
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h, mask)
+        pooled = self.pool(self.seeds.expand(x.shape[0], -1, -1), h, mask).flatten(1)
+        log_n = torch.log(mask.sum(-1, keepdim=True).to(x.dtype).clamp_min(1.0))
+        return torch.cat([self.head(torch.cat([pooled, log_n], -1)), log_n], -1)
+
+
+class RecurrentSummary(nn.Module):
+    """LSTM or GRU over ordered rows of varying length; the last real step's state summarizes the set.
+
+    Real rows must come first in each set (as `collate` and the simulators lay them out).
+
+    Arguments:
+        in_features: row dimension d.
+        summary_dim: output dimension (before log n).
+        hidden: recurrent state size.
+        cell: "lstm" or "gru".
+    """
+
+    def __init__(self, in_features: int, summary_dim: int = 16, hidden: int = 64, cell: str = "lstm"):
+        super().__init__()
+        cells = {"lstm": nn.LSTM, "gru": nn.GRU}
+        if cell not in cells:
+            raise ConfigError(f"RecurrentSummary `cell` must be 'lstm' or 'gru', got {cell!r}.")
+        self.rnn = cells[cell](in_features, hidden, batch_first=True)
+        self.head = MLP(hidden + 1, [hidden], summary_dim)
+        self.out_features = summary_dim + 1
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x: (sets, steps, d), mask: (sets, steps) -> (sets, out_features)."""
+        lengths = mask.sum(-1).clamp_min(1)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, state = self.rnn(packed)
+        last = (state[0] if isinstance(state, tuple) else state)[-1]
+        log_n = torch.log(lengths.to(x.dtype))[:, None]
+        return torch.cat([self.head(torch.cat([last, log_n], -1)), log_n], -1)
+
+
+def build_summary(
+    kind: str, in_features: int, summary_dim: int, hidden: int, depth: int, item_hidden: int | None = None
+) -> nn.Module:
+    """A summary network by name: "deepset", "set_transformer", "lstm" or "gru"."""
+    if kind == "deepset":
+        return DeepSet(in_features, summary_dim, hidden, depth, item_hidden=item_hidden)
+    if kind == "set_transformer":
+        return SetTransformer(in_features, summary_dim, hidden, blocks=depth)
+    if kind in ("lstm", "gru"):
+        return RecurrentSummary(in_features, summary_dim, hidden, kind)
+    raise ConfigError(
+        f"unknown summary network {kind!r}; choose 'deepset', 'set_transformer', 'lstm' or 'gru', or pass a "
+        "module that follows the interface in mlnpe.nn."
+    )
+
+
+class ConditionalFlow(nn.Module):
+    """Conditional neural spline flow (zuko NSF) on a standardized unconstrained vector.
+
+    theta_u (features) is standardized with fixed buffers `loc`, `scale` (set from prior simulations by
+    `set_standardization`) before it enters the flow, and log densities include that affine Jacobian.
+
+    Arguments:
+        features: dimension of theta_u.
+        context: dimension of the condition.
+        transforms: number of spline transforms.
+        hidden: hidden layer widths of each transform's conditioner.
+        bins: spline bins.
+    """
+
+    def __init__(self, features: int, context: int, transforms: int = 4, hidden: Sequence[int] = (64, 64), bins: int = 8):
+        super().__init__()
+        self.features = features
+        self.flow = zuko.flows.NSF(features, context, transforms=transforms, hidden_features=list(hidden), bins=bins)
+        self.register_buffer("loc", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+
+    def set_standardization(self, loc: Tensor, scale: Tensor) -> None:
+        self.loc.copy_(loc)
+        self.scale.copy_(scale.clamp_min(1e-6))
+
+    def log_prob(self, theta_u: Tensor, context: Tensor) -> Tensor:
+        """theta_u: (..., features), context: (..., context) -> (...)."""
+        z = (theta_u - self.loc) / self.scale
+        return self.flow(context).log_prob(z) - torch.log(self.scale).sum()
+
+    def sample(self, context: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One draw per context row: context (..., context) -> (..., features)."""
+        noise = torch.randn(*context.shape[:-1], self.features, generator=generator, dtype=context.dtype)
+        return self.flow(context).transform.inv(noise) * self.scale + self.loc

@@ -1,0 +1,274 @@
+"""The training loop: online simulation (fresh data every step) or a fixed simulation budget.
+
+Adam with linear warm-up and cosine decay, gradient-norm clipping, a progress bar with the loss, training
+curves kept in a :class:`TrainHistory`, reproducible from a seed (no global seeding).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+import torch
+
+from .errors import ConfigError
+from .estimator import MultilevelEstimator
+from .spec import SimulatedBatch
+
+__all__ = ["TrainConfig", "TrainHistory", "train_estimator"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings.
+
+    Attributes:
+        mode: "online" (fresh simulations every step) or "offline" (a fixed budget of `n_simulations`
+            datasets, a validation split and early stopping).
+        steps: optimizer steps (online) or the cap on steps (offline; epochs = steps / batches per epoch).
+        batch_size: datasets per step.
+        learning_rate: peak learning rate of Adam.
+        warmup_fraction: fraction of steps with a linear warm-up.
+        min_lr_fraction: final learning rate as a fraction of the peak (cosine decay).
+        clip_norm: gradient-norm clipping threshold.
+        n_simulations: offline budget of datasets.
+        validation_fraction: offline validation split.
+        patience: offline early stopping after this many epochs without improvement.
+        time_limit: optional wall-clock limit in seconds (the schedule is then set by elapsed time).
+        seed: seed of the simulations and of the network initialization.
+        num_threads: torch threads during training (None leaves torch's setting alone).
+        progress: show a progress bar.
+    """
+
+    mode: str = "online"
+    steps: int = 3000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_fraction: float = 0.02
+    min_lr_fraction: float = 0.01
+    clip_norm: float = 5.0
+    n_simulations: int = 20000
+    validation_fraction: float = 0.1
+    patience: int = 10
+    time_limit: float | None = None
+    seed: int = 0
+    num_threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("online", "offline"):
+            raise ConfigError(f"TrainConfig `mode` must be 'online' or 'offline', got {self.mode!r}.")
+        for name in ("steps", "batch_size", "n_simulations", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"TrainConfig `{name}` must be a positive integer, got {getattr(self, name)!r}.")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"TrainConfig `learning_rate` must be in (0, 1), got {self.learning_rate!r}.")
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(
+                f"TrainConfig `validation_fraction` must be in (0, 1), got {self.validation_fraction!r}."
+            )
+        if self.mode == "offline" and self.n_simulations * self.validation_fraction < 1:
+            raise ConfigError("TrainConfig: `n_simulations * validation_fraction` leaves no validation datasets.")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ConfigError(f"TrainConfig `time_limit` must be positive seconds or None, got {self.time_limit!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"TrainConfig got unknown keys {unknown}; known keys: {sorted(known)}.")
+        return cls(**d)
+
+
+@dataclass
+class TrainHistory:
+    """Training curves: per logged step the mean training loss, the learning rate and elapsed seconds;
+    per epoch (offline) the validation loss."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    datasets_seen: int = 0
+    train_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def datasets_per_second(self) -> float:
+        return self.datasets_seen / max(self.train_seconds, 1e-9)
+
+
+class _Progress:
+    """A minimal progress bar on stderr (no extra dependency); silent when disabled."""
+
+    def __init__(self, schedule: "_Schedule", enabled: bool):
+        self.schedule, self.enabled, self.last = schedule, enabled, 0.0
+
+    def update(self, step: int, loss: float, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.5 and not force):
+            return
+        self.last = now
+        done = min(int(30 * self.schedule.progress(step)), 30)
+        elapsed = now - self.schedule.start
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] step {step} {elapsed:6.0f}s loss {loss:8.3f}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _lr_factor(progress: float, config: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to min_lr_fraction; progress in [0, 1]."""
+    if progress < config.warmup_fraction:
+        return max(progress / config.warmup_fraction, 1e-3)
+    p = (progress - config.warmup_fraction) / max(1 - config.warmup_fraction, 1e-9)
+    return config.min_lr_fraction + (1 - config.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def train_estimator(
+    estimator: MultilevelEstimator,
+    simulate: Callable[[int, torch.Generator], SimulatedBatch],
+    config: TrainConfig,
+    generator: torch.Generator,
+    history: TrainHistory | None = None,
+) -> TrainHistory:
+    """Trains the estimator in place.
+
+    Arguments:
+        estimator: the networks (standardization already set).
+        simulate: (n, generator) -> SimulatedBatch of n datasets.
+        config: training settings.
+        generator: randomness of the simulations.
+        history: an earlier history to extend (resumed training).
+    """
+    history = history or TrainHistory()
+    old_threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        if config.mode == "online":
+            _train_online(estimator, simulate, config, generator, history)
+        else:
+            _train_offline(estimator, simulate, config, generator, history)
+    finally:
+        torch.set_num_threads(old_threads)
+    estimator.eval()
+    return history
+
+
+def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig) -> float:
+    loss = estimator.loss(sims.global_params, sims.local_params, sims.batch).mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            "the training loss became non-finite; lower `learning_rate` or check the simulator's output scale."
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(estimator.parameters(), config.clip_norm)
+    optimizer.step()
+    return float(loss.detach())
+
+
+class _Schedule:
+    """Progress by steps or, with a time limit, by elapsed wall-clock time."""
+
+    def __init__(self, config: TrainConfig, total_steps: int):
+        self.config, self.total, self.start = config, total_steps, time.perf_counter()
+
+    def progress(self, step: int) -> float:
+        by_steps = step / self.total
+        if self.config.time_limit is None:
+            return by_steps
+        return max(by_steps, (time.perf_counter() - self.start) / self.config.time_limit)
+
+    def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        lr = self.config.learning_rate * _lr_factor(self.progress(step), self.config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+
+def _log(history: TrainHistory, step: int, losses: list[float], lr: float, start: float, seen: int) -> None:
+    history.step.append(step)
+    history.loss.append(sum(losses) / len(losses))
+    history.lr.append(lr)
+    history.seconds.append(history.train_seconds + time.perf_counter() - start)
+    del losses[:]
+
+
+def _train_online(estimator, simulate, config, generator, history) -> None:
+    estimator.train()
+    optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
+    schedule = _Schedule(config, config.steps)
+    bar = _Progress(schedule, config.progress)
+    start, losses, seen = time.perf_counter(), [], 0
+    log_every = max(min(config.steps // 200, 25), 1)
+    step = 0
+    while step < config.steps and schedule.progress(step) < 1.0:
+        lr = schedule.set_lr(optimizer, step)
+        losses.append(_step(estimator, optimizer, simulate(config.batch_size, generator), config))
+        seen += config.batch_size
+        step += 1
+        if step % log_every == 0:
+            bar.update(step, losses[-1])
+            _log(history, step, losses, lr, start, seen)
+    bar.close()
+    history.datasets_seen += seen
+    history.train_seconds += time.perf_counter() - start
+
+
+@torch.no_grad()
+def _validation_loss(estimator, batches: list[SimulatedBatch]) -> float:
+    estimator.eval()
+    total = sum(float(estimator.loss(s.global_params, s.local_params, s.batch).sum()) for s in batches)
+    estimator.train()
+    return total / sum(s.global_params.shape[0] for s in batches)
+
+
+def _train_offline(estimator, simulate, config, generator, history) -> None:
+    # Store the budget as chunks of batch_size datasets, each padded only to its own maximum sizes.
+    n_chunks = max(config.n_simulations // config.batch_size, 2)
+    n_val = max(int(round(n_chunks * config.validation_fraction)), 1)
+    chunks = [simulate(config.batch_size, generator) for _ in range(n_chunks)]
+    train_chunks, val_chunks = chunks[n_val:], chunks[:n_val]
+    estimator.train()
+    optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
+    schedule = _Schedule(config, config.steps)
+    bar = _Progress(schedule, config.progress)
+    start, losses, seen, step = time.perf_counter(), [], 0, 0
+    best, best_state, stale = math.inf, None, 0
+    while step < config.steps and schedule.progress(step) < 1.0 and stale < config.patience:
+        order = torch.randperm(len(train_chunks), generator=generator).tolist()
+        for i in order:
+            lr = schedule.set_lr(optimizer, step)
+            losses.append(_step(estimator, optimizer, train_chunks[i], config))
+            seen += config.batch_size
+            step += 1
+            if step >= config.steps or schedule.progress(step) >= 1.0:
+                break
+        bar.update(step, losses[-1], force=True)
+        _log(history, step, losses, lr, start, seen)
+        val = _validation_loss(estimator, val_chunks)
+        history.val_loss.append(val)
+        if val < best - 1e-4:
+            best, best_state, stale = val, copy.deepcopy(estimator.state_dict()), 0
+        else:
+            stale += 1
+    bar.close()
+    if best_state is not None:
+        estimator.load_state_dict(best_state)
+    history.datasets_seen += seen
+    history.train_seconds += time.perf_counter() - start

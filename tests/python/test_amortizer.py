@@ -1,0 +1,138 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mlnpe import GroupedData, MultilevelNPE, NetworkConfig, TrainConfig
+from mlnpe.errors import ConfigError, DataError, LoadError, RangeError, RangeWarning
+from mlnpe.models import NormalHierarchical
+
+SMALL = NetworkConfig(summary_hidden=16, row_hidden=8, local_summary_dim=4, global_summary_dim=8,
+                      global_transforms=2, global_hidden=(16,), local_transforms=1, local_hidden=(16,))
+QUICK = TrainConfig(steps=15, batch_size=16, progress=False, seed=4)
+
+
+def _npe(**kw):
+    return MultilevelNPE(NormalHierarchical(), groups=(3, 8), rows=(2, 10), network=SMALL, pilot_size=64, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    npe = _npe()
+    npe.train(QUICK)
+    return npe
+
+
+def _data(j=5, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return GroupedData.from_groups([rng.normal(size=n) for _ in range(j)], levels=[f"s{i}" for i in range(j)])
+
+
+def test_training_is_reproducible_from_seed(trained):
+    other = _npe()
+    other.train(QUICK)
+    assert other.history.loss == trained.history.loss
+    a = trained.sample(_data(), 50, seed=1)
+    b = other.sample(_data(), 50, seed=1)
+    assert np.array_equal(a.global_draws, b.global_draws)
+    assert trained.history.datasets_seen == 15 * 16 and trained.history.train_seconds > 0
+
+
+def test_training_does_not_touch_global_rng():
+    state = torch.random.get_rng_state()
+    _npe().train(QUICK)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_structured_draws_and_names(trained):
+    d = trained.sample(_data(), 100, seed=2)
+    assert d.global_draws.shape == (100, 2) and d.local_draws.shape == (100, 5, 1)
+    assert d.names[:4] == ["mu", "tau", "alpha[s0]", "alpha[s1]"]
+    df = d.to_dataframe()
+    assert list(df.columns) == d.names and len(df) == 100
+    assert d["alpha"].shape == (100, 5) and d["tau"].min() > 0
+    s = d.summary()
+    assert list(s.columns) == ["mean", "sd", "q2.5", "q50", "q97.5"]
+    assert set(d.to_dict()) == set(d.names)
+    many = trained.sample([_data(), _data(j=3, seed=1)], 10, seed=3)
+    assert [m.local_draws.shape[1] for m in many] == [5, 3]
+
+
+def test_log_prob_matches_sampling_density(trained):
+    data = _data()
+    d = trained.sample(data, 20, seed=5)
+    assert np.allclose(trained.log_prob(d, data), d.log_q, atol=1e-3)
+
+
+def test_save_load_round_trip_gives_identical_densities(trained, tmp_path):
+    trained.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["format_version"] == 1 and config["specs"]["global_params"][1]["name"] == "tau"
+    loaded = MultilevelNPE.load(tmp_path / "m")
+    data = _data()
+    d = trained.sample(data, 30, seed=6)
+    assert np.allclose(loaded.log_prob(d, data), trained.log_prob(d, data), atol=1e-6)
+    assert np.array_equal(loaded.sample(data, 30, seed=6).global_draws, d.global_draws)
+    assert loaded.history.loss == trained.history.loss
+    loaded.train(QUICK)  # the built-in model is rebuilt from JSON, so training can continue
+
+
+def test_load_errors(trained, tmp_path):
+    with pytest.raises(LoadError, match="no config.json"):
+        MultilevelNPE.load(tmp_path / "missing")
+    path = trained.save(tmp_path / "m")
+    (path / "weights.pt").write_bytes(b"not a torch file")
+    with pytest.raises(LoadError, match="cannot be read as tensors"):
+        MultilevelNPE.load(path)
+    (path / "config.json").write_text("{oops")
+    with pytest.raises(LoadError, match="not valid JSON"):
+        MultilevelNPE.load(path)
+    # Weights of a different architecture do not match the configuration.
+    path2 = trained.save(tmp_path / "m2")
+    cfg = json.loads((path2 / "config.json").read_text())
+    cfg["network"]["summary_hidden"] = 32
+    (path2 / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LoadError, match="do not match its configuration"):
+        MultilevelNPE.load(path2)
+    cfg["format_version"] = 99
+    (path2 / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LoadError, match="format_version 99"):
+        MultilevelNPE.load(path2)
+
+
+def test_range_checks(trained):
+    with pytest.warns(RangeWarning, match=r"groups in \[10, 10\] but the estimator was trained on \[3, 8\]"):
+        trained.sample(_data(j=10), 5, seed=0)
+    with pytest.raises(RangeError, match="allow_extrapolation=True"):
+        trained.sample(_data(j=40), 5, seed=0)
+    with pytest.raises(RangeError, match="rows per group"):
+        trained.sample(_data(n=100), 5, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RangeWarning)
+        trained.sample(_data(j=40), 5, seed=0, allow_extrapolation=True)
+
+
+def test_bad_inputs(trained):
+    with pytest.raises(DataError, match="must be a GroupedData"):
+        trained.sample(np.zeros(5), 5)
+    two_col = GroupedData.from_groups([np.zeros((4, 2))] * 3)
+    with pytest.raises(DataError, match="2 response and 0 covariate columns; the model expects 1 and 0"):
+        trained.sample(two_col, 5)
+    with pytest.raises(ConfigError, match="n_draws"):
+        trained.sample(_data(), 0)
+    with pytest.raises(ConfigError, match="groups"):
+        MultilevelNPE(NormalHierarchical(), groups=(0, 3))
+    with pytest.raises(ConfigError, match="TwoLevelModel"):
+        MultilevelNPE("normal")
+    with pytest.raises(ConfigError, match="mode"):
+        TrainConfig(mode="batch")
+
+
+def test_offline_training_with_validation_and_early_stopping():
+    npe = _npe()
+    h = npe.train(TrainConfig(mode="offline", n_simulations=160, batch_size=16, steps=400, patience=2,
+                              progress=False))
+    assert len(h.val_loss) >= 3 and all(np.isfinite(h.val_loss))
+    assert h.step[-1] < 400  # stopped early on the validation loss
