@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from mlnpe import MultilevelNPE, TrainConfig
+from mlnpe import MultilevelNPE, NetworkConfig, TrainConfig
 from mlnpe.diagnostics import pool_local_ranks, sbc_ranks, sbc_uniformity_pvalues
 from mlnpe.exact import normal_model_posterior
 from mlnpe.models import NormalHierarchical
@@ -67,13 +67,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="directory to save the trained estimator")
+    parser.add_argument("--network", default="{}", help="NetworkConfig overrides as JSON")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seconds = args.seconds or (90.0 if args.quick else 420.0)
     n_heldout, n_sbc = (20, 200) if args.quick else (50, 500)
 
-    npe = MultilevelNPE(NormalHierarchical(), groups=GROUPS, rows=ROWS, seed=args.seed)
-    config = TrainConfig(steps=100_000, batch_size=128, learning_rate=1e-3, time_limit=seconds, seed=args.seed)
+    network = NetworkConfig.from_dict(json.loads(args.network))
+    npe = MultilevelNPE(NormalHierarchical(), groups=GROUPS, rows=ROWS, network=network, seed=args.seed)
+    config = TrainConfig(
+        steps=1_000_000, batch_size=args.batch, learning_rate=args.lr, time_limit=seconds, seed=args.seed
+    )
     history = npe.train(config)
     if args.save:
         npe.save(args.save)
@@ -93,6 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
         "heldout_datasets": n_heldout,
         "sbc_datasets": n_sbc,
         "threads": args.threads,
+        "network": network.to_dict(),
+        "learning_rate": args.lr,
+        "batch_size": args.batch,
         "machine": f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".strip(),
         "command": "python " + " ".join(sys.argv),
     }

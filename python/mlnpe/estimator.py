@@ -32,6 +32,7 @@ class NetworkConfig:
         summary_hidden: width of the summary networks.
         summary_depth: hidden layers (deep set) or attention blocks (set transformer).
         row_hidden: width of the deep set's per-row network (it runs once per row: keep it narrow).
+        global_attention: attention-weighted pools in the global deep set (0: plain mean pooling).
         local_summary_dim: learned dimension of h_local.
         global_summary_dim: learned dimension of h_global.
         global_transforms, global_hidden: spline transforms and conditioner widths of the global flow.
@@ -43,7 +44,8 @@ class NetworkConfig:
     global_summary: str = "deepset"
     summary_hidden: int = 64
     summary_depth: int = 2
-    row_hidden: int = 32
+    row_hidden: int = 16
+    global_attention: int = 8
     local_summary_dim: int = 16
     global_summary_dim: int = 32
     global_transforms: int = 4
@@ -57,7 +59,7 @@ class NetworkConfig:
         object.__setattr__(self, "local_hidden", tuple(int(h) for h in self.local_hidden))
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int) and value < 1:
+            if isinstance(value, int) and value < (0 if f.name == "global_attention" else 1):
                 raise ConfigError(f"NetworkConfig `{f.name}` must be a positive integer, got {value!r}.")
         if self.global_summary not in ("deepset", "set_transformer"):
             raise ConfigError(
@@ -113,7 +115,8 @@ class MultilevelEstimator(nn.Module):
         )
         h_local = self.local_summary.out_features
         self.global_summary = global_summary or build_summary(
-            c.global_summary, h_local, c.global_summary_dim, c.summary_hidden, c.summary_depth
+            c.global_summary, h_local, c.global_summary_dim, c.summary_hidden, c.summary_depth,
+            attention=c.global_attention,
         )
         self.global_flow = ConditionalFlow(
             g, self.global_summary.out_features, c.global_transforms, c.global_hidden, c.bins

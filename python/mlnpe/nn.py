@@ -63,6 +63,9 @@ class DeepSet(nn.Module):
         depth: number of hidden layers of phi and rho.
         moments: append raw moments and log size to the output.
         item_hidden: width of phi, which runs once per item (default: hidden).
+        attention: number of attention-weighted pools of the raw moments (0: none). Pool k is
+            sum_i softmax_i(a_k(x_i)) [x_i, x_i^2]: a learned weighting of items (e.g. by their precision) that a
+            plain mean cannot express. Computed on the padded tensor, so use it for small sets (groups).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class DeepSet(nn.Module):
         depth: int = 2,
         moments: bool = True,
         item_hidden: int | None = None,
+        attention: int = 0,
     ):
         super().__init__()
         self.moments = moments
@@ -80,8 +84,10 @@ class DeepSet(nn.Module):
         item_hidden = item_hidden or hidden
         self.phi = MLP(in_features, [item_hidden] * depth, item_hidden)
         extra = 2 * in_features + 1 if moments else 1
-        self.rho = MLP(item_hidden + extra, [hidden] * depth, summary_dim)
-        self.out_features = summary_dim + extra
+        self.scores = MLP(in_features, [hidden], attention) if attention else None
+        pools = 2 * in_features * attention
+        self.rho = MLP(item_hidden + extra + pools, [hidden] * depth, summary_dim)
+        self.out_features = summary_dim + extra + pools
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
@@ -95,8 +101,17 @@ class DeepSet(nn.Module):
         if self.moments:
             raw = x.new_zeros(sets, 2 * d).index_add_(0, owner, torch.cat([rows, rows * rows], -1)) / counts
             features.insert(0, raw)
+        if self.scores is not None:
+            features.append(self._attention_pools(x, mask))
         extra = torch.cat(features, -1)
         return torch.cat([self.rho(torch.cat([pooled, extra], -1)), extra], -1)
+
+    def _attention_pools(self, x: Tensor, mask: Tensor) -> Tensor:
+        """(sets, items, d), (sets, items) -> (sets, attention * 2d) softmax-weighted raw moments."""
+        scores = self.scores(x).masked_fill(~mask[..., None], float("-inf"))
+        weights = torch.softmax(scores, dim=1)  # (sets, items, K); every set has a real item
+        values = torch.cat([x, x * x], -1)
+        return torch.einsum("snk,snv->skv", weights, values).flatten(1)
 
 
 class _MAB(nn.Module):
@@ -205,11 +220,17 @@ class RecurrentSummary(nn.Module):
 
 
 def build_summary(
-    kind: str, in_features: int, summary_dim: int, hidden: int, depth: int, item_hidden: int | None = None
+    kind: str,
+    in_features: int,
+    summary_dim: int,
+    hidden: int,
+    depth: int,
+    item_hidden: int | None = None,
+    attention: int = 0,
 ) -> nn.Module:
     """A summary network by name: "deepset", "set_transformer", "lstm" or "gru"."""
     if kind == "deepset":
-        return DeepSet(in_features, summary_dim, hidden, depth, item_hidden=item_hidden)
+        return DeepSet(in_features, summary_dim, hidden, depth, item_hidden=item_hidden, attention=attention)
     if kind == "set_transformer":
         return SetTransformer(in_features, summary_dim, hidden, blocks=depth)
     if kind in ("lstm", "gru"):

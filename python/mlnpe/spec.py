@@ -120,6 +120,18 @@ class TwoLevelModel(abc.ABC):
         n_rows = torch.randint(rows[0], rows[1] + 1, (n, int(n_groups.max())), generator=generator)
         return n_groups, n_rows
 
+    def sample_design(
+        self, n: int, groups: tuple[int, int], rows: tuple[int, int], generator: torch.Generator
+    ) -> GroupedBatch:
+        """Sizes, masks and covariates of n simulated datasets (no responses yet).
+
+        The default draws sizes with `sample_sizes` and covariates with `sample_covariates`; override it when
+        the covariates and the sizes must be drawn together (e.g. resampling groups of observed data).
+        """
+        n_groups, n_rows = self.sample_sizes(n, groups, rows, generator)
+        group_mask, row_mask = make_masks(n_groups, n_rows)
+        return GroupedBatch(None, row_mask, group_mask, self.sample_covariates(row_mask, generator))
+
     # Optional exact densities, used for importance-sampling certificates and tests.
     def log_prior_global(self, global_params: Tensor) -> Tensor:
         """log p(tau, omega): (..., G) -> (...)."""
@@ -202,11 +214,10 @@ def simulate_batch(
     """
     groups = check_sizes("groups", groups, 1)
     rows = check_sizes("rows", rows, 1)
-    n_groups, n_rows = model.sample_sizes(n, groups, rows, generator)
-    group_mask, row_mask = make_masks(n_groups, n_rows)
-    design = GroupedBatch(None, row_mask, group_mask, model.sample_covariates(row_mask, generator))
+    design = model.sample_design(n, groups, rows, generator)
+    row_mask = design.row_mask
     global_params = model.sample_global(n, generator)
-    local_params = model.sample_local(global_params, group_mask.shape[1], generator)
+    local_params = model.sample_local(global_params, design.group_mask.shape[1], generator)
     y = model.simulate(global_params, local_params, design, generator)
     expected = (*row_mask.shape, model.y_dim)
     if tuple(y.shape) != expected:

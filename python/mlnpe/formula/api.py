@@ -1,0 +1,553 @@
+"""Fit brms-style formula models with ML-NPE: `FormulaNPE(formula, data, family, prior)`, then `fit(newdata)`.
+
+Example:
+    >>> from mlnpe.formula import FormulaNPE, prior
+    >>> model = FormulaNPE("y ~ x + (1 + x | g)", df, family="gaussian",
+    ...                    prior=[prior("normal(0, 1)", "b")])                      # doctest: +SKIP
+    >>> model.train(steps=3000)                                                    # doctest: +SKIP
+    >>> fit = model.fit()             # brms-named draws, PSIS k-hat and ESS       # doctest: +SKIP
+    >>> fit.draws[["b_Intercept", "b_x", "sd_g__Intercept", "sigma"]].describe()   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..amortizer import MultilevelNPE
+from ..data import GroupedData
+from ..draws import PosteriorDraws
+from ..errors import ConfigError, DataError, LoadError, SpecError
+from ..estimator import NetworkConfig
+from ..train import TrainConfig
+from .design import Design, DesignInfo, _brms_rename, build_design
+from .families import get_family
+from .model import CovariatePool, FormulaModel, GlobalSlot
+from .priors import ParamSlot, PriorSpec, default_priors, parse_prior, prior_table, resolve_priors
+from .terms import FormulaTerms, parse_formula
+
+__all__ = ["FormulaNPE", "FormulaFit", "default_ranges", "cache_dir", "trained_model"]
+
+_FORMULA_FILE, _POOL_FILE, _AMORTIZER_DIR = "formula.json", "pool.pt", "amortizer"
+
+
+def default_ranges(n_groups: int, n_rows: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Trained J and N_j ranges from the data: J from about half to 1.5 times the observed J (leave-one-group-out
+    and smaller or larger refits stay inside), N_j from 1 to 1.5 times the largest observed group."""
+    groups = (max(2, n_groups // 2), max(n_groups + 2, math.ceil(1.5 * n_groups)))
+    rows = (1, max(2, math.ceil(1.5 * int(np.max(n_rows)))))
+    return groups, rows
+
+
+def _as_prior_specs(prior: Any) -> list[PriorSpec]:
+    if prior is None:
+        return []
+    if isinstance(prior, PriorSpec):
+        return [prior]
+    if isinstance(prior, dict):
+        return [PriorSpec(**prior)]
+    if hasattr(prior, "to_dict") and hasattr(prior, "columns"):  # a brmsprior-like data frame
+        from .priors import priors_from_table
+
+        return list(priors_from_table(prior))
+    out = []
+    for p in prior:
+        out.extend(_as_prior_specs(p))
+    return out
+
+
+def _features(design: Design, trials: bool) -> tuple[np.ndarray, list[str], list[int], int | None]:
+    """Per-row features the networks see beside y: X columns, extra Z columns, trials.
+
+    Returns the feature matrix, its column names, the Z-source index of every Z column (-1 = intercept) and the
+    trials column index.
+    """
+    columns = [design.X[:, k] for k in range(design.X.shape[1])]
+    names = list(design.x_names)
+    z_source = []
+    for m, z in enumerate(design.z_names):
+        if z == "Intercept":
+            z_source.append(-1)
+        elif z in names:
+            z_source.append(names.index(z))
+        else:
+            z_source.append(len(names))
+            names.append(z)
+            columns.append(design.Z[:, m])
+    trials_column = None
+    if trials:
+        trials_column = len(names)
+        names.append("trials")
+        columns.append(design.trials.astype(float))
+    x = np.stack(columns, 1) if columns else np.zeros((len(design.y), 0))
+    return x, names, z_source, trials_column
+
+
+class FormulaNPE:
+    """An amortized posterior of a brms-style multilevel formula model.
+
+    Arguments:
+        formula: brms/lme4 formula with one grouping factor, e.g. "y ~ x + (1 + x | g)".
+        data: the data (pandas DataFrame or dict of columns): sets default priors, centring, covariates for training.
+        family: "gaussian", "bernoulli", "binomial", "poisson", "negbinomial", "lognormal", "Gamma", "student".
+        prior: PriorSpec(s) from `prior()`, a brmsprior-like table, or None for the defaults.
+        groups: trained (min, max) number of groups; default from the data (see `default_ranges`).
+        rows: trained (min, max) rows per group; default from the data.
+        network: NetworkConfig or dict of overrides.
+        seed: seed of initialization and pilot simulations.
+    """
+
+    def __init__(
+        self,
+        formula: str,
+        data: Any,
+        family: Any = "gaussian",
+        prior: Any = None,
+        *,
+        groups: tuple[int, int] | None = None,
+        rows: tuple[int, int] | None = None,
+        network: NetworkConfig | dict[str, Any] | None = None,
+        seed: int = 0,
+        _state: dict[str, Any] | None = None,
+    ):
+        self.terms: FormulaTerms = parse_formula(formula)
+        if self.terms.group is None:
+            raise SpecError(
+                f"formula {formula!r} has no group-level term; mlnpe fits multilevel models: add one such as "
+                "`(1 | g)`."
+            )
+        self.family = get_family(family)
+        if _state is not None:
+            self._restore(_state)
+            return
+        design = build_design(self.terms, data)
+        self.family.check_response(design.y, design.trials, argument=self.terms.response)
+        self.info: DesignInfo = design.info
+        self.x_means = np.asarray(design.x_means, dtype=float)
+        self.user_priors = _as_prior_specs(prior)
+        self.resolved = self._resolve_priors(design)
+        self.slots = self._global_slots()
+        x, self.feature_names, self.z_source, self.trials_column = _features(design, design.trials is not None)
+        self.pool = CovariatePool.from_rows(x, design.group, len(design.levels))
+        self.z_names = tuple(design.z_names)
+        default_groups, default_rows = default_ranges(len(design.levels), np.bincount(design.group))
+        self.groups = tuple(groups or default_groups)
+        self.rows = tuple(rows or default_rows)
+        self.network = network if isinstance(network, NetworkConfig) else NetworkConfig.from_dict(network or {})
+        self.seed = seed
+        self.model = self._model()
+        self.npe = MultilevelNPE(self.model, self.groups, self.rows, self.network, seed=seed)
+        self.data = data
+
+    # ---- specification ------------------------------------------------------------------------------------
+    def _param_slots(self, design: Design) -> list[ParamSlot]:
+        g = self.terms.group
+        slots = []
+        if design.intercept:
+            slots.append(ParamSlot("Intercept", "", "", "Intercept"))
+        slots += [ParamSlot("b", x, "", f"b_{_brms_rename(x)}") for x in design.x_names]
+        slots += [ParamSlot("sd", z, g, f"sd_{g}__{_brms_rename(z)}") for z in design.z_names]
+        if self.terms.correlated and len(design.z_names) > 1:
+            slots.append(ParamSlot("cor", "", g, f"cor_{g}"))
+        slots += [ParamSlot(name) for name, _ in self.family.aux]
+        return slots
+
+    def _resolve_priors(self, design: Design) -> list[tuple[ParamSlot, Any, str]]:
+        sd_x = {name: float(np.std(design.X[:, k], ddof=1)) if len(design.y) > 1 else 1.0
+                for k, name in enumerate(design.x_names)}
+        defaults = default_priors(self.family.name, self.family.link, design.y, sd_x=sd_x, trials=design.trials)
+        return resolve_priors(self._param_slots(design), self.user_priors, defaults, sd_x)
+
+    def _global_slots(self) -> list[GlobalSlot]:
+        g = self.terms.group
+        out = []
+        for slot, dist, _ in self.resolved:
+            if slot.class_ == "Intercept":
+                out.append(GlobalSlot("Intercept", "Intercept", dist, ("Intercept",), "real"))
+            elif slot.class_ == "b":
+                out.append(GlobalSlot(slot.name, "b", dist, (slot.name,), "real"))
+            elif slot.class_ == "sd":
+                out.append(GlobalSlot(slot.name, "sd", dist, (slot.name,), "positive"))
+            elif slot.class_ == "cor":
+                z = self._z_names_from_resolved()
+                z = [_brms_rename(name) for name in z]
+                labels = tuple(f"cor_{g}__{z[i]}__{z[j]}" for i in range(len(z)) for j in range(i + 1, len(z)))
+                out.append(GlobalSlot(slot.name, "cor", dist, labels, f"correlation:{len(z)}"))
+            else:
+                support = dict(self.family.aux)[slot.class_]
+                out.append(GlobalSlot(slot.name, "aux", dist, (slot.name,), support))
+        return out
+
+    def _z_names_from_resolved(self) -> list[str]:
+        return [s.coef for s, _, _ in self.resolved if s.class_ == "sd"]
+
+    def _model(self) -> FormulaModel:
+        return FormulaModel(
+            self.slots, self.z_names, self.z_source, self.family.name, self.x_means, len(self.x_means),
+            self.feature_names, self.trials_column, self.pool, self.terms.response,
+        )
+
+    def prior_summary(self) -> Any:
+        """The priors in force, as a brms-like table (prior, class, coef, group, lb, ub, source)."""
+        return prior_table(self.resolved)
+
+    # ---- training ---------------------------------------------------------------------------------------------
+    def train(self, config: TrainConfig | None = None, **overrides: Any):
+        """Trains the amortizer on simulations from the prior (see MultilevelNPE.train)."""
+        return self.npe.train(config, **overrides)
+
+    # ---- fitting ----------------------------------------------------------------------------------------------
+    def grouped_data(self, data: Any) -> tuple[GroupedData, Design]:
+        """Builds the network input of a dataset with the stored design information (factor levels, columns)."""
+        design = build_design(self.terms, data, reference=self.info)
+        self.family.check_response(design.y, design.trials, argument=self.terms.response)
+        x, _, _, _ = _features(design, design.trials is not None)
+        ys = [design.y[design.group == j][:, None] for j in range(len(design.levels))]
+        xs = [x[design.group == j] for j in range(len(design.levels))]
+        return GroupedData.from_groups(ys, xs, list(design.levels)), design
+
+    def fit(
+        self,
+        newdata: Any = None,
+        n_draws: int = 4000,
+        seed: int | None = None,
+        psis: bool = True,
+        allow_extrapolation: bool = False,
+    ) -> "FormulaFit":
+        """Posterior draws for a dataset (the training data when `newdata` is None), brms-named.
+
+        With `psis=True` the draws are reweighted by the exact joint density: the Pareto k-hat and the
+        importance-sampling ESS come with the fit, and a k-hat above 0.7 warns.
+        """
+        data = self.data if newdata is None else newdata
+        if data is None:
+            raise DataError("`newdata` is required: this model was loaded without its training data.")
+        grouped, design = self.grouped_data(data)
+        t = time.perf_counter()
+        draws = self.npe.sample(grouped, n_draws, seed=seed, allow_extrapolation=allow_extrapolation)
+        seconds = time.perf_counter() - t
+        result = None
+        if psis:
+            result = self._psis(draws, grouped)
+        return FormulaFit(self, draws, design, result, seconds)
+
+    def log_joint(self, draws: PosteriorDraws, data: GroupedData) -> np.ndarray:
+        """log p(theta, y) of every draw: (draws,)."""
+        batch = data.to_batch()
+        g = torch.as_tensor(draws.global_draws, dtype=torch.float32)[:, None]
+        l = torch.as_tensor(draws.local_draws, dtype=torch.float32)[:, None]
+        with torch.no_grad():
+            lp = (
+                self.model.log_prior_global(g).double()
+                + self.model.log_prior_local(l, g).double().sum(-1)
+                + self.model.log_likelihood(batch, g, l).double().sum(-1)
+            )
+        return lp[:, 0].numpy()
+
+    def _psis(self, draws: PosteriorDraws, data: GroupedData):
+        from ..psis import psis
+
+        log_ratio = self.log_joint(draws, data) - draws.log_q
+        return psis(log_ratio)
+
+    # ---- save / load ------------------------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "mlnpe_version": __version__,
+            "formula": self.terms.formula,
+            "family": self.family.name,
+            "priors": [
+                {"class": s.class_, "coef": s.coef, "group": s.group, "name": s.name, "lb": s.lb,
+                 "prior": str(d), "dist": d.to_dict() if hasattr(d, "to_dict") else str(d), "source": src}
+                for s, d, src in self.resolved
+            ],
+            "user_priors": [{"prior": p.prior, "class_": p.class_, "coef": p.coef, "group": p.group,
+                             "lb": p.lb, "ub": p.ub} for p in self.user_priors],
+            "design_info": self.info.to_dict(),
+            "x_means": self.x_means.tolist(),
+            "feature_names": list(self.feature_names),
+            "z_names": list(self.z_names),
+            "z_source": list(self.z_source),
+            "trials_column": self.trials_column,
+            "groups": list(self.groups),
+            "rows": list(self.rows),
+            "network": self.network.to_dict(),
+            "seed": self.seed,
+        }
+
+    def spec_hash(self, config: TrainConfig | None = None) -> str:
+        """A key of everything that determines the trained amortizer (for the on-disk cache)."""
+        payload = self.config_dict()
+        payload["pool"] = hashlib.sha256(self.pool.x.numpy().tobytes() + self.pool.n.numpy().tobytes()).hexdigest()
+        payload["train"] = (config or TrainConfig()).to_dict()
+        payload["train"].pop("progress", None)
+        payload["train"].pop("num_threads", None)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Saves to a directory: formula.json, pool.pt (tensors) and the amortizer (config.json, weights.pt)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / _FORMULA_FILE).write_text(json.dumps(self.config_dict(), indent=1))
+        torch.save({"x": self.pool.x, "n": self.pool.n}, path / _POOL_FILE)
+        self.npe.save(path / _AMORTIZER_DIR)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, data: Any = None) -> "FormulaNPE":
+        """Loads a saved formula model (no pickle). `data` optionally re-attaches the training data."""
+        path = Path(path)
+        try:
+            config = json.loads((path / _FORMULA_FILE).read_text())
+        except FileNotFoundError:
+            raise LoadError(f"no {_FORMULA_FILE} in {str(path)!r}; pass the directory written by `save`.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LoadError(f"{str(path / _FORMULA_FILE)!r} is not valid JSON ({e}); the save is corrupt.") from None
+        try:
+            pool = torch.load(path / _POOL_FILE, weights_only=True)
+            state = dict(config, pool=CovariatePool(pool["x"], pool["n"]), data=data)
+            obj = cls(config["formula"], None, config["family"], _state=state)
+        except FileNotFoundError:
+            raise LoadError(f"no {_POOL_FILE} in {str(path)!r}; the save is incomplete.") from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise LoadError(f"{str(path)!r} holds an inconsistent formula model ({type(e).__name__}: {e}).") from None
+        obj.npe = MultilevelNPE.load(path / _AMORTIZER_DIR, model=obj.model)
+        return obj
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.info = DesignInfo.from_dict(state["design_info"])
+        self.x_means = np.asarray(state["x_means"], dtype=float)
+        self.user_priors = [PriorSpec(**p) for p in state["user_priors"]]
+        self.resolved = [
+            (ParamSlot(p["class"], p["coef"], p["group"], p["name"], p["lb"]), _dist_from(p), p["source"])
+            for p in state["priors"]
+        ]
+        self.slots = self._global_slots()
+        self.feature_names = list(state["feature_names"])
+        self.z_names = tuple(state["z_names"])
+        self.z_source = list(state["z_source"])
+        self.trials_column = state["trials_column"]
+        self.pool = state["pool"]
+        self.groups, self.rows = tuple(state["groups"]), tuple(state["rows"])
+        self.network = NetworkConfig.from_dict(state["network"])
+        self.seed = int(state["seed"])
+        self.model = self._model()
+        self.data = state.get("data")
+
+
+def cache_dir() -> Path:
+    """The on-disk cache of trained amortizers: $MLNPE_CACHE_DIR, else ~/.cache/mlnpe."""
+    return Path(os.environ.get("MLNPE_CACHE_DIR") or Path.home() / ".cache" / "mlnpe")
+
+
+def trained_model(
+    formula: str,
+    data: Any,
+    family: Any = "gaussian",
+    prior: Any = None,
+    *,
+    train: TrainConfig | dict[str, Any] | None = None,
+    cache: bool | str | os.PathLike = True,
+    **kwargs: Any,
+) -> tuple[FormulaNPE, bool]:
+    """A trained FormulaNPE for this specification, from the cache when the same one was trained before.
+
+    The cache key covers everything that determines the amortizer: formula, family, priors in force, design
+    information, covariate pool, ranges, network and training settings. The first call trains and stores it.
+
+    Returns:
+        (model, from_cache).
+    """
+    config = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(dict(train or {}))
+    model = FormulaNPE(formula, data, family, prior, **kwargs)
+    if cache is False:
+        model.train(config)
+        return model, False
+    root = cache_dir() if cache is True else Path(cache)
+    path = root / model.spec_hash(config)
+    if (path / _FORMULA_FILE).exists():
+        try:
+            return FormulaNPE.load(path, data=data), True
+        except LoadError:
+            pass  # a corrupt cache entry is retrained and overwritten
+    model.train(config)
+    model.save(path)
+    return model, False
+
+
+def _dist_from(p: dict[str, Any]) -> Any:
+    from .priors import PriorDist
+
+    d = p.get("dist")
+    if isinstance(d, dict) and hasattr(PriorDist, "from_dict"):
+        return PriorDist.from_dict(d)
+    dist = parse_prior(p["prior"])
+    return dist
+
+
+@dataclass
+class FormulaFit:
+    """Posterior draws of one dataset, named as brms names them, with the PSIS certificate.
+
+    Attributes:
+        model: the FormulaNPE that produced it.
+        raw: the structured draws (globals on the centred-intercept scale, group-level effects).
+        design: the dataset's design.
+        psis: the PsisResult (k-hat, ESS, smoothed weights) or None.
+        seconds: time taken by sampling.
+    """
+
+    model: FormulaNPE
+    raw: PosteriorDraws
+    design: Design
+    psis: Any = None
+    seconds: float = 0.0
+    _draws: Any = field(default=None, repr=False)
+
+    @property
+    def draws(self) -> Any:
+        """A pandas DataFrame of draws with brms's variable names, in brms's order."""
+        if self._draws is None:
+            self._draws = brms_draws(self.model, self.raw, self.design)
+        return self._draws
+
+    @property
+    def pareto_k(self) -> float | None:
+        return None if self.psis is None else float(self.psis.pareto_k)
+
+    @property
+    def ess(self) -> float | None:
+        return None if self.psis is None else float(self.psis.ess)
+
+    def resampled(self, n: int | None = None, seed: int | None = None) -> Any:
+        """Draws resampled by their PSIS weights (importance resampling), as a brms-named DataFrame."""
+        if self.psis is None:
+            raise ConfigError("this fit has no PSIS weights; fit with `psis=True`.")
+        idx = self.psis.resample(n, rng=np.random.default_rng(seed))
+        return self.draws.iloc[idx].reset_index(drop=True)
+
+    # ---- predictions (all numerics here, so R never re-implements them) ------------------------------------
+    def _components(self, ndraws: int | None, seed: int | None) -> tuple[np.ndarray, ...]:
+        """Draw-wise (centred intercept (S,), b (S, K), r (S, J, M), aux (S, A)), optionally subsampled."""
+        g = torch.as_tensor(self.raw.global_draws, dtype=torch.float64)
+        idx = np.arange(self.raw.n_draws)
+        if ndraws is not None and ndraws < len(idx):
+            idx = np.sort(np.random.default_rng(seed).choice(len(idx), int(ndraws), replace=False))
+        g = g[idx]
+        m = self.model.model
+        return (m.intercept(g).numpy(), m.coefficients(g).numpy(), self.raw.local_draws[idx], m.aux(g).numpy(), idx)
+
+    def _design_for(self, newdata: Any) -> Design:
+        if newdata is None:
+            return self.design
+        from .design import build_design
+
+        design = build_design(self.model.terms, newdata, reference=self.model.info, min_groups=1)
+        unknown = sorted(set(design.levels) - set(self.design.levels))
+        if unknown:
+            raise DataError(
+                f"`newdata` has levels {unknown[:5]} of {self.model.terms.group!r} that this fit has no group-level "
+                "effects for; fit the new data with `model.fit(newdata)` instead."
+            )
+        return design
+
+    def linear_predictor(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
+        """eta (draws, rows) on the link scale, rows in the order of the data."""
+        design = self._design_for(newdata)
+        intercept, b, r, _, _ = self._components(ndraws, seed)
+        eta = np.repeat(intercept[:, None], len(design.y), 1)
+        if b.shape[1]:
+            eta = eta + b @ (design.X - self.model.x_means).T
+        codes = np.array([self.design.levels.index(level) for level in design.levels])[design.group]
+        eta = eta + np.einsum("nm,snm->sn", design.Z, r[:, codes, :])
+        return eta
+
+    def posterior_epred(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Expected response (draws, rows): inverse link of eta (times trials for binomial, as brms)."""
+        design = self._design_for(newdata)
+        eta = torch.as_tensor(self.linear_predictor(newdata, ndraws, seed))
+        mu = self.model.family.inverse_link(eta).numpy()
+        return mu * design.trials if design.trials is not None else mu
+
+    def posterior_predict(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Posterior predictive draws (draws, rows)."""
+        design = self._design_for(newdata)
+        _, _, _, aux, _ = self._components(ndraws, seed)
+        eta = torch.as_tensor(self.linear_predictor(newdata, ndraws, seed), dtype=torch.float32)[:, None, :]
+        trials = None if design.trials is None else torch.as_tensor(design.trials, dtype=torch.float32).expand_as(eta)
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        y = self.model.family.simulate(eta, torch.as_tensor(aux, dtype=torch.float32), trials, gen)
+        return y[:, 0].double().numpy()
+
+    def log_lik(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Pointwise log-likelihood (draws, rows), as brms's log_lik (for loo)."""
+        design = self._design_for(newdata)
+        _, _, _, aux, _ = self._components(ndraws, seed)
+        eta = torch.as_tensor(self.linear_predictor(newdata, ndraws, seed))[:, None, :]
+        y = torch.as_tensor(design.y, dtype=torch.float64).expand_as(eta)
+        trials = None if design.trials is None else torch.as_tensor(design.trials, dtype=torch.float64).expand_as(eta)
+        return self.model.family.log_lik(y, eta, torch.as_tensor(aux), trials)[:, 0].numpy()
+
+    def summary(self, probs: Sequence[float] = (0.025, 0.975)) -> Any:
+        """Estimate (mean), Est.Error (sd) and quantiles per variable, brms style."""
+        import pandas as pd
+
+        d = self.draws
+        table = {"Estimate": d.mean(0), "Est.Error": d.std(0, ddof=1)}
+        for p in probs:
+            table[f"Q{100 * p:g}"] = d.quantile(p)
+        return pd.DataFrame(table)
+
+
+def brms_names_and_values(model: FormulaNPE, raw: PosteriorDraws, levels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Columns in brms order: b_Intercept, b_*, sd_*, cor_*, family parameters, r_<g>[level,coef]."""
+    g = model.terms.group
+    cols, names = [], []
+    gd = raw.global_draws
+    offset = 0
+    by_kind: dict[str, list[tuple[str, np.ndarray]]] = {"b": [], "sd": [], "cor": [], "aux": []}
+    intercept = None
+    for slot in model.slots:
+        width = len(slot.labels)
+        block = gd[:, offset : offset + width]
+        offset += width
+        if slot.kind == "Intercept":
+            intercept = block[:, 0]
+        elif slot.kind == "cor":
+            pairs = [(i, j) for i in range(len(model.z_names)) for j in range(i + 1, len(model.z_names))]
+            # brms orders correlations column-major over the upper triangle: (1,2), (1,3), (2,3), (1,4), ...
+            order = sorted(range(len(pairs)), key=lambda p: (pairs[p][1], pairs[p][0]))
+            by_kind["cor"] += [(slot.labels[p], block[:, p]) for p in order]
+        else:
+            by_kind[slot.kind] += [(slot.labels[0], block[:, 0])]
+    b = np.stack([v for _, v in by_kind["b"]], 1) if by_kind["b"] else np.zeros((gd.shape[0], 0))
+    if intercept is not None:
+        names.append("b_Intercept")
+        cols.append(intercept - b @ model.x_means if b.shape[1] else intercept)
+    for kind in ("b", "sd", "cor", "aux"):
+        for name, v in by_kind[kind]:
+            names.append(name)
+            cols.append(v)
+    for m, z in enumerate(model.z_names):
+        for j, level in enumerate(levels):
+            names.append(f"r_{g}[{str(level).replace(' ', '.')},{_brms_rename(z)}]")
+            cols.append(raw.local_draws[:, j, m])
+    return names, np.stack(cols, 1)
+
+
+def brms_draws(model: FormulaNPE, raw: PosteriorDraws, design: Design) -> Any:
+    import pandas as pd
+
+    names, values = brms_names_and_values(model, raw, design.levels)
+    return pd.DataFrame(values, columns=names)

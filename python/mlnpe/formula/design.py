@@ -1,0 +1,567 @@
+"""Data -> design matrices with brms's column and parameter names: the second stage of the formula pipeline.
+
+:func:`build_design` turns parsed :class:`~mlnpe.formula.terms.FormulaTerms` and a data frame into a
+:class:`Design`: the response, the population-level matrix X (without the intercept), the group-level
+matrix Z and the group codes. Columns are coded as R's `model.matrix()` codes them and named as brms names
+them, so `Reaction ~ Days + (Days | Subject)` gives X = [Days] and Z = [Intercept, Days].
+
+Coding rules (R's `model.matrix`, the heuristic of *Statistical Models in S*, p. 38):
+
+* numeric columns enter as they are; string, categorical and bool columns are factors;
+* a factor in a term is coded by treatment contrasts (first level is the reference, one column per other
+  level) when the term without that factor is the empty term or is contained in an earlier term, and by one
+  indicator per level otherwise; without an intercept, the first factor of the first term holding a factor
+  gets an indicator for every level (`0 + f` gives a column per level);
+* interaction columns are products, named `x:SexFemale` with the variables in formula order and the first
+  variable's columns varying fastest.
+
+Factor levels are ordered as R orders them: the category order of a pandas Categorical (unused categories
+are dropped, as brms's `drop_unused_levels = TRUE` does), FALSE < TRUE for bool columns, numeric order for
+numbers (integral values printed without decimals), and for strings the order of R's `sort()` in an English
+UTF-8 locale: case-insensitive with lowercase first among equals ("a" < "A" < "b"). R in the C locale sorts
+strings by code point instead, and locale rules for punctuation are not reproduced: use a pandas
+Categorical to pin the order where this matters.
+
+Names. `x_names`/`z_names` are R's `model.matrix` column names and keep spaces of factor levels
+("fa b"). :func:`brms_names` gives the brms parameter names, where coefficient names pass through brms's
+renaming (spaces and ``()[],"'?`` removed; ``+ - * / ^ =`` become ``P M MU D E EQ``, so "fa b" gives
+`b_fab`) and whitespace in group levels becomes "." (`r_g[u.v,Intercept]`).
+
+Rows are never dropped: a missing value in any used column raises :class:`~mlnpe.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError, SpecError
+from .terms import FormulaTerms, parse_formula
+
+__all__ = ["Design", "DesignInfo", "build_design", "brms_names", "uncenter_intercept"]
+
+# One design column: (variable, level) pairs multiplied together; level None means the numeric value.
+_Column = tuple[tuple[str, "str | None"], ...]
+_BRMS_RENAME = (
+    (" ", ""), ("(", ""), (")", ""), ("[", ""), ("]", ""), (",", ""), ('"', ""), ("'", ""), ("?", ""),
+    ("+", "P"), ("-", "M"), ("*", "MU"), ("/", "D"), ("^", "E"), ("=", "EQ"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DesignInfo:
+    """Everything needed to rebuild the same design columns on new data.
+
+    Attributes:
+        terms: the parsed formula.
+        factor_levels: levels of every factor variable used in X or Z, in coding order (the grouping
+            factor is not included: its levels always come from the data).
+        numeric: names of the numeric predictor variables.
+        x_names: population-level column names (without the intercept).
+        z_names: group-level column names ("Intercept" first when there is a varying intercept).
+    """
+
+    terms: FormulaTerms
+    factor_levels: Mapping[str, tuple[str, ...]]
+    numeric: tuple[str, ...]
+    x_names: tuple[str, ...]
+    z_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        levels = {str(k): tuple(str(v) for v in vals) for k, vals in dict(self.factor_levels).items()}
+        object.__setattr__(self, "factor_levels", levels)
+        object.__setattr__(self, "numeric", tuple(self.numeric))
+        object.__setattr__(self, "x_names", tuple(self.x_names))
+        object.__setattr__(self, "z_names", tuple(self.z_names))
+        predictors = _predictors(self.terms)
+        unknown = sorted(set(predictors) - set(levels) - set(self.numeric))
+        if unknown:
+            raise SpecError(
+                f"DesignInfo: the predictors {unknown} are neither in `factor_levels` nor in `numeric`. "
+                "Build the DesignInfo with build_design() instead of by hand."
+            )
+        x_plan, z_plan = _plans(self.terms, levels)
+        if tuple(n for n, _ in x_plan) != self.x_names or tuple(n for n, _ in z_plan) != self.z_names:
+            raise SpecError(
+                f"DesignInfo: `x_names` {list(self.x_names)} / `z_names` {list(self.z_names)} do not match the "
+                f"columns that the formula {self.terms.formula!r} and `factor_levels` give "
+                f"({[n for n, _ in x_plan]} / {[n for n, _ in z_plan]}). Rebuild it with build_design()."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict; :meth:`from_dict` inverts it."""
+        return {
+            "formula": self.terms.formula,
+            "factor_levels": {k: list(v) for k, v in self.factor_levels.items()},
+            "numeric": list(self.numeric),
+            "x_names": list(self.x_names),
+            "z_names": list(self.z_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DesignInfo":
+        """Rebuilds a DesignInfo from :meth:`to_dict` output (checked for consistency).
+
+        Raises:
+            SpecError: keys are missing or the stored names do not match the formula and levels.
+        """
+        keys = ("formula", "factor_levels", "numeric", "x_names", "z_names")
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise SpecError(
+                f"DesignInfo.from_dict: keys {missing} are missing from `data` (got {sorted(data)}). "
+                "Pass the dict written by DesignInfo.to_dict()."
+            )
+        return cls(
+            terms=parse_formula(data["formula"]),
+            factor_levels={k: tuple(v) for k, v in data["factor_levels"].items()},
+            numeric=tuple(data["numeric"]),
+            x_names=tuple(data["x_names"]),
+            z_names=tuple(data["z_names"]),
+        )
+
+
+@dataclass(frozen=True)
+class Design:
+    """Design matrices of one dataset.
+
+    Attributes:
+        y: (rows,) response as float.
+        trials: (rows,) int64 binomial trials, or None.
+        X: (rows, K) population-level columns without the intercept.
+        x_names: (K,) column names of X, e.g. ("x", "SexFemale", "x:SexFemale").
+        intercept: whether the model has a population-level intercept.
+        x_means: (K,) column means of X (brms centres X by them; see :func:`uncenter_intercept`).
+        Z: (rows, M) group-level columns.
+        z_names: (M,) column names of Z, e.g. ("Intercept", "x").
+        group: (rows,) int64 group codes 0..J-1 indexing `levels`.
+        levels: (J,) group levels as strings, in R's order.
+        info: what is needed to rebuild the same columns on new data.
+    """
+
+    y: np.ndarray
+    trials: np.ndarray | None
+    X: np.ndarray
+    x_names: tuple[str, ...]
+    intercept: bool
+    x_means: np.ndarray
+    Z: np.ndarray
+    z_names: tuple[str, ...]
+    group: np.ndarray
+    levels: tuple[str, ...]
+    info: DesignInfo = field(repr=False)
+
+
+def build_design(
+    terms: FormulaTerms,
+    data: pd.DataFrame | Mapping[str, Sequence[Any]],
+    *,
+    reference: DesignInfo | None = None,
+    min_groups: int = 2,
+) -> Design:
+    """Builds the design matrices of `terms` on `data`.
+
+    Arguments:
+        terms: the parsed formula (:func:`~mlnpe.formula.terms.parse_formula`); it needs a group-level term.
+        data: a data frame, or a dict of equally long columns.
+        reference: the :attr:`Design.info` of an earlier design: its factor levels and columns are reused,
+            so new data get the same columns. Group levels always come from `data`, so new groups are fine.
+        min_groups: the fewest groups accepted (2 to fit a multilevel model; 1 for predictions).
+
+    Returns:
+        The :class:`Design`.
+
+    Raises:
+        SpecError: the formula has no grouping factor, or `reference` belongs to another formula.
+        DataError: missing columns, missing values, non-numeric response, fewer than 2 groups, a factor
+            with one level, invalid trials, or a factor level unseen by `reference`.
+
+    Example:
+        >>> data = {"y": [1.0, 2, 3], "x": [0.0, 1, 2], "g": ["a", "a", "b"]}
+        >>> d = build_design(parse_formula("y ~ x + (1 | g)"), data)
+        >>> d.x_names, d.z_names, d.levels, d.group.tolist()
+        (('x',), ('Intercept',), ('a', 'b'), [0, 0, 1])
+    """
+    if terms.group is None:
+        raise SpecError(
+            f"`terms` ({terms.formula!r}) has no group-level term. mlnpe models are multilevel: add one such "
+            "as (1 | g)."
+        )
+    if reference is not None and reference.terms != terms:
+        raise SpecError(
+            f"`reference` was built for {reference.terms.formula!r}, not {terms.formula!r}. Pass the "
+            "DesignInfo of a design of the same formula."
+        )
+    frame = _as_frame(data)
+    used = terms.variables()
+    _check_present(frame, used)
+    _check_missing(frame, used)
+    if reference is None:
+        levels, numeric = _learn_kinds(frame, _predictors(terms))
+    else:
+        levels, numeric = dict(reference.factor_levels), reference.numeric
+    values = _predictor_values(frame, levels, numeric, checked=reference is not None)
+    x_plan, z_plan = _plans(terms, levels)
+    X = _evaluate(x_plan, values, levels, len(frame))
+    Z = _evaluate(z_plan, values, levels, len(frame))
+    x_names, z_names = tuple(n for n, _ in x_plan), tuple(n for n, _ in z_plan)
+    _check_brms_duplicates(x_names, "population-level")
+    _check_brms_duplicates(z_names, "group-level")
+    info = reference or DesignInfo(terms, levels, numeric, x_names, z_names)
+    group, group_levels = _group_codes(frame[terms.group], terms.group, min_groups)
+    y = _response(frame[terms.response], terms.response)
+    trials = None if terms.trials is None else _trials(frame[terms.trials], terms.trials, y, terms.response)
+    return Design(
+        y=y,
+        trials=trials,
+        X=X,
+        x_names=x_names,
+        intercept=terms.intercept,
+        x_means=X.mean(axis=0),
+        Z=Z,
+        z_names=z_names,
+        group=group,
+        levels=group_levels,
+        info=info,
+    )
+
+
+def brms_names(design: Design) -> dict[str, tuple[str, ...]]:
+    """The brms names of the model's parameters, by class, in brms's order.
+
+    Arguments:
+        design: a design from :func:`build_design`.
+
+    Returns:
+        A dict with keys "b" (`b_Intercept` if there is an intercept, then `b_<column>`), "sd"
+        (`sd_<group>__<coef>`), "cor" (`cor_<group>__<ci>__<cj>` for i < j in column-major upper-triangle
+        order, only for correlated terms with 2 or more coefficients) and "r" (`r_<group>[<level>,<coef>]`,
+        all levels of the first coefficient, then of the second, ...). Coefficient names pass through
+        brms's renaming; whitespace in group levels becomes ".".
+
+    Example:
+        >>> data = {"y": [1.0, 2, 3], "x": [0.0, 1, 2], "g": ["a", "a", "b"]}
+        >>> d = build_design(parse_formula("y ~ x + (x | g)"), data)
+        >>> brms_names(d)["cor"], brms_names(d)["r"][:2]
+        (('cor_g__Intercept__x',), ('r_g[a,Intercept]', 'r_g[b,Intercept]'))
+    """
+    terms = design.info.terms
+    group = terms.group
+    coefs = [_brms_rename(name) for name in design.z_names]
+    b = (("b_Intercept",) if design.intercept else ()) + tuple(f"b_{_brms_rename(n)}" for n in design.x_names)
+    sd = tuple(f"sd_{group}__{c}" for c in coefs)
+    cor: tuple[str, ...] = ()
+    if terms.correlated:
+        cor = tuple(f"cor_{group}__{coefs[i]}__{coefs[j]}" for j in range(len(coefs)) for i in range(j))
+    levels = ["".join("." if ch.isspace() else ch for ch in level) for level in design.levels]
+    r = tuple(f"r_{group}[{level},{c}]" for c in coefs for level in levels)
+    return {"b": b, "sd": sd, "cor": cor, "r": r}
+
+
+def uncenter_intercept(intercept_c: Any, b: Any, x_means: Any) -> np.ndarray:
+    """brms's `b_Intercept = Intercept - dot(means_X, b)`, over any leading (draw) dimensions.
+
+    Arguments:
+        intercept_c: (...,) intercepts of the centred predictors.
+        b: (..., K) population-level coefficients.
+        x_means: (K,) column means of X (:attr:`Design.x_means`).
+
+    Returns:
+        (...,) intercepts on the scale of the uncentred predictors.
+
+    Raises:
+        DataError: the last dimension of `b` does not match `x_means`.
+    """
+    intercept_c = np.asarray(intercept_c, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    x_means = np.asarray(x_means, dtype=np.float64)
+    if x_means.ndim != 1 or b.ndim < 1 or b.shape[-1] != x_means.shape[0]:
+        raise DataError(
+            f"`b` must have shape (..., K) with K = len(`x_means`) = {x_means.shape}, got b.shape = {b.shape}. "
+            "Pass one coefficient per column of X."
+        )
+    return intercept_c - b @ x_means
+
+
+# --- data checks -------------------------------------------------------------------------------------------
+
+
+def _as_frame(data: Any) -> pd.DataFrame:
+    """A DataFrame view of `data`, with string column names."""
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    elif isinstance(data, Mapping):
+        try:
+            frame = pd.DataFrame({str(k): list(v) if not hasattr(v, "__array__") else v for k, v in data.items()})
+        except (ValueError, TypeError) as error:
+            lengths = {str(k): len(v) if hasattr(v, "__len__") else "scalar" for k, v in data.items()}
+            raise DataError(
+                f"`data` must hold columns of equal length, got lengths {lengths} ({error}). "
+                "Pass a pandas DataFrame or a dict of equally long lists."
+            ) from None
+    else:
+        raise DataError(
+            f"`data` must be a pandas DataFrame or a dict of columns, got {type(data).__name__}. "
+            "Convert it with pandas.DataFrame(...)."
+        )
+    if len(frame) == 0:
+        raise DataError("`data` has no rows. Pass at least one row per group.")
+    frame = frame.reset_index(drop=True)
+    frame.columns = [str(c) for c in frame.columns]
+    repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if repeated:
+        raise DataError(f"`data` has repeated column names {repeated}. Rename the columns so that each is unique.")
+    return frame
+
+
+def _check_present(frame: pd.DataFrame, names: Sequence[str]) -> None:
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise DataError(
+            f"variables {missing} used in the formula are not columns of `data`; available columns: "
+            f"{list(frame.columns)}. Fix the formula or rename the columns."
+        )
+
+
+def _check_missing(frame: pd.DataFrame, names: Sequence[str]) -> None:
+    counts = {n: int(frame[n].isna().sum()) for n in names}
+    bad = {n: c for n, c in counts.items() if c}
+    if bad:
+        listing = ", ".join(
+            f"{n!r} has {c} missing value{'s' if c > 1 else ''} (first at row {int(np.argmax(frame[n].isna()))})"
+            for n, c in bad.items()
+        )
+        raise DataError(
+            f"`data`: {listing}. mlnpe never drops rows silently: remove or impute those rows first."
+        )
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
+
+
+def _numeric(series: pd.Series, name: str, role: str) -> np.ndarray:
+    """Float values of a numeric column, checked to be finite."""
+    values = series.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataError(
+            f"{role} {name!r} has {int(bad.sum())} infinite value(s) (first at row {int(np.argmax(bad))}). "
+            "Remove or fix those rows."
+        )
+    return values
+
+
+def _response(series: pd.Series, name: str) -> np.ndarray:
+    if not (_is_numeric(series) or pd.api.types.is_bool_dtype(series.dtype)):
+        raise DataError(
+            f"the response {name!r} must be numeric (or bool), got dtype {series.dtype}. Convert it to numbers "
+            "(e.g. 0/1 for a binary outcome)."
+        )
+    return _numeric(series.astype(np.float64), name, "the response")
+
+
+def _trials(series: pd.Series, name: str, y: np.ndarray, response: str) -> np.ndarray:
+    """Binomial trials: positive integers, with 0 <= y <= trials and integral y."""
+    if not _is_numeric(series):
+        raise DataError(f"trials {name!r} must be numeric positive integers, got dtype {series.dtype}.")
+    values = _numeric(series, name, "trials")
+    bad = (values <= 0) | (values != np.round(values))
+    if bad.any():
+        raise DataError(
+            f"trials {name!r} must be positive integers, got {int(bad.sum())} other value(s) (first "
+            f"{float(values[bad][0]):g} at row {int(np.argmax(bad))}). Fix or drop those rows."
+        )
+    bad = (y < 0) | (y > values) | (y != np.round(y))
+    if bad.any():
+        raise DataError(
+            f"the response {response!r} must count successes between 0 and trials {name!r}, got "
+            f"{int(bad.sum())} other value(s) (first {float(y[bad][0]):g} at row {int(np.argmax(bad))})."
+        )
+    return values.astype(np.int64)
+
+
+def _check_brms_duplicates(names: Sequence[str], what: str) -> None:
+    renamed = [_brms_rename(n) for n in names]
+    dups = sorted({n for n, r in zip(names, renamed) if renamed.count(r) > 1})
+    if dups:
+        raise DataError(
+            f"the {what} columns {dups} get the same brms name after brms's renaming of special characters. "
+            "Relabel the factor levels in `data` so that they differ in letters or digits."
+        )
+
+
+# --- factors -----------------------------------------------------------------------------------------------
+
+
+def _r_label(value: Any) -> str:
+    """A value as R's as.character() prints a factor level (integral numbers without decimals)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else format(float(value), ".15g")
+    return str(value)
+
+
+def _r_string_key(label: str) -> tuple[str, str]:
+    """Sort key of R's sort() on strings in an English UTF-8 locale: case-insensitive, lowercase first."""
+    return label.casefold(), label.swapcase()
+
+
+def _codes(series: pd.Series, known: Sequence[str], name: str) -> np.ndarray:
+    """Row codes indexing `known` levels; a level outside `known` raises a DataError."""
+    codes, uniques = pd.factorize(series, sort=False)
+    index = {label: i for i, label in enumerate(known)}
+    labels = [_r_label(u) for u in np.asarray(uniques, dtype=object).tolist()]
+    unseen = sorted({label for label in labels if label not in index}, key=_r_string_key)
+    if unseen:
+        raise DataError(
+            f"variable {name!r} has level(s) {unseen} in `data` that the model has not seen; known levels: "
+            f"{list(known)}. Drop those rows or refit the model with data that include them."
+        )
+    return np.array([index[label] for label in labels], dtype=np.int64)[codes]
+
+
+def _levels_of(series: pd.Series) -> tuple[str, ...]:
+    """Levels of a factor column in R's order (used levels only)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        used = set(series.cat.codes.tolist())
+        return tuple(_r_label(c) for i, c in enumerate(series.cat.categories) if i in used)
+    unique = pd.unique(series)
+    if pd.api.types.is_bool_dtype(series.dtype) or _is_numeric(series):
+        return tuple(dict.fromkeys(_r_label(v) for v in sorted(unique.tolist())))
+    return tuple(sorted(dict.fromkeys(_r_label(v) for v in unique.tolist()), key=_r_string_key))
+
+
+def _learn_kinds(
+    frame: pd.DataFrame, predictors: Sequence[str]
+) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """Splits predictors into factors (with their levels) and numeric variables."""
+    levels: dict[str, tuple[str, ...]] = {}
+    numeric: list[str] = []
+    for name in predictors:
+        series = frame[name]
+        if _is_numeric(series):
+            numeric.append(name)
+            continue
+        levels[name] = _levels_of(series)
+        if len(levels[name]) < 2:
+            raise DataError(
+                f"factor {name!r} has a single level {list(levels[name])} in `data`; a factor needs 2 or more "
+                "levels. Drop it from the formula."
+            )
+    return levels, tuple(numeric)
+
+
+def _predictor_values(
+    frame: pd.DataFrame, levels: Mapping[str, tuple[str, ...]], numeric: Sequence[str], *, checked: bool
+) -> dict[str, np.ndarray]:
+    """Float values of numeric predictors and int level codes of factors."""
+    values: dict[str, np.ndarray] = {}
+    for name in numeric:
+        if checked and not _is_numeric(frame[name]):
+            raise DataError(
+                f"variable {name!r} was numeric when the model was built, but `data` has dtype "
+                f"{frame[name].dtype}. Convert the column to numbers."
+            )
+        values[name] = _numeric(frame[name], name, "variable")
+    for name, known in levels.items():
+        values[name] = _codes(frame[name], known, name)
+    return values
+
+
+def _group_codes(series: pd.Series, name: str, min_groups: int = 2) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Group codes 0..J-1 and the group levels (from the data), requiring J >= min_groups."""
+    levels = _levels_of(series)
+    if len(levels) < min_groups:
+        raise DataError(
+            f"the grouping factor {name!r} has {len(levels)} level {list(levels)} in `data`; a multilevel "
+            "model needs 2 or more groups. Add groups or fit a single-level model."
+        )
+    return _codes(series, levels, name), levels
+
+
+# --- columns -----------------------------------------------------------------------------------------------
+
+
+def _predictors(terms: FormulaTerms) -> tuple[str, ...]:
+    """Variables of X and Z, in formula order."""
+    return tuple(dict.fromkeys(v for term in terms.terms + terms.group_terms for v in term))
+
+
+def _plans(
+    terms: FormulaTerms, levels: Mapping[str, tuple[str, ...]]
+) -> tuple[tuple[tuple[str, _Column], ...], tuple[tuple[str, _Column], ...]]:
+    """(name, column) lists of X (without intercept) and Z (with "Intercept" first if varying)."""
+    x_plan = _plan(terms.intercept, terms.terms, levels)
+    z_plan = _plan(terms.group_intercept, terms.group_terms, levels)
+    if terms.group_intercept:
+        z_plan = (("Intercept", ()),) + z_plan
+    return x_plan, z_plan
+
+
+def _plan(
+    intercept: bool, terms: Sequence[tuple[str, ...]], levels: Mapping[str, tuple[str, ...]]
+) -> tuple[tuple[str, _Column], ...]:
+    """The columns of one model part, coded and named as R's model.matrix does."""
+    full = _full_dummies(intercept, terms, levels)
+    plan: list[tuple[str, _Column]] = []
+    for term, dummies in zip(terms, full):
+        columns: list[tuple[str, _Column]] = [("", ())]
+        for var in term:
+            if var in levels:
+                kept = levels[var] if var in dummies else levels[var][1:]
+                options = [(f"{var}{level}", (var, level)) for level in kept]
+            else:
+                options = [(var, (var, None))]
+            # earlier variables vary fastest, as in model.matrix
+            columns = [(f"{n}:{o}" if n else o, c + (p,)) for o, p in options for n, c in columns]
+        plan.extend(columns)
+    return tuple(plan)
+
+
+def _full_dummies(
+    intercept: bool, terms: Sequence[tuple[str, ...]], levels: Mapping[str, tuple[str, ...]]
+) -> list[set[str]]:
+    """Per term, the factors coded by an indicator for every level instead of contrasts."""
+    full: list[set[str]] = []
+    for k, term in enumerate(terms):
+        rest_in_earlier = {
+            var: not (set(term) - {var}) or any(set(term) - {var} <= set(terms[i]) for i in range(k))
+            for var in term
+            if var in levels
+        }
+        full.append({var for var, contrast in rest_in_earlier.items() if not contrast})
+    if not intercept:
+        for term, dummies in zip(terms, full):
+            first = next((var for var in term if var in levels), None)
+            if first is not None:
+                dummies.add(first)
+                break
+    return full
+
+
+def _evaluate(
+    plan: Sequence[tuple[str, _Column]],
+    values: Mapping[str, np.ndarray],
+    levels: Mapping[str, tuple[str, ...]],
+    rows: int,
+) -> np.ndarray:
+    """(rows, columns) matrix of a plan: products of numeric values and level indicators."""
+    out = np.ones((rows, len(plan)), dtype=np.float64)
+    for j, (_, column) in enumerate(plan):
+        for var, level in column:
+            out[:, j] *= values[var] if level is None else values[var] == levels[var].index(level)
+    return out
+
+
+def _brms_rename(name: str) -> str:
+    """brms's renaming of coefficient names (spaces and brackets dropped, operators spelled out)."""
+    for old, new in _BRMS_RENAME:
+        name = name.replace(old, new)
+    return name

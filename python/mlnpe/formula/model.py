@@ -1,0 +1,241 @@
+"""A brms-style formula as a two-level simulator: the last stage of formula -> terms -> design -> model.
+
+Parameters, in brms's order:
+- global: the centred intercept `Intercept` (brms's Stan parameter, the intercept of mean-centred predictors),
+  the population-level coefficients `b_<x>`, the group-level sds `sd_<g>__<z>`, the correlations
+  `cor_<g>__<zi>__<zj>` (one LKJ block), and the family parameters (sigma, shape, nu);
+- local: the group-level effects r_j of every group (one per column of Z).
+
+Model: eta_ij = Intercept + (x_ij - x_means) b + z_ij r_j; r_j ~ MVN(0, diag(sd) Omega diag(sd)); y_ij ~ family(eta).
+
+Covariates for training datasets are resampled from the user's data. A simulated group copies the covariate
+rows of a randomly chosen observed group, drawn with replacement. Its number of rows is that group's size half
+of the time and uniform over the trained range otherwise. This keeps the designs realistic for users who refit
+new data of the same design or leave groups out, while still covering the whole range of N_j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import GroupedBatch, make_masks
+from ..errors import SpecError
+from ..spec import ParamSpec, TwoLevelModel
+from ..supports import corr_vector_to_matrix
+from .families import get_family
+
+__all__ = ["CovariatePool", "FormulaModel", "GlobalSlot"]
+
+
+@dataclass(frozen=True)
+class GlobalSlot:
+    """One global parameter block and its prior.
+
+    Attributes:
+        name: brms name of the block (for correlations the block name `cor_<g>`).
+        kind: "Intercept", "b", "sd", "cor" or "aux".
+        prior: the PriorDist in force.
+        labels: brms names of the scalars.
+        support: support spec string.
+    """
+
+    name: str
+    kind: str
+    prior: Any
+    labels: tuple[str, ...]
+    support: str
+
+
+@dataclass(frozen=True)
+class CovariatePool:
+    """Observed covariate rows by group, to resample training designs from.
+
+    Attributes:
+        x: (J_data, N_max, d_x) per-group rows (zeros where padded).
+        n: (J_data,) rows per observed group.
+    """
+
+    x: Tensor
+    n: Tensor
+
+    @classmethod
+    def from_rows(cls, x: np.ndarray, group: np.ndarray, n_groups: int) -> "CovariatePool":
+        counts = np.bincount(group, minlength=n_groups)
+        pool = np.zeros((n_groups, max(int(counts.max()), 1), x.shape[1]), dtype=np.float32)
+        order = np.argsort(group, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        pos = np.arange(len(group)) - offsets[group[order]]
+        pool[group[order], pos] = x[order]
+        return cls(torch.as_tensor(pool), torch.as_tensor(counts, dtype=torch.long))
+
+
+class FormulaModel(TwoLevelModel):
+    """The two-level simulator of a formula, a family and priors.
+
+    Arguments:
+        slots: global parameter blocks in order (see module docstring).
+        z_names: names of the group-level coefficients (columns of Z).
+        z_source: for each Z column, -1 for the intercept or the index of the feature column it copies.
+        family: family name.
+        x_means: (K,) means of the population-level columns (centring).
+        n_x: K, number of population-level columns (the first K feature columns).
+        feature_names: names of the per-row feature columns the networks see beside y.
+        trials_column: index of the trials feature (binomial), or None.
+        pool: covariate rows to resample designs from.
+        prior_local_corr: whether the group-level effects are correlated.
+    """
+
+    ordered_rows = False
+
+    def __init__(
+        self,
+        slots: Sequence[GlobalSlot],
+        z_names: Sequence[str],
+        z_source: Sequence[int],
+        family: str,
+        x_means: Sequence[float],
+        n_x: int,
+        feature_names: Sequence[str],
+        trials_column: int | None,
+        pool: CovariatePool,
+        y_name: str = "y",
+    ):
+        self.slots = tuple(slots)
+        self.family = get_family(family)
+        self.z_names = tuple(z_names)
+        self.z_source = torch.as_tensor(list(z_source), dtype=torch.long)
+        self.x_means = torch.as_tensor(np.asarray(x_means, dtype=np.float32).reshape(-1))
+        self.n_x = int(n_x)
+        self.trials_column = trials_column
+        self.pool = pool
+        self.global_params = tuple(ParamSpec(s.name, s.support, s.labels) for s in self.slots)
+        self.local_params = tuple(ParamSpec(z, "real") for z in self.z_names)
+        self.y_dim, self.x_dim = 1, len(feature_names)
+        self.y_names, self.x_names = (y_name,), tuple(feature_names)
+        self._offsets = np.cumsum([0] + [ParamSpec(s.name, s.support, s.labels).dim for s in self.slots])
+        if len(self.z_source) != len(self.z_names):
+            raise SpecError("`z_source` needs one entry per group-level coefficient.")
+
+    # ---- parameter access ---------------------------------------------------------------------------------
+    def _block(self, global_params: Tensor, kind: str) -> list[tuple[GlobalSlot, Tensor]]:
+        out = []
+        for i, slot in enumerate(self.slots):
+            if slot.kind == kind:
+                out.append((slot, global_params[..., self._offsets[i] : self._offsets[i + 1]]))
+        return out
+
+    def _vector(self, global_params: Tensor, kind: str) -> Tensor:
+        parts = [v for _, v in self._block(global_params, kind)]
+        return torch.cat(parts, -1) if parts else global_params[..., :0]
+
+    def intercept(self, global_params: Tensor) -> Tensor:
+        """(..., G) -> (...) centred intercept (0 without an intercept)."""
+        v = self._vector(global_params, "Intercept")
+        return v[..., 0] if v.shape[-1] else global_params.new_zeros(global_params.shape[:-1])
+
+    def coefficients(self, global_params: Tensor) -> Tensor:
+        """(..., G) -> (..., K) population-level coefficients."""
+        return self._vector(global_params, "b")
+
+    def sds(self, global_params: Tensor) -> Tensor:
+        """(..., G) -> (..., M) group-level sds."""
+        return self._vector(global_params, "sd")
+
+    def aux(self, global_params: Tensor) -> Tensor:
+        """(..., G) -> (..., A) family parameters."""
+        return self._vector(global_params, "aux")
+
+    def scale_tril(self, global_params: Tensor) -> Tensor:
+        """(..., G) -> (..., M, M) Cholesky factor of the covariance of r_j."""
+        sd = self.sds(global_params)
+        m = sd.shape[-1]
+        cor = self._vector(global_params, "cor")
+        if cor.shape[-1]:
+            chol = torch.linalg.cholesky(corr_vector_to_matrix(cor, m))
+        else:
+            chol = torch.eye(m, dtype=sd.dtype).expand(*sd.shape[:-1], m, m)
+        return sd[..., :, None] * chol
+
+    # ---- TwoLevelModel --------------------------------------------------------------------------------------
+    def sample_global(self, n: int, generator: torch.Generator) -> Tensor:
+        parts = []
+        for slot in self.slots:
+            if slot.kind == "cor":
+                m = len(self.z_names)
+                parts.append(slot.prior.sample_corr(m, (n,), generator).to(torch.float32))
+            else:
+                parts.append(slot.prior.sample((n,), generator).to(torch.float32).reshape(n, 1))
+        return torch.cat(parts, -1)
+
+    def sample_local(self, global_params: Tensor, n_groups: int, generator: torch.Generator) -> Tensor:
+        m = len(self.z_names)
+        z = torch.randn(global_params.shape[0], n_groups, m, generator=generator)
+        return torch.einsum("bkm,bjm->bjk", self.scale_tril(global_params), z)
+
+    def sample_design(
+        self, n: int, groups: tuple[int, int], rows: tuple[int, int], generator: torch.Generator
+    ) -> GroupedBatch:
+        n_groups = torch.randint(groups[0], groups[1] + 1, (n,), generator=generator)
+        j_max = int(n_groups.max())
+        source = torch.randint(0, len(self.pool.n), (n, j_max), generator=generator)
+        own = self.pool.n[source].clamp(rows[0], rows[1])
+        uniform = torch.randint(rows[0], rows[1] + 1, (n, j_max), generator=generator)
+        pick_own = torch.rand(n, j_max, generator=generator) < 0.5
+        n_rows = torch.where(pick_own, own, uniform)
+        group_mask, row_mask = make_masks(n_groups, n_rows)
+        u = torch.rand(*row_mask.shape, generator=generator)
+        row_index = (u * self.pool.n[source][..., None]).long()
+        x = self.pool.x[source[..., None], row_index] * row_mask[..., None]
+        return GroupedBatch(None, row_mask, group_mask, x)
+
+    def linear_predictor(self, global_params: Tensor, local_params: Tensor, x: Tensor) -> Tensor:
+        """eta: global (..., B, G), local (..., B, J, M), features x (B, J, N, d_x) -> (..., B, J, N)."""
+        b = self.coefficients(global_params)
+        eta = self.intercept(global_params)[..., None, None]
+        if b.shape[-1]:
+            centred = x[..., : self.n_x] - self.x_means
+            eta = eta + torch.einsum("bjnk,...bk->...bjn", centred, b)
+        ones = torch.ones_like(x[..., :1])
+        z = torch.cat([ones, x], -1)[..., self.z_source + 1]  # (B, J, N, M); source -1 picks the ones column
+        return eta + torch.einsum("bjnm,...bjm->...bjn", z, local_params)
+
+    def _trials(self, x: Tensor | None) -> Tensor | None:
+        return None if self.trials_column is None or x is None else x[..., self.trials_column]
+
+    def simulate(
+        self, global_params: Tensor, local_params: Tensor, design: GroupedBatch, generator: torch.Generator
+    ) -> Tensor:
+        eta = self.linear_predictor(global_params, local_params, design.x)
+        trials = self._trials(design.x)
+        y = self.family.simulate(eta, self.aux(global_params), trials, generator)
+        return y[..., None]
+
+    def log_prior_global(self, global_params: Tensor) -> Tensor:
+        total = global_params.new_zeros(global_params.shape[:-1])
+        for slot, value in [pair for kind in ("Intercept", "b", "sd", "cor", "aux") for pair in self._block(global_params, kind)]:
+            if slot.kind == "cor":
+                total = total + slot.prior.log_prob_corr(value, len(self.z_names))
+            else:
+                total = total + slot.prior.log_prob(value[..., 0])
+        return total
+
+    def log_prior_local(self, local_params: Tensor, global_params: Tensor) -> Tensor:
+        chol = self.scale_tril(global_params)[..., None, :, :]  # (..., 1, M, M)
+        sol = torch.linalg.solve_triangular(chol, local_params[..., None], upper=False)[..., 0]
+        m = local_params.shape[-1]
+        logdet = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        return -0.5 * (sol * sol).sum(-1) - logdet - 0.5 * m * float(np.log(2 * np.pi))
+
+    def log_likelihood(self, batch: GroupedBatch, global_params: Tensor, local_params: Tensor) -> Tensor:
+        eta = self.linear_predictor(global_params, local_params, batch.x)
+        aux = self.aux(global_params)
+        lp = self.family.log_lik(batch.y[..., 0], eta, aux, self._trials(batch.x))
+        return torch.where(batch.row_mask, lp, 0.0).sum(-1)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"class": "FormulaModel"}

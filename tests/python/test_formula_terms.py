@@ -1,0 +1,169 @@
+"""Tests of mlnpe.formula.terms: brms/lme4 formula parsing."""
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from mlnpe.errors import SpecError
+from mlnpe.formula.terms import FormulaTerms, parse_formula
+
+# formula -> (intercept, terms, group, group_intercept, group_terms, correlated)
+FORMS = {
+    "y ~ x": (True, (("x",),), None, False, (), True),
+    "y ~ 1": (True, (), None, False, (), True),
+    "y ~ 1 + x + (1 | g)": (True, (("x",),), "g", True, (), True),
+    "y ~ x + (1 + x | g)": (True, (("x",),), "g", True, (("x",),), True),
+    "y ~ x + (x | g)": (True, (("x",),), "g", True, (("x",),), True),
+    "y ~ x + (1 + x || g)": (True, (("x",),), "g", True, (("x",),), False),
+    "y ~ x + (0 + x | g)": (True, (("x",),), "g", False, (("x",),), True),
+    "y ~ x + (x - 1 | g)": (True, (("x",),), "g", False, (("x",),), True),
+    "y ~ 0 + x + (1 | g)": (False, (("x",),), "g", True, (), True),
+    "y ~ x - 1 + (1 | g)": (False, (("x",),), "g", True, (), True),
+    "y ~ -1 + x": (False, (("x",),), None, False, (), True),
+    "y ~ x + 0": (False, (("x",),), None, False, (), True),
+    "y ~ a:b": (True, (("a", "b"),), None, False, (), True),
+    "y ~ a * b": (True, (("a",), ("b",), ("a", "b")), None, False, (), True),
+    "y ~ a * b * c": (
+        True,
+        (("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c"), ("a", "b", "c")),
+        None, False, (), True,
+    ),
+    "y ~ a:b * c": (True, (("c",), ("a", "b"), ("a", "b", "c")), None, False, (), True),
+    "y ~ x + x + x:x": (True, (("x",),), None, False, (), True),
+    "y ~ a:b + a": (True, (("a",), ("a", "b")), None, False, (), True),
+    "y ~ x + f + f:x": (True, (("x",), ("f",), ("x", "f")), None, False, (), True),
+    "y ~ (1 + x * f | g)": (True, (), "g", True, (("x",), ("f",), ("x", "f")), True),
+    "y ~ 0 + (0 + x:f || g)": (False, (), "g", False, (("x", "f"),), False),
+    "y ~ x.1 + my_var + .z + (1 | Subject.ID)": (
+        True, (("x.1",), ("my_var",), (".z",)), "Subject.ID", True, (), True,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("formula", list(FORMS))
+def test_syntax_forms(formula):
+    t = parse_formula(formula)
+    got = (t.intercept, t.terms, t.group, t.group_intercept, t.group_terms, t.correlated)
+    assert got == FORMS[formula]
+    assert t.response == "y" and t.trials is None
+
+
+@pytest.mark.parametrize("formula", list(FORMS))
+def test_normalized_formula_parses_to_the_same_terms(formula):
+    t = parse_formula(formula)
+    assert parse_formula(t.formula) == t
+
+
+def test_sleepstudy_formula_and_normalized_text():
+    t = parse_formula("Reaction ~ Days + (Days | Subject)")
+    assert t.formula == "Reaction ~ 1 + Days + (1 + Days | Subject)"
+    assert t.variables() == ("Reaction", "Days", "Subject")
+    assert parse_formula("y ~ 0 + x + (x || g)").formula == "y ~ 0 + x + (1 + x || g)"
+
+
+def test_trials_addition_term():
+    t = parse_formula("k | trials(n) ~ x + (1 | g)")
+    assert (t.response, t.trials) == ("k", "n")
+    assert t.formula == "k | trials(n) ~ 1 + x + (1 | g)"
+    assert t.variables() == ("k", "n", "x", "g")
+
+
+def test_normalized_text_keeps_interaction_variable_order():
+    t = parse_formula("y ~ a:b * c")
+    assert t.terms == (("c",), ("a", "b"), ("a", "b", "c"))
+    assert t.formula == "y ~ 1 + a:b + c + a:b:c"  # "c + a:b + ..." would rename a:b:c to c:a:b, as R does
+    assert parse_formula("y ~ x*f").formula == "y ~ 1 + x + f + x:f"
+
+
+def test_whitespace_insensitive():
+    a = parse_formula("y~x*f+(1+x||g)")
+    b = parse_formula("  y  ~ x *\n f +  ( 1 +  x ||\tg )  ")
+    assert a == b
+
+
+def test_variables_in_term_order_without_repeats():
+    t = parse_formula("y ~ b:a + a + z + (1 + z + w | g)")
+    assert t.variables() == ("y", "a", "z", "b", "w", "g")
+    # R names an interaction by the variables' first appearance: b appears before a
+    assert t.terms == (("a",), ("z",), ("b", "a"))
+
+
+def test_terms_are_frozen():
+    t = parse_formula("y ~ x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.intercept = False  # type: ignore[misc]
+
+
+def test_direct_construction_is_checked():
+    with pytest.raises(SpecError, match="need a `group`"):
+        FormulaTerms("y", None, True, (), None, True, (), True, "y ~ 1")
+    with pytest.raises(SpecError, match=r"has no coefficients. Use \(1 \| g\)"):
+        FormulaTerms("y", None, True, (), "g", False, (), True, "y ~ 1")
+
+
+@pytest.mark.parametrize(
+    "formula, match",
+    [
+        ("y x", "exactly one '~'.*got no '~'"),
+        ("y ~ x ~ z", "got 2 '~'"),
+        ("~ x", "empty response"),
+        ("y ~", "no predictors after '~'"),
+        ("y ~ (1 | g", r"unbalanced parentheses: 1 '\(' not closed"),
+        ("y ~ x) + (1 | g)", r"unbalanced parentheses: '\)' at position 5"),
+        ("y ~ x + $z", r"unexpected character '\$' at position 8"),
+        ("y ~ x +", "missing term around"),
+        ("y ~ x + + z", "missing term around"),
+        ("log(y) ~ x", "response must be a single variable name"),
+        ("y + z ~ x", "response must be a single variable name"),
+        ("y | weights(w) ~ x", r"addition terms \['weights\(w\)'\] are not supported; only 'y \| trials\(n\)'"),
+        ("y | trials(n) + se(s) ~ x", r"addition terms \['se\(s\)'\] are not supported"),
+        ("y | trials(10) ~ x", r"trials\(\) needs a column name"),
+        ("y ~ log(x)", r"functions such as log\(...\) are not supported.*compute transformed columns"),
+        ("y ~ I(x^2)", r"I\(...\) expressions are not supported"),
+        ("y ~ x + offset(o)", r"offsets \(offset\(...\)\) are not supported"),
+        ("y ~ s(x) + (1 | g)", r"functions such as s\(...\)"),
+        ("y ~ .", r"'\.' \(all other columns\) is not supported"),
+        ("y ~ (a + b):c", "parentheses are only supported around group-level terms"),
+        ("y ~ a^2", r"operator '\^' is not supported"),
+        ("y ~ a %in% b", "operator '%in%' is not supported"),
+        ("y ~ a/b", "operator '/' is not supported"),
+        ("y ~ 2 + x", "the number '2' is not a term"),
+        ("y ~ 2*x", "numbers cannot be part of a term"),
+        ("y ~ x | g", r"group-level terms need parentheses, e.g. \(1 \+ x \| g\)"),
+        ("y ~ x + (1 | g1) + (1 | g2)", r"one grouping factor per model, found groups \['g1', 'g2'\]"),
+        ("y ~ x + (1 + x | g1) + (1 | g2) + (1 | g1)", r"found groups \['g1', 'g2'\]"),
+        ("y ~ x + (1 | a/b)", r"one grouping factor per model; \(1 \| a / b\) uses the groups \['a', 'a:b'\]"),
+        ("y ~ x + (1 | a:b)", r"one grouping factor per model; .* uses the groups \['a:b'\]"),
+        ("y ~ (1 | a/b/c)", r"\['a', 'a:b', 'a:b:c'\]"),
+        ("y ~ (1 | gr(g))", "grouping factor in .* must be a single variable name"),
+        ("y ~ (1 | p | g)", "ID syntax"),
+        ("y ~ (0 | g)", r"has no coefficients; write \(1 \| g\)"),
+        ("y ~ ( | g)", "nothing left of the bar"),
+        ("y ~ x - (1 | g)", "cannot be subtracted"),
+        ("y ~ a * b - a:b", r"removing terms with '-' \('a:b'\) is not supported, only '- 1'"),
+        ("y ~ (1 | g) + (0 + x | g)", r"appears in 2 .*Write \(1 \+ x \| g\) .* \(1 \+ x \|\| g\)"),
+        ("y ~ (1 | g) + (1 | g)", "appears in 2 group-level terms"),
+        ("y ~ 0 + Intercept + x", "'Intercept' is reserved"),
+        ("y ~ y + x", "uses the response 'y' as a predictor"),
+        ("y ~ x + ((1 | g))", "parentheses are only supported"),
+    ],
+)
+def test_errors(formula, match):
+    with pytest.raises(SpecError, match=match):
+        parse_formula(formula)
+
+
+def test_non_string_formula():
+    with pytest.raises(SpecError, match="`formula` must be a string"):
+        parse_formula(None)  # type: ignore[arg-type]
+
+
+def test_formula_layer_imports_no_torch():
+    folder = Path(__file__).resolve().parents[2] / "python" / "mlnpe" / "formula"
+    for name in ("terms.py", "design.py"):
+        tree = ast.parse((folder / name).read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not any(m.split(".")[0] == "torch" for m in imported), name
