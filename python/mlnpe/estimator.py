@@ -38,6 +38,9 @@ class NetworkConfig:
         global_transforms, global_hidden: spline transforms and conditioner widths of the global flow.
         local_transforms, local_hidden: the same for the shared local flow.
         bins: spline bins.
+        log_inputs: row columns (0 = first response column, covariates after the responses) that the networks
+            see as sign(v) log(1 + |v|): counts and other heavy-tailed inputs, whose raw scale would let a few
+            huge simulated values dominate the standardization.
     """
 
     local_summary: str = "deepset"
@@ -53,13 +56,17 @@ class NetworkConfig:
     local_transforms: int = 2
     local_hidden: tuple[int, ...] = (32, 32)
     bins: int = 8
+    log_inputs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "log_inputs", tuple(int(i) for i in self.log_inputs))
         object.__setattr__(self, "global_hidden", tuple(int(h) for h in self.global_hidden))
         object.__setattr__(self, "local_hidden", tuple(int(h) for h in self.local_hidden))
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int) and value < (0 if f.name == "global_attention" else 1):
+            if isinstance(value, bool) or not isinstance(value, int):
+                continue
+            if value < (0 if f.name == "global_attention" else 1):
                 raise ConfigError(f"NetworkConfig `{f.name}` must be a positive integer, got {value!r}.")
         if self.global_summary not in ("deepset", "set_transformer"):
             raise ConfigError(
@@ -122,6 +129,11 @@ class MultilevelEstimator(nn.Module):
             g, self.global_summary.out_features, c.global_transforms, c.global_hidden, c.bins
         )
         self.local_flow = ConditionalFlow(l, h_local + g, c.local_transforms, c.local_hidden, c.bins)
+        if any(not 0 <= i < row_features for i in config.log_inputs):
+            raise ConfigError(
+                f"NetworkConfig `log_inputs` {list(config.log_inputs)} must index the {row_features} row columns."
+            )
+        self.log_inputs = list(config.log_inputs)
         self.register_buffer("row_loc", torch.zeros(row_features))
         self.register_buffer("row_scale", torch.ones(row_features))
 
@@ -129,7 +141,7 @@ class MultilevelEstimator(nn.Module):
     @torch.no_grad()
     def set_standardization(self, global_params: Tensor, local_params: Tensor, batch: GroupedBatch) -> None:
         """Fixes input and parameter standardization from pilot simulations (padding ignored)."""
-        loc, scale = _masked_moments(batch.rows(), batch.row_mask)
+        loc, scale = _masked_moments(self._rows(batch), batch.row_mask)
         self.row_loc.copy_(loc)
         self.row_scale.copy_(scale)
         gu = self.global_bijector.inverse(global_params)
@@ -137,10 +149,20 @@ class MultilevelEstimator(nn.Module):
         lu = self.local_bijector.inverse(local_params)
         self.local_flow.set_standardization(*_masked_moments(lu, batch.group_mask))
 
+    def _rows(self, batch: GroupedBatch) -> Tensor:
+        """(B, J, N, d) rows as the networks see them, before standardization."""
+        rows = batch.rows()
+        if not self.log_inputs:
+            return rows
+        cols = self.log_inputs
+        rows = rows.clone()
+        rows[..., cols] = torch.sign(rows[..., cols]) * torch.log1p(rows[..., cols].abs())
+        return rows
+
     # ---- networks -------------------------------------------------------------------------------------------
     def summarize(self, batch: GroupedBatch) -> tuple[Tensor, Tensor]:
         """Returns h_local (B, J, h_l) (zeros for padded groups) and h_global (B, h_g)."""
-        rows = (batch.rows() - self.row_loc) / self.row_scale
+        rows = (self._rows(batch) - self.row_loc) / self.row_scale
         real = batch.group_mask
         h_real = self.local_summary(rows[real], batch.row_mask[real])
         h_local = rows.new_zeros(*real.shape, h_real.shape[-1])

@@ -68,6 +68,8 @@ _BACKENDS = ("auto", "cmdstanpy", "pystan")
 _DISCRETE = {"bernoulli": "<lower=0, upper=1>", "binomial": "<lower=0>", "poisson": "<lower=0>",
              "negbinomial": "<lower=0>"}  # fmt: skip
 _BOOKKEEPING = (".chain", ".iteration")
+# a backend run: Stan variables (chains, draws, *dims), divergent (chains, draws), compile and sample seconds
+_RunResult = tuple[dict[str, np.ndarray], np.ndarray, float, float]
 
 
 class StanDiagnosticWarning(UserWarning):
@@ -225,7 +227,8 @@ def stan_program(model: Any) -> str:
         data.append("array[N] int<lower=0> trials;  // binomial trials")
     data.append("int<lower=0> K;  // population-level coefficients (without the intercept)")
     if K:
-        data += ["matrix[N, K] X;  // population-level design, uncentred", "vector[K] x_means;  // mlnpe's stored centring means"]
+        data += ["matrix[N, K] X;  // population-level design, uncentred",
+                 "vector[K] x_means;  // mlnpe's stored centring means"]  # fmt: skip
     data += [
         "int<lower=1> M;  // group-level coefficients",
         "matrix[N, M] Z;  // group-level design",
@@ -689,16 +692,22 @@ def _outside_event_loop(fn: Callable[[], Any]) -> Any:
         return pool.submit(fn).result()
 
 
-def _run_pystan(program: str, data: dict[str, Any], names: list[str], *, chains: int, warmup: int,
-                draws: int, seed: int, adapt_delta: float) -> tuple[dict[str, np.ndarray], np.ndarray, float, float]:  # fmt: skip
+def _run_pystan(
+    program: str, data: dict[str, Any], names: list[str], *, chains: int, warmup: int, draws: int, seed: int,
+    adapt_delta: float,
+) -> _RunResult:
     stan = _import_stan()
-    t0 = time.perf_counter()
-    posterior = _outside_event_loop(lambda: stan.build(program, data=data, random_seed=seed))
-    t1 = time.perf_counter()
-    fit = _outside_event_loop(
-        lambda: posterior.sample(num_chains=chains, num_samples=draws, num_warmup=warmup, delta=adapt_delta)
-    )
-    t2 = time.perf_counter()
+
+    def build_and_sample() -> tuple[Any, float, float, float]:
+        t0 = time.perf_counter()
+        posterior = stan.build(program, data=data, random_seed=seed)
+        t1 = time.perf_counter()
+        fit = posterior.sample(num_chains=chains, num_samples=draws, num_warmup=warmup, delta=adapt_delta)
+        return fit, t0, t1, time.perf_counter()
+
+    # one thread for both calls: building in one worker thread and sampling in another breaks httpstan's
+    # (fork-based) process pool ("BrokenProcessPool")
+    fit, t0, t1, t2 = _outside_event_loop(build_and_sample)
     variables = {}
     for name in names:
         values = _pystan_chains_first(fit[name], chains)
@@ -724,8 +733,10 @@ def _stan_cache_dir() -> Path:
     return path
 
 
-def _run_cmdstanpy(program: str, data: dict[str, Any], names: list[str], *, chains: int, warmup: int,
-                   draws: int, seed: int, adapt_delta: float) -> tuple[dict[str, np.ndarray], np.ndarray, float, float]:  # fmt: skip
+def _run_cmdstanpy(
+    program: str, data: dict[str, Any], names: list[str], *, chains: int, warmup: int, draws: int, seed: int,
+    adapt_delta: float,
+) -> _RunResult:
     import cmdstanpy
 
     # the executable is cached next to a file named by the program's hash: a rerun does not recompile

@@ -16,10 +16,7 @@ import pytest
 
 from mlnpe.errors import ConfigError, DataError
 from mlnpe.formula.api import FormulaNPE, brms_names_and_values
-from mlnpe.formula.design import build_design
-from mlnpe.formula.families import get_family
-from mlnpe.formula.priors import ParamSlot, default_priors, prior, resolve_priors
-from mlnpe.formula.terms import parse_formula
+from mlnpe.formula.priors import prior
 from mlnpe.reference import (
     StanDiagnosticWarning,
     StanFit,
@@ -68,28 +65,6 @@ def df() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def slopes(df) -> FormulaNPE:
     return FormulaNPE("y ~ x + (1 + x | g)", df)
-
-
-def bare_model(formula: str, data: pd.DataFrame, family: str = "gaussian") -> SimpleNamespace:
-    """What stan_program and stan_data read of a FormulaNPE (brms slots, default priors), without networks.
-
-    For models that FormulaNPE cannot build networks for (an intercept-only model has no per-row features).
-    """
-    terms, fam = parse_formula(formula), get_family(family)
-    design = build_design(terms, data)
-    g = terms.group
-    slots = [ParamSlot("Intercept", "", "", "Intercept")] if design.intercept else []
-    slots += [ParamSlot("b", x, "", f"b_{x}") for x in design.x_names]
-    slots += [ParamSlot("sd", z, g, f"sd_{g}__{z}") for z in design.z_names]
-    if terms.correlated and len(design.z_names) > 1:
-        slots.append(ParamSlot("cor", "", g, f"cor_{g}"))
-    slots += [ParamSlot(name) for name, _ in fam.aux]
-    sd_x = {x: float(np.std(design.X[:, k], ddof=1)) for k, x in enumerate(design.x_names)}
-    resolved = resolve_priors(slots, [], default_priors(fam.name, fam.link, design.y), sd_x)
-    return SimpleNamespace(
-        terms=terms, family=fam, resolved=resolved, x_means=design.x_means, z_names=design.z_names, data=data,
-        grouped_data=lambda new: (None, build_design(terms, new, reference=design.info)),
-    )
 
 
 def block(program: str, name: str) -> str:
@@ -185,7 +160,7 @@ def test_uncorrelated_effects_have_no_cholesky_factor_and_no_correlations(df):
 
 
 def test_intercept_only_and_no_intercept_models(df):
-    intercept_only = bare_model("y ~ 1 + (1 | g)", df)
+    intercept_only = FormulaNPE("y ~ 1 + (1 | g)", df)
     only = stan_program(intercept_only)
     assert set(stan_data(intercept_only)) == set(declared(only, "data")) and "X" not in stan_data(intercept_only)
     assert " b;" not in block(only, "parameters") and "X" not in block(only, "data")
@@ -425,3 +400,12 @@ def test_pystan_fit_of_a_small_gaussian_model():
     assert abs(d["b_Intercept"].mean() - 1.0) < 3 * d["b_Intercept"].std() + 0.05
     summary = fit.summary()
     assert summary.loc["b_x", "ess_bulk"] > 50 and list(summary.index) == fit.variables
+
+    # from inside a running event loop (as in Jupyter), with the cached model: the same seed, the same draws
+    async def in_loop() -> StanFit:
+        return fit_stan(model, chains=2, warmup=300, draws=300, seed=3, backend="pystan")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StanDiagnosticWarning)
+        again = asyncio.run(in_loop())
+    pd.testing.assert_frame_equal(again.draws, fit.draws)

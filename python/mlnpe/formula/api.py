@@ -134,7 +134,9 @@ class FormulaNPE:
         design = build_design(self.terms, data)
         self.family.check_response(design.y, design.trials, argument=self.terms.response)
         self.info: DesignInfo = design.info
-        self.x_means = np.asarray(design.x_means, dtype=float)
+        # brms centres predictors only when the model has an intercept (the Intercept prior is then the
+        # intercept of centred predictors); the centring is fixed here, at training time.
+        self.x_means = np.asarray(design.x_means, dtype=float) * (1.0 if design.intercept else 0.0)
         self.user_priors = _as_prior_specs(prior)
         self.resolved = self._resolve_priors(design)
         self.slots = self._global_slots()
@@ -144,7 +146,7 @@ class FormulaNPE:
         default_groups, default_rows = default_ranges(len(design.levels), np.bincount(design.group))
         self.groups = tuple(groups or default_groups)
         self.rows = tuple(rows or default_rows)
-        self.network = network if isinstance(network, NetworkConfig) else NetworkConfig.from_dict(network or {})
+        self.network = self._network(network)
         self.seed = seed
         self.model = self._model()
         self.npe = MultilevelNPE(self.model, self.groups, self.rows, self.network, seed=seed)
@@ -189,6 +191,16 @@ class FormulaNPE:
                 out.append(GlobalSlot(slot.name, "aux", dist, (slot.name,), support))
         return out
 
+    def _network(self, network: NetworkConfig | dict[str, Any] | None) -> NetworkConfig:
+        """The network config; counts, positive responses and trials reach the networks on a log scale."""
+        config = network.to_dict() if isinstance(network, NetworkConfig) else dict(network or {})
+        if "log_inputs" not in config:
+            logged = [0] if self.family.link == "log" or self.family.name in ("binomial",) else []
+            if self.trials_column is not None:
+                logged.append(1 + self.trials_column)
+            config["log_inputs"] = tuple(logged)
+        return NetworkConfig.from_dict(config)
+
     def _z_names_from_resolved(self) -> list[str]:
         return [s.coef for s, _, _ in self.resolved if s.class_ == "sd"]
 
@@ -227,8 +239,8 @@ class FormulaNPE:
     ) -> "FormulaFit":
         """Posterior draws for a dataset (the training data when `newdata` is None), brms-named.
 
-        With `psis=True` the draws are reweighted by the exact joint density: the Pareto k-hat and the
-        importance-sampling ESS come with the fit, and a k-hat above 0.7 warns.
+        With `psis=True` (and at least 10 draws) the draws are reweighted by the exact joint density: the
+        Pareto k-hat and the importance-sampling ESS come with the fit, and a k-hat above 0.7 warns.
         """
         data = self.data if newdata is None else newdata
         if data is None:
@@ -238,7 +250,7 @@ class FormulaNPE:
         draws = self.npe.sample(grouped, n_draws, seed=seed, allow_extrapolation=allow_extrapolation)
         seconds = time.perf_counter() - t
         result = None
-        if psis:
+        if psis and draws.n_draws >= 10:  # PSIS needs a tail to fit; fewer draws come without a certificate
             result = self._psis(draws, grouped)
         return FormulaFit(self, draws, design, result, seconds)
 
@@ -495,7 +507,7 @@ class FormulaFit:
         design = self._design_for(newdata)
         _, _, _, aux, _ = self._components(ndraws, seed)
         eta = torch.as_tensor(self.linear_predictor(newdata, ndraws, seed))[:, None, :]
-        y = torch.as_tensor(design.y, dtype=torch.float64).expand_as(eta)
+        y = torch.tensor(design.y, dtype=torch.float64).expand_as(eta)
         trials = None if design.trials is None else torch.as_tensor(design.trials, dtype=torch.float64).expand_as(eta)
         return self.model.family.log_lik(y, eta, torch.as_tensor(aux), trials)[:, 0].numpy()
 

@@ -546,7 +546,9 @@ class NegBinomial(Family):
         mu = torch.exp(eta.clamp(max=_MAX_LOG_MEAN))  # cap, see MAX_MEAN
         # gamma-Poisson mixture: rate ~ Gamma(shape, shape / mu) has mean mu and variance mu^2 / shape
         rate = standard_gamma(shape.expand(eta.shape).contiguous(), g) * mu / shape
-        return torch.poisson(rate.clamp(max=MAX_MEAN), generator=g)
+        # A tiny prior draw of shape (brms's default gamma(0.01, 0.01) gives many) can make 0/0 or inf here.
+        rate = torch.nan_to_num(rate, nan=0.0, posinf=MAX_MEAN).clamp(0.0, MAX_MEAN)
+        return torch.poisson(rate, generator=g)
 
     def _log_lik(self, y, eta, aux, trials):
         (shape,) = aux

@@ -200,7 +200,7 @@ class FormulaModel(TwoLevelModel):
         if b.shape[-1]:
             centred = x[..., : self.n_x] - self.x_means
             eta = eta + torch.einsum("bjnk,...bk->...bjn", centred, b)
-        ones = torch.ones_like(x[..., :1])
+        ones = x.new_ones(*x.shape[:-1], 1)
         z = torch.cat([ones, x], -1)[..., self.z_source + 1]  # (B, J, N, M); source -1 picks the ones column
         return eta + torch.einsum("bjnm,...bjm->...bjn", z, local_params)
 
@@ -232,9 +232,11 @@ class FormulaModel(TwoLevelModel):
         return -0.5 * (sol * sol).sum(-1) - logdet - 0.5 * m * float(np.log(2 * np.pi))
 
     def log_likelihood(self, batch: GroupedBatch, global_params: Tensor, local_params: Tensor) -> Tensor:
-        eta = self.linear_predictor(global_params, local_params, batch.x)
+        # Datasets without covariates collate to x=None; the linear predictor wants (B, J, N, 0) then.
+        x = batch.x if batch.x is not None else batch.y.new_zeros(*batch.row_mask.shape, 0)
+        eta = self.linear_predictor(global_params, local_params, x)
         aux = self.aux(global_params)
-        lp = self.family.log_lik(batch.y[..., 0], eta, aux, self._trials(batch.x))
+        lp = self.family.log_lik(batch.y[..., 0], eta, aux, self._trials(x))
         return torch.where(batch.row_mask, lp, 0.0).sum(-1)
 
     def to_config(self) -> dict[str, Any]:

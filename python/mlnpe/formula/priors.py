@@ -17,10 +17,12 @@ Differences from brms, because mlnpe simulates parameters from the prior to trai
 * Every prior must be proper: flat priors (``""``, ``"flat"``) are errors.
 * brms's default for class ``b`` is flat. mlnpe uses rstanarm's autoscaled ``normal(0, 2.5 * sd_y / sd_x)``
   on the link scale (``sd_y = 1`` for non-identity links; ``sd_y = sd(log y)`` for lognormal).
-* Some brms defaults are proper but extremely wide for amortized training: ``shape ~ gamma(0.01, 0.01)``
-  (negbinomial, Gamma) puts most of its mass below 1e-30 and a long tail above 100, and ``nu ~ gamma(2, 0.1)``
-  (student) reaches several hundred. They are kept for fidelity to brms; set tighter priors for these classes
-  (e.g. ``prior("gamma(2, 0.5)", class_="shape")``) when training an estimator.
+* brms's default ``shape ~ gamma(0.01, 0.01)`` (negbinomial, Gamma) is proper but puts about 80% of its
+  mass below 1e-6: simulations from it are degenerate (all zeros, or overflowing counts), so a network trained
+  on them learns nothing about the shapes that real data support. mlnpe's default is ``gamma(2, 0.1)`` (mean
+  20, 99% between 1.5 and 66), the same as brms's default for ``nu``; set your own with
+  ``prior("gamma(...)", class_="shape")``. The Stan reference uses the same prior, so comparisons stay exact.
+* ``nu ~ gamma(2, 0.1)`` with ``lb = 1`` (student) is brms's default and is kept.
 
 Scale classes (``sd``, ``sigma``, ``shape``) get ``lb = 0`` and ``nu`` gets ``lb = 1`` automatically, so that
 e.g. ``student_t(3, 0, 2.5)`` on ``sd`` is a half-Student-t, as in brms.
@@ -943,7 +945,7 @@ def default_priors(
       replace ``y == 0`` by 0.1 first; lognormal uses ``log y``), else ``student_t(3, 0, 2.5)``. The intercept
       is that of mean-centred predictors.
     * ``sd``, ``sigma``: ``student_t(3, 0, scale)`` with ``lb = 0``; ``cor``: ``lkj(1)``;
-      ``shape``: ``gamma(0.01, 0.01)`` with ``lb = 0``; ``nu``: ``gamma(2, 0.1)`` with ``lb = 1``.
+      ``shape``: ``gamma(2, 0.1)`` with ``lb = 0`` (brms: gamma(0.01, 0.01), see the module docstring); ``nu``: ``gamma(2, 0.1)`` with ``lb = 1``.
     * ``b`` (brms: flat): ``normal(0, 2.5 * sd_y)``, the prior of a coefficient of a predictor with unit SD;
       `resolve_priors` divides the scale by each predictor's SD. ``sd_y`` is the SD of ``link(y)`` for
       identity links (``log y`` for lognormal) and 1 otherwise. With ``sd_x``, entries ``b_<coef>`` hold
@@ -992,7 +994,7 @@ def default_priors(
     }
     aux_defaults = {
         "sigma": PriorDist("student_t", (3.0, 0.0, scale), lb=0.0),
-        "shape": PriorDist("gamma", (0.01, 0.01), lb=0.0),
+        "shape": PriorDist("gamma", (2.0, 0.1), lb=0.0),
         "nu": PriorDist("gamma", (2.0, 0.1), lb=1.0),
     }
     for name in family.aux_names:
