@@ -157,6 +157,7 @@ class MultilevelNPE:
         n_draws: int = 1000,
         seed: int | None = None,
         allow_extrapolation: bool = False,
+        log_prob: bool = True,
     ) -> PosteriorDraws | list[PosteriorDraws]:
         """Joint posterior draws for one dataset (PosteriorDraws) or several (a list), ancestral (eq. 14).
 
@@ -165,6 +166,8 @@ class MultilevelNPE:
             n_draws: number of joint draws.
             seed: seed of the draws (None: fresh randomness).
             allow_extrapolation: accept datasets far outside the trained J and N_j ranges.
+            log_prob: also compute each draw's log density (`log_q`, needed for importance sampling); this
+                evaluates the flows a second time.
         """
         if int(n_draws) < 1:
             raise ConfigError(f"`n_draws` must be a positive integer, got {n_draws!r}.")
@@ -172,8 +175,12 @@ class MultilevelNPE:
         generator = torch.Generator()
         generator.manual_seed(seed) if seed is not None else generator.seed()
         self.estimator.eval()
-        g, l, lp_g, lp_l = self.estimator.sample(int(n_draws), batch, generator, return_log_prob=True)
-        log_q = (lp_g + lp_l.sum(-1)).numpy()
+        if log_prob:
+            g, l, lp_g, lp_l = self.estimator.sample(int(n_draws), batch, generator, return_log_prob=True)
+            log_q = (lp_g + lp_l.sum(-1)).double().numpy()
+        else:
+            g, l = self.estimator.sample(int(n_draws), batch, generator)
+            log_q = None
         out = [
             PosteriorDraws(
                 g[:, i].numpy().astype(np.float64),
@@ -181,7 +188,7 @@ class MultilevelNPE:
                 tuple(self.global_names),
                 tuple(self.local_names),
                 lev,
-                log_q[:, i].astype(np.float64),
+                None if log_q is None else log_q[:, i],
             )
             for i, lev in enumerate(levels)
         ]

@@ -118,7 +118,8 @@ class MultilevelEstimator(nn.Module):
         g, l = global_bijector.unconstrained_dim, local_bijector.unconstrained_dim
         c = config
         self.local_summary = local_summary or build_summary(
-            c.local_summary, row_features, c.local_summary_dim, c.summary_hidden, c.summary_depth, c.row_hidden
+            c.local_summary, row_features, c.local_summary_dim, c.summary_hidden, c.summary_depth, c.row_hidden,
+            moments="full" if row_features <= 8 else "diag",
         )
         h_local = self.local_summary.out_features
         self.global_summary = global_summary or build_summary(

@@ -53,15 +53,16 @@ class DeepSet(nn.Module):
     """Masked deep set: rho(mean_i phi(x_i)), plus the set's raw first two moments and log size.
 
     Rows are processed packed (only real items go through phi), so padding costs no compute. The raw moments
-    mean(x) and mean(x^2) and log(n) are appended to the output: for exponential-family data they are the
-    sufficient statistics, which the networks then need not learn to compute.
+    and log(n) are appended to the output: mean(x) and mean(x^2) ("diag"), or mean(x) and every mean(x_a x_b)
+    ("full": for rows [y, covariates] these are the sufficient statistics X'X, X'y, y'y of a linear model).
+    The networks then need not learn to multiply inputs, which plain MLPs learn slowly.
 
     Arguments:
         in_features: item dimension d.
         summary_dim: dimension of the learned part of the output.
         hidden: width of phi and rho.
         depth: number of hidden layers of phi and rho.
-        moments: append raw moments and log size to the output.
+        moments: "diag", "full" or "none" (True means "diag"): which raw moments to append.
         item_hidden: width of phi, which runs once per item (default: hidden).
         attention: number of attention-weighted pools of the raw moments (0: none). Pool k is
             sum_i softmax_i(a_k(x_i)) [x_i, x_i^2]: a learned weighting of items (e.g. by their precision) that a
@@ -74,16 +75,23 @@ class DeepSet(nn.Module):
         summary_dim: int = 16,
         hidden: int = 64,
         depth: int = 2,
-        moments: bool = True,
+        moments: bool | str = True,
         item_hidden: int | None = None,
         attention: int = 0,
     ):
         super().__init__()
+        moments = {True: "diag", False: "none"}.get(moments, moments)
+        if moments not in ("diag", "full", "none"):
+            raise ConfigError(f"DeepSet `moments` must be 'diag', 'full' or 'none', got {moments!r}.")
         self.moments = moments
+        pairs = torch.triu_indices(in_features, in_features) if moments == "full" else torch.zeros(2, 0, dtype=torch.long)
+        self.register_buffer("pair_a", pairs[0], persistent=False)
+        self.register_buffer("pair_b", pairs[1], persistent=False)
         # phi runs once per item (row), rho once per set: a narrow phi keeps the per-row cost low.
         item_hidden = item_hidden or hidden
         self.phi = MLP(in_features, [item_hidden] * depth, item_hidden)
-        extra = 2 * in_features + 1 if moments else 1
+        n_moments = {"diag": 2 * in_features, "full": in_features + self.pair_a.numel(), "none": 0}[moments]
+        extra = n_moments + 1
         self.scores = MLP(in_features, [hidden], attention) if attention else None
         pools = 2 * in_features * attention
         self.rho = MLP(item_hidden + extra + pools, [hidden] * depth, summary_dim)
@@ -98,8 +106,10 @@ class DeepSet(nn.Module):
         owner = torch.arange(sets, device=x.device).repeat_interleave(items)[flat_mask]
         pooled = x.new_zeros(sets, self.phi[-1].out_features).index_add_(0, owner, self.phi(rows)) / counts
         features = [torch.log(counts)]
-        if self.moments:
-            raw = x.new_zeros(sets, 2 * d).index_add_(0, owner, torch.cat([rows, rows * rows], -1)) / counts
+        if self.moments != "none":
+            second = rows * rows if self.moments == "diag" else rows[:, self.pair_a] * rows[:, self.pair_b]
+            values = torch.cat([rows, second], -1)
+            raw = x.new_zeros(sets, values.shape[-1]).index_add_(0, owner, values) / counts
             features.insert(0, raw)
         if self.scores is not None:
             features.append(self._attention_pools(x, mask))
@@ -227,10 +237,11 @@ def build_summary(
     depth: int,
     item_hidden: int | None = None,
     attention: int = 0,
+    moments: str = "diag",
 ) -> nn.Module:
     """A summary network by name: "deepset", "set_transformer", "lstm" or "gru"."""
     if kind == "deepset":
-        return DeepSet(in_features, summary_dim, hidden, depth, item_hidden=item_hidden, attention=attention)
+        return DeepSet(in_features, summary_dim, hidden, depth, moments, item_hidden=item_hidden, attention=attention)
     if kind == "set_transformer":
         return SetTransformer(in_features, summary_dim, hidden, blocks=depth)
     if kind in ("lstm", "gru"):
