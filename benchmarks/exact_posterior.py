@@ -44,7 +44,16 @@ def accuracy(npe: MultilevelNPE, n_datasets: int, n_draws: int, seed: int) -> di
         a = d["alpha"]
         err["alpha"].extend(np.abs(a.mean(0) - exact.alpha_mean) / exact.alpha_sd)
         ratio["alpha"].extend(a.std(0, ddof=1) / exact.alpha_sd)
-    return {k: {"mean_err_sd": float(np.mean(err[k])), "sd_ratio": float(np.mean(ratio[k]))} for k in err}
+    return {
+        k: {
+            "mean_err_sd": float(np.mean(err[k])),
+            "sd_ratio": float(np.mean(ratio[k])),
+            "median_err_sd": float(np.median(err[k])),
+            "median_sd_ratio": float(np.median(ratio[k])),
+            "max_sd_ratio": float(np.max(ratio[k])),
+        }
+        for k in err
+    }
 
 
 def sbc(npe: MultilevelNPE, n_datasets: int, n_draws: int, seed: int) -> dict[str, float]:
@@ -91,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
         "sd_ratio_min": min(v["sd_ratio"] for v in acc.values()),
         "sd_ratio_max": max(v["sd_ratio"] for v in acc.values()),
         "sbc_min_p": min(p.values()),
+        "median_sd_ratio_min": min(v["median_sd_ratio"] for v in acc.values()),
+        "median_sd_ratio_max": max(v["median_sd_ratio"] for v in acc.values()),
         "train_seconds": round(history.train_seconds, 1),
         "per_parameter": {k: {**acc[k], "sbc_p": p[k]} for k in acc},
         "datasets_per_second": round(history.datasets_per_second, 1),
