@@ -1,9 +1,29 @@
 #!/usr/bin/env bash
-# Sets up the environment and runs the whole test suite. MLNPE_STRICT=1 turns "dependency missing" skips into
-# failures, so no part of the suite can be skipped silently.
+# Sets up everything (Python venv, R from Debian, the R package) and runs the whole test suite: pytest, then
+# testthat. MLNPE_STRICT=1 turns "dependency missing" skips into failures in both suites, so no part can be
+# skipped silently; MLNPE_SLOW_TESTS=1 includes the slow comparisons (Stan compiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup_r.sh
 . .venv/bin/activate
-export MLNPE_STRICT=1
+export MLNPE_STRICT=1 MLNPE_SLOW_TESTS=1
+export RETICULATE_PYTHON="$PWD/.venv/bin/python"
+export MLNPE_CACHE_DIR="${MLNPE_CACHE_DIR:-$(mktemp -d)}"
+rlib="$PWD/.Rlib"
+mkdir -p "$rlib"
+export R_LIBS="${MLNPE_BH_LIB:-$HOME/R/bh-shadow}:$rlib"
+R CMD INSTALL --no-multiarch --library="$rlib" . >"$rlib/install.log" 2>&1 || { cat "$rlib/install.log"; exit 1; }
+
+echo "== Python tests"
 python -m pytest tests/python "$@"
+
+echo "== R tests"
+Rscript -e '
+  res <- as.data.frame(testthat::test_dir("tests/testthat", package = "mlnpe", load_package = "installed",
+                                          reporter = "summary", stop_on_failure = FALSE))
+  bad <- res$failed > 0 | res$error
+  skipped <- !bad & res$skipped
+  cat(sprintf("\ntestthat: %d passed, %d failed, %d skipped\n", sum(!bad & !skipped), sum(bad), sum(skipped)))
+  if (any(bad) || any(skipped)) quit(status = 1)
+'

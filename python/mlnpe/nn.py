@@ -53,8 +53,8 @@ class DeepSet(nn.Module):
     """Masked deep set: rho(mean_i phi(x_i)), plus the set's raw first two moments and log size.
 
     Rows are processed packed (only real items go through phi), so padding costs no compute. The raw moments
-    and log(n) are appended to the output: mean(x) and mean(x^2) ("diag"), or mean(x) and every mean(x_a x_b)
-    ("full": for rows [y, covariates] these are the sufficient statistics X'X, X'y, y'y of a linear model).
+    and log(n) are appended to the output: the means and variances ("diag"), or the means and the whole
+    covariance matrix ("full": for rows [y, covariates] these are the sufficient statistics of a linear model).
     The networks then need not learn to multiply inputs, which plain MLPs learn slowly.
 
     Arguments:
@@ -107,14 +107,23 @@ class DeepSet(nn.Module):
         pooled = x.new_zeros(sets, self.phi[-1].out_features).index_add_(0, owner, self.phi(rows)) / counts
         features = [torch.log(counts)]
         if self.moments != "none":
-            second = rows * rows if self.moments == "diag" else rows[:, self.pair_a] * rows[:, self.pair_b]
-            values = torch.cat([rows, second], -1)
-            raw = x.new_zeros(sets, values.shape[-1]).index_add_(0, owner, values) / counts
-            features.insert(0, raw)
+            features.insert(0, self._moments(rows, owner, counts, sets))
         if self.scores is not None:
             features.append(self._attention_pools(x, mask))
         extra = torch.cat(features, -1)
         return torch.cat([self.rho(torch.cat([pooled, extra], -1)), extra], -1)
+
+    def _moments(self, rows: Tensor, owner: Tensor, counts: Tensor, sets: int) -> Tensor:
+        """Per set: means and centred second moments (variances, or the covariance upper triangle).
+
+        Centring about the set's mean avoids the cancellation in mean(x^2) - mean(x)^2 that would otherwise
+        hide a small within-group spread (a residual sd) under a large mean.
+        """
+        mean = rows.new_zeros(sets, rows.shape[-1]).index_add_(0, owner, rows) / counts
+        dev = rows - mean[owner]
+        second = dev * dev if self.moments == "diag" else dev[:, self.pair_a] * dev[:, self.pair_b]
+        cov = rows.new_zeros(sets, second.shape[-1]).index_add_(0, owner, second) / counts
+        return torch.cat([mean, cov], -1)
 
     def _attention_pools(self, x: Tensor, mask: Tensor) -> Tensor:
         """(sets, items, d), (sets, items) -> (sets, attention * 2d) softmax-weighted raw moments."""
