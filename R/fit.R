@@ -1,0 +1,275 @@
+#' Fit a multilevel model with an amortized neural posterior
+#'
+#' `mlnpe()` is mlnpe's `brm()`. It takes the same formula, data, family and priors, trains a neural posterior
+#' for the model on simulations from the prior (the first time only) and returns posterior draws for `data`.
+#' Identical later calls load the trained amortizer from the cache, and [update()][update.mlnpefit] with
+#' `newdata` fits new data of the same design without training.
+#'
+#' Models have one grouping factor: `y ~ x + (1 + x | g)`, `(1 | g)`, `(1 + x || g)`, `(0 + x | g)`, factor
+#' predictors and interactions, and `y | trials(n) ~ ...` for binomial models. Parameters are named as brms
+#' names them.
+#'
+#' Differences from brms: every prior must be proper (see [mlnpe_prior()]); the default prior on `b` is
+#' `normal(0, 2.5 * sd(y) / sd(x))` instead of flat; rows with missing values are an error, not dropped; the
+#' draws are independent, and the Pareto k-hat of PSIS (printed by `summary()`) says how close they are to
+#' the exact posterior (at most 0.7 is good).
+#'
+#' @param formula A model formula as in brms (a formula, a string, or a `brms::bf()` object).
+#' @param data A data frame holding every variable of `formula`.
+#' @param family A family: `gaussian()`, `binomial()`, `poisson()`, `Gamma()`, `brms::bernoulli()`,
+#'   `brms::negbinomial()`, `brms::lognormal()`, `brms::student()`, or a name (see [mlnpe_family()]).
+#' @param prior Priors: `NULL` for the defaults, [brms::prior()] / [brms::set_prior()] output, or
+#'   [mlnpe_prior()] output.
+#' @param ... brms sampling arguments (`chains`, `iter`, ...) are ignored with a warning.
+#' @param groups,rows Trained ranges `c(min, max)` of the number of groups and of rows per group. `NULL`
+#'   takes them from the data (about half to 1.5 times the observed number of groups; 1 to 1.5 times the
+#'   largest group). Refits (e.g. [update()][update.mlnpefit], [logo()]) must stay inside them.
+#' @param network Sizes of the networks, e.g. `list(summary_hidden = 64, global_transforms = 4)` (Python's
+#'   `NetworkConfig`).
+#' @param train Training settings (Python's `TrainConfig`): `steps`, `batch_size`, `learning_rate`,
+#'   `time_limit` (seconds), `seed`, `progress`, ...
+#' @param cache `TRUE` keeps trained amortizers in `$MLNPE_CACHE_DIR` or `~/.cache/mlnpe`; a directory
+#'   keeps them there; `FALSE` trains every time (and keeps the amortizer in a temporary directory for the
+#'   rest of the session).
+#' @param ndraws Number of posterior draws.
+#' @param seed Seed of the draws; `NULL` draws one from R's random number generator, so that `set.seed()`
+#'   makes fits reproducible.
+#' @param psis Compute the PSIS Pareto k-hat and effective sample size of the draws.
+#' @param resample Return draws resampled by their PSIS importance weights (corrects a slightly inaccurate
+#'   amortizer; useless when k-hat is large).
+#' @return An object of class `mlnpefit`.
+#' @examples
+#' \dontrun{
+#' fit <- mlnpe(Reaction ~ Days + (Days | Subject), data = lme4::sleepstudy,
+#'              prior = mlnpe_prior(normal(10, 5), class = b, coef = Days))
+#' summary(fit)
+#' fit2 <- update(fit, newdata = new_study)   # no training: milliseconds
+#' }
+#' @export
+mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups = NULL, rows = NULL,
+                  network = list(), train = list(steps = 3000, batch_size = 64), cache = TRUE,
+                  ndraws = 4000, seed = NULL, psis = TRUE, resample = FALSE) {
+  call <- match.call()
+  data_name <- paste(deparse(substitute(data), width.cutoff = 60L), collapse = " ")
+  check_dots(list(...))
+  spec <- formula_spec(formula)
+  check_data(data)
+  fam <- family_spec(family, trials = spec$trials)
+  check_columns(data, spec$vars)
+  check_no_na(data, spec$vars)
+  settings <- list(
+    groups = check_range(groups, "groups"), rows = check_range(rows, "rows"),
+    network = check_settings(network, "network"), train = check_settings(train, "train"),
+    cache = check_cache(cache), psis = check_flag(psis, "psis"), resample = check_flag(resample, "resample")
+  )
+  ndraws <- check_count(ndraws, "ndraws")
+  seed <- check_seed(seed)
+  priors <- prior_rows(prior)
+  save_to <- if (isFALSE(settings$cache)) tempfile("mlnpe-amortizer-") else NULL
+  value <- py_fit(spec$text, encode_data(data, spec$vars, spec$response, fam), unclass(fam), priors,
+                  settings$groups, settings$rows, settings$network, settings$train, settings$cache,
+                  ndraws, seed, settings$psis, settings$resample, save_to)
+  if (!isTRUE(value$from_cache)) {
+    message(sprintf("Trained the amortizer in %.0f s; stored in %s", value$setup_seconds, value$model_path))
+  }
+  new_mlnpefit(value, spec = spec, data = data[spec$vars], data_name = data_name, family = fam,
+               prior = prior, settings = settings, seed = seed, call = call)
+}
+
+new_mlnpefit <- function(value, spec, data, data_name, family, prior, settings, seed, call) {
+  draws <- draws_from_py(value)
+  levels <- as.character(unlist(value$levels))
+  fit <- list(
+    formula = spec$formula,
+    formula_text = spec$text,
+    spec = spec,
+    family = family,
+    data = data,
+    data_name = data_name,
+    prior_input = prior,
+    prior = prior_table(value$prior_summary),
+    draws = draws,
+    group = value$group,
+    levels = levels,
+    x_names = as.character(unlist(value$x_names)),
+    z_names = as.character(unlist(value$z_names)),
+    aux = as.character(unlist(value$aux)),
+    nobs = as.integer(value$nobs),
+    diagnostics = list(
+      pareto_k = value$pareto_k %||% NA_real_, ess = value$ess %||% NA_real_,
+      khat_threshold = value$khat_threshold %||% NA_real_, diagnosis = value$diagnosis %||% NA_character_,
+      resampled = isTRUE(value$resampled)
+    ),
+    amortizer = list(
+      path = value$model_path, from_cache = isTRUE(value$from_cache),
+      groups = as.integer(unlist(value$groups)), rows = as.integer(unlist(value$rows)),
+      train_seconds = value$train_seconds, network = value$network
+    ),
+    seconds = value$seconds,
+    settings = settings,
+    ndraws = posterior::ndraws(draws),
+    seed = seed,
+    call = call,
+    versions = c(value$versions, list(mlnpe_r = format(utils::packageVersion("mlnpe"))))
+  )
+  validate_mlnpefit(structure(fit, class = "mlnpefit"))
+}
+
+validate_mlnpefit <- function(x) {
+  needed <- c("formula", "family", "data", "draws", "group", "levels", "amortizer")
+  missing <- setdiff(needed, names(x))
+  if (length(missing)) {
+    mlnpe_abort(sprintf("Invalid mlnpefit object: it lacks %s.", quote_list(missing)), "mlnpe_object_error")
+  }
+  if (!posterior::is_draws(x$draws)) {
+    mlnpe_abort("Invalid mlnpefit object: `draws` is not a draws object.", "mlnpe_object_error")
+  }
+  x
+}
+
+#' @rdname mlnpe
+#' @param x An object.
+#' @export
+is_mlnpefit <- function(x) inherits(x, "mlnpefit")
+
+prior_table <- function(columns) {
+  df <- as.data.frame(lapply(columns, function(col) as.character(unlist(col))), stringsAsFactors = FALSE)
+  for (col in c("resp", "dpar", "nlpar")) df[[col]] <- ""
+  new_mlnpe_prior(df[c("prior", "class", "coef", "group", "resp", "dpar", "nlpar", "lb", "ub", "source")])
+}
+
+`%||%` <- function(x, y) if (is.null(x)) y else x
+
+#' Refit with new data, or change the model
+#'
+#' With `newdata` only (and `ndraws`, `seed`), the trained amortizer fits the new data at once: no training.
+#' The new data need the model's variables, and their numbers of groups and rows must lie in the trained
+#' ranges. Changing `formula.`, `family`, `prior` or the training settings calls [mlnpe()] again, which
+#' trains a new amortizer unless the cache has it.
+#'
+#' @param object An `mlnpefit`.
+#' @param formula. A new formula (optional).
+#' @param newdata New data (optional).
+#' @param ... Other arguments of [mlnpe()] to change.
+#' @param ndraws,seed,psis,resample As in [mlnpe()]; `NULL` keeps the fit's `ndraws`.
+#' @return A new `mlnpefit`.
+#' @export
+update.mlnpefit <- function(object, formula. = NULL, newdata = NULL, ..., ndraws = NULL, seed = NULL,
+                            psis = NULL, resample = NULL) {
+  dots <- list(...)
+  ndraws <- ndraws %||% object$ndraws
+  psis <- psis %||% object$settings$psis
+  resample <- resample %||% object$settings$resample
+  data_name <- if (is.null(newdata)) object$data_name else
+    paste(deparse(substitute(newdata), width.cutoff = 60L), collapse = " ")
+  data <- newdata %||% object$data
+  if (!is.null(formula.) || length(dots)) {
+    formula <- object$formula
+    if (!is.null(formula.)) formula <- stats::update(stats::as.formula(formula), formula.)
+    args <- utils::modifyList(
+      list(formula = formula, data = data, family = object$family, prior = object$prior_input,
+           groups = object$settings$groups, rows = object$settings$rows, network = object$settings$network,
+           train = object$settings$train, cache = object$settings$cache, ndraws = ndraws, seed = seed,
+           psis = psis, resample = resample),
+      dots
+    )
+    fit <- do.call(mlnpe, args)
+    fit$data_name <- data_name
+    return(fit)
+  }
+  refit_amortizer(object$amortizer$path, object$spec, object$family, object$prior_input, object$settings,
+                  data, data_name, ndraws, seed, psis, resample, match.call())
+}
+
+refit_amortizer <- function(path, spec, family, prior, settings, data, data_name, ndraws, seed, psis, resample,
+                            call) {
+  check_data(data, "newdata")
+  check_columns(data, spec$vars, "newdata")
+  check_no_na(data, spec$vars, "newdata")
+  ndraws <- check_count(ndraws, "ndraws")
+  seed <- check_seed(seed)
+  check_flag(psis, "psis")
+  check_flag(resample, "resample")
+  value <- py_refit(path, encode_data(data, spec$vars, spec$response, family), ndraws, seed, psis, resample)
+  settings$psis <- psis
+  settings$resample <- resample
+  new_mlnpefit(value, spec = spec, data = data[spec$vars], data_name = data_name, family = family,
+               prior = prior, settings = settings, seed = seed, call = call)
+}
+
+#' Save and load trained amortizers
+#'
+#' A fit keeps only the path of its amortizer, in the cache or (with `cache = FALSE`) in a temporary
+#' directory. `save_amortizer()` copies it to a directory of your choice (JSON configuration plus tensors; no
+#' pickle); `load_amortizer()` reads it back, and `update(amortizer, newdata = )` fits data with it.
+#'
+#' @param object An `mlnpefit` or an `mlnpe_amortizer`.
+#' @param path A directory (created if needed).
+#' @return `save_amortizer()`: the path, invisibly. `load_amortizer()`: an object of class
+#'   `mlnpe_amortizer`.
+#' @examples
+#' \dontrun{
+#' save_amortizer(fit, "sleep_amortizer")
+#' amortizer <- load_amortizer("sleep_amortizer")
+#' fit2 <- update(amortizer, newdata = new_study)
+#' }
+#' @export
+save_amortizer <- function(object, path) {
+  source <- amortizer_path(object)
+  if (!is.character(path) || length(path) != 1L || !nzchar(path)) {
+    mlnpe_abort(sprintf("`path` must be a directory name, not %s.", describe_value(path)), "mlnpe_argument_error")
+  }
+  invisible(py_save_model(source, path.expand(path)))
+}
+
+#' @rdname save_amortizer
+#' @export
+load_amortizer <- function(path) {
+  if (!is.character(path) || length(path) != 1L || !dir.exists(path)) {
+    mlnpe_abort(c(sprintf("`path` must be an existing directory, not %s.", describe_value(path)),
+                  i = "Pass a directory written by save_amortizer()."), "mlnpe_load_error")
+  }
+  info <- py_load_model(path.expand(path))
+  new_mlnpe_amortizer(info)
+}
+
+new_mlnpe_amortizer <- function(info) {
+  family <- structure(list(family = info$family, link = info$link), class = c("mlnpe_family", "family"))
+  spec <- formula_spec(info$formula)
+  structure(list(path = info$model_path, formula = spec$formula, spec = spec, family = family,
+                 prior = prior_table(info$prior_summary), groups = as.integer(unlist(info$groups)),
+                 rows = as.integer(unlist(info$rows)), info = info),
+            class = "mlnpe_amortizer")
+}
+
+amortizer_path <- function(object) {
+  if (inherits(object, "mlnpefit")) return(object$amortizer$path)
+  if (inherits(object, "mlnpe_amortizer")) return(object$path)
+  mlnpe_abort(sprintf("`object` must be an mlnpefit or an mlnpe_amortizer, not %s.", describe_class(object)),
+              "mlnpe_argument_error")
+}
+
+#' @rdname save_amortizer
+#' @param newdata Data to fit.
+#' @param ndraws,seed,psis,resample As in [mlnpe()].
+#' @param ... Unused.
+#' @export
+update.mlnpe_amortizer <- function(object, newdata, ..., ndraws = 4000, seed = NULL, psis = TRUE,
+                                   resample = FALSE) {
+  data_name <- paste(deparse(substitute(newdata), width.cutoff = 60L), collapse = " ")
+  settings <- list(groups = object$groups, rows = object$rows, network = object$info$network, train = list(),
+                   cache = TRUE, psis = psis, resample = resample)
+  refit_amortizer(object$path, object$spec, object$family, object$prior, settings, newdata, data_name,
+                  ndraws, seed, psis, resample, match.call())
+}
+
+#' @export
+print.mlnpe_amortizer <- function(x, ...) {
+  cat("mlnpe amortizer\n")
+  cat(" Family: ", x$family$family, " (link: ", x$family$link, ")\n", sep = "")
+  cat("Formula: ", x$info$formula, "\n", sep = "")
+  cat("Trained: groups ", x$groups[1L], "-", x$groups[2L], ", rows per group ", x$rows[1L], "-", x$rows[2L],
+      "\n", sep = "")
+  cat("   Path: ", x$path, "\n", sep = "")
+  invisible(x)
+}

@@ -1,0 +1,100 @@
+#' Summarise an mlnpe fit
+#'
+#' Prints the posterior as brms does: the model, then the group-level effects (standard deviations and
+#' correlations), the population-level effects and the family-specific parameters, each with `Estimate`
+#' (mean), `Est.Error` (SD) and a credible interval. Where brms reports MCMC convergence (Rhat, ESS), mlnpe
+#' reports how close the amortized draws are to the exact posterior: the Pareto k-hat of PSIS and the
+#' effective sample size of the importance weights (k-hat at most 0.7 is good; a larger k-hat calls for
+#' more training or MCMC).
+#'
+#' @param object,x An `mlnpefit` (or its summary).
+#' @param prob Probability mass of the credible intervals.
+#' @param robust Use the median and MAD instead of the mean and SD.
+#' @param digits Digits to print.
+#' @param ... Unused.
+#' @return `summary()`: an object of class `mlnpesummary` with elements `formula`, `family`, `data_name`,
+#'   `nobs`, `ngrps`, `ndraws`, `pareto_k`, `ess`, `fixed`, `random` (a list per grouping factor) and
+#'   `spec_pars` (data frames of Estimate, Est.Error and the interval bounds).
+#' @name summary-mlnpefit
+NULL
+
+#' @rdname summary-mlnpefit
+#' @export
+summary.mlnpefit <- function(object, prob = 0.95, robust = FALSE, ...) {
+  if (!is.numeric(prob) || length(prob) != 1L || prob <= 0 || prob >= 1) {
+    mlnpe_abort(sprintf("`prob` must be a number in (0, 1), not %s.", describe_value(prob)), "mlnpe_argument_error")
+  }
+  probs <- c((1 - prob) / 2, 1 - (1 - prob) / 2)
+  ci <- paste0(c("l-", "u-"), format(prob * 100), "% CI")
+  tidy <- function(m, rows) {
+    out <- as.data.frame(summarise_columns(m, probs, robust))
+    names(out) <- c("Estimate", "Est.Error", ci)
+    rownames(out) <- rows
+    out
+  }
+  b <- b_names(object)
+  fixed <- tidy(draws_matrix(object, b), sub("^b_", "", b))
+  sd_vars <- sprintf("sd_%s__%s", object$group, object$z_names)
+  cp <- cor_pairs(object)
+  random_rows <- c(sprintf("sd(%s)", object$z_names),
+                   vapply(cp$pairs, function(p) sprintf("cor(%s,%s)", p[1], p[2]), character(1)))
+  random <- stats::setNames(list(tidy(draws_matrix(object, c(sd_vars, cp$names)), random_rows)), object$group)
+  spec_pars <- if (length(object$aux)) tidy(draws_matrix(object, object$aux), object$aux) else NULL
+  structure(list(
+    formula = object$formula_text, family = object$family, aux = object$aux, data_name = object$data_name,
+    nobs = object$nobs, ngrps = ngrps.mlnpefit(object), ndraws = object$ndraws,
+    pareto_k = object$diagnostics$pareto_k, ess = object$diagnostics$ess,
+    khat_threshold = object$diagnostics$khat_threshold, resampled = object$diagnostics$resampled,
+    fixed = fixed, random = random, spec_pars = spec_pars, prior = object$prior
+  ), class = "mlnpesummary")
+}
+
+#' @rdname summary-mlnpefit
+#' @export
+print.mlnpesummary <- function(x, digits = 2, ...) {
+  links <- paste(c(paste("mu =", x$family$link), paste(x$aux, "= identity")), collapse = "; ")
+  cat(" Family: ", x$family$family, " \n", sep = "")
+  cat("  Links: ", links, " \n", sep = "")
+  cat("Formula: ", x$formula, " \n", sep = "")
+  cat("   Data: ", x$data_name, " (Number of observations: ", x$nobs, ") \n", sep = "")
+  cat("  Draws: ", x$ndraws, if (isTRUE(x$resampled)) " importance-resampled" else " independent",
+      " draws from the amortized posterior (NPE)\n", sep = "")
+  cat("   PSIS: ", psis_line(x$pareto_k, x$ess, x$khat_threshold), "\n", sep = "")
+  cat("\nGroup-Level Effects: \n")
+  for (g in names(x$random)) {
+    cat("~", g, " (Number of levels: ", x$ngrps[[g]], ") \n", sep = "")
+    print_table(x$random[[g]], digits)
+    cat("\n")
+  }
+  cat("Population-Level Effects: \n")
+  print_table(x$fixed, digits)
+  cat("\n")
+  if (!is.null(x$spec_pars)) {
+    cat("Family Specific Parameters: \n")
+    print_table(x$spec_pars, digits)
+    cat("\n")
+  }
+  cat("Draws were sampled by an amortized neural posterior (ML-NPE). Pareto k-hat and the ESS of\n",
+      "Pareto-smoothed importance weights (PSIS) compare them with the exact posterior: k-hat <= 0.7 means\n",
+      "the draws are reliable; larger values call for more training or MCMC (e.g. brms).\n", sep = "")
+  invisible(x)
+}
+
+psis_line <- function(k, ess, threshold) {
+  if (is.null(k) || is.na(k)) return("not computed")
+  verdict <- if (k <= 0.7) "good" else "bad: train longer or use MCMC"
+  sprintf("Pareto k-hat = %s, ESS = %.0f (%s)", format(round(k, 2), nsmall = 2), ess, verdict)
+}
+
+print_table <- function(df, digits) {
+  out <- df
+  out[] <- lapply(df, function(col) format(round(col, digits), nsmall = digits))
+  print(out, quote = FALSE, right = TRUE)
+}
+
+#' @rdname summary-mlnpefit
+#' @export
+print.mlnpefit <- function(x, digits = 2, ...) {
+  print(summary.mlnpefit(x, ...), digits = digits)
+  invisible(x)
+}

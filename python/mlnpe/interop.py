@@ -1,0 +1,634 @@
+"""The entry points that the R package calls through reticulate, and nothing else crosses the bridge.
+
+reticulate 1.28 cannot convert NumPy 2 arrays or pandas frames, so every function here takes and returns only
+plain Python types: dict, list, str, float, int, bool and None.
+
+Conventions:
+
+* Data come from R as ``{column: list}``. A factor comes as ``{"codes": [0-based ints], "levels": [str]}`` and
+  becomes a pandas Categorical, so R's level order is kept.
+* Draws travel as ``{"variables": [V names], "shape": [S, V], "data": [S * V floats, column-major]}``.
+  Prediction matrices use the same layout: ``{"shape": [S, N], "data": [...]}``.
+* A saved model directory (``FormulaNPE.save``) is the handle of a trained amortizer. R keeps only the path and
+  its own copy of the draws, so R objects survive R sessions. A small memo avoids re-reading a directory.
+* Every entry point returns an envelope ``{"ok", "value", "error", "warnings"}``. ``error`` is None or
+  ``{"type", "message", "mlnpe", "traceback"}``; ``warnings`` lists ``{"type", "message"}`` of the warnings raised
+  by mlnpe. R turns the error into a condition of class ``mlnpe_error`` and re-emits the warnings.
+
+Example:
+    >>> out = sitrep()
+    >>> out["ok"], sorted(out["value"])[:2]
+    (True, ['cache_dir', 'executable'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+import time
+import traceback
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import __version__
+from .errors import ConfigError, DataError, MlnpeError
+
+__all__ = ["sitrep", "fit_model", "refit", "predict", "logo", "save_model", "load_model"]
+
+_KINDS = ("predict", "epred", "linpred", "log_lik")
+_MEMO_SIZE = 4
+_MEMO: "OrderedDict[str, tuple[tuple[float, ...], Any]]" = OrderedDict()
+
+
+# ---- envelope -----------------------------------------------------------------------------------------------
+
+
+def _from_mlnpe(category: type, filename: str) -> bool:
+    """Whether a warning was raised by mlnpe itself (torch's and pandas's own warnings stay in Python)."""
+    package = str(Path(__file__).parent)
+    return category.__module__.startswith("mlnpe") or str(filename).startswith(package)
+
+
+def _entry(fn: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
+    """Wraps an entry point: errors and warnings become data that R turns into conditions."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        value, error = None, None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                value = fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - every failure must reach R as a condition, not a crash
+                error = {
+                    "type": type(e).__name__,
+                    "message": str(e),
+                    "mlnpe": isinstance(e, MlnpeError),
+                    "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__)),
+                }
+        forwarded = [
+            {"type": w.category.__name__, "message": str(w.message)}
+            for w in caught
+            if _from_mlnpe(w.category, w.filename)
+        ]
+        # keep the order of first appearance, drop repeats (the same range warning for every held-out group)
+        unique = list({(w["type"], w["message"]): w for w in forwarded}.values())
+        return {"ok": error is None, "value": value, "error": error, "warnings": unique}
+
+    return wrapper
+
+
+# ---- conversions from R ---------------------------------------------------------------------------------------
+
+
+def _as_list(x: Any) -> list[Any]:
+    """reticulate turns length-1 R vectors into scalars: make every column a list again."""
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def _int(x: Any, name: str) -> int:
+    if isinstance(x, bool) or x is None:
+        raise ConfigError(f"`{name}` must be an integer, got {x!r}.")
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        raise ConfigError(f"`{name}` must be an integer, got {x!r}.") from None
+    if not value.is_integer():
+        raise ConfigError(f"`{name}` must be an integer, got {x!r}.")
+    return int(value)
+
+
+def _seed(seed: Any) -> int | None:
+    return None if seed is None else _int(seed, "seed")
+
+
+def _frame(data: Mapping[str, Any], argument: str = "data") -> Any:
+    """A pandas DataFrame from R's ``{column: list | {"codes", "levels"}}``."""
+    import pandas as pd
+
+    if not isinstance(data, Mapping) or not data:
+        raise DataError(f"`{argument}` must be a named list of columns with at least one column, got {data!r}.")
+    columns: dict[str, Any] = {}
+    for name, column in data.items():
+        if isinstance(column, Mapping):
+            codes = np.asarray(_as_list(column.get("codes")), dtype=np.int64)
+            levels = [str(v) for v in _as_list(column.get("levels"))]
+            if codes.size and (codes.min() < 0 or codes.max() >= len(levels)):
+                raise DataError(f"`{argument}` column {name!r} has factor codes outside its {len(levels)} levels.")
+            columns[str(name)] = pd.Categorical.from_codes(codes, categories=levels)
+        else:
+            columns[str(name)] = _as_list(column)
+    lengths = {name: len(v) for name, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"`{argument}` columns must have equal lengths, got {lengths}.")
+    return pd.DataFrame(columns)
+
+
+def _coerce_fields(cls: type, values: Mapping[str, Any] | None, argument: str) -> dict[str, Any]:
+    """R numbers arrive as floats and length-1 vectors as scalars: coerce them to a config's field types."""
+    out: dict[str, Any] = {}
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in dict(values or {}).items():
+        field = known.get(key)
+        if field is None or value is None:
+            out[key] = value  # unknown keys: the config's own check names them and the known ones
+            continue
+        default, kind = field.default, str(field.type)
+        if isinstance(default, bool):
+            out[key] = bool(value)
+        elif isinstance(default, int) or ("int" in kind and "float" not in kind and "tuple" not in kind):
+            out[key] = _int(value, f"{argument}${key}")
+        elif isinstance(default, float):
+            out[key] = float(value)
+        elif isinstance(default, tuple):
+            out[key] = tuple(_int(v, f"{argument}${key}") for v in _as_list(value))
+        else:
+            out[key] = value
+    return out
+
+
+def _train_config(train: Mapping[str, Any] | None) -> Any:
+    from .train import TrainConfig
+
+    return TrainConfig.from_dict(_coerce_fields(TrainConfig, train, "train"))
+
+
+def _network(network: Mapping[str, Any] | None) -> dict[str, Any]:
+    from .estimator import NetworkConfig
+
+    return _coerce_fields(NetworkConfig, network, "network")
+
+
+def _range(value: Any, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    values = _as_list(value)
+    if len(values) != 2:
+        raise ConfigError(f"`{name}` must be c(min, max), got {values!r}.")
+    return (_int(values[0], name), _int(values[1], name))
+
+
+def _priors(priors: Any) -> list[Any]:
+    """PriorSpecs from R's rows ``{"prior", "class", "coef", "group", "lb", "ub"}`` (brms's column names)."""
+    from .formula.priors import priors_from_table
+
+    rows = []
+    for row in _as_list(priors):
+        if not isinstance(row, Mapping):
+            raise DataError(f"`prior` rows must be named lists, got {row!r}.")
+        rows.append({k: (None if v is None else v) for k, v in row.items()})
+    return priors_from_table(rows)
+
+
+# ---- conversions to R -------------------------------------------------------------------------------------------
+
+
+def _matrix(values: np.ndarray) -> dict[str, Any]:
+    values = np.asarray(values, dtype=np.float64)
+    return {"shape": [int(s) for s in values.shape], "data": values.ravel(order="F").tolist()}
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _prior_table(model: Any) -> dict[str, list[str]]:
+    table = model.prior_summary()
+    return {str(c): [str(v) for v in table[c].tolist()] for c in table.columns}
+
+
+def _describe(model: Any, path: Path) -> dict[str, Any]:
+    """Everything R shows about an amortizer (no draws)."""
+    from .formula.design import _brms_rename
+
+    family = model.family
+    return {
+        "formula": model.terms.formula,
+        "response": model.terms.response,
+        "group": model.terms.group,
+        "family": family.name,
+        "link": family.link,
+        "aux": list(family.aux_names),
+        "x_names": [_brms_rename(x) for x in model.info.x_names],
+        "z_names": [_brms_rename(z) for z in model.z_names],
+        "intercept": bool(model.terms.intercept),
+        "groups": [int(g) for g in model.groups],
+        "rows": [int(r) for r in model.rows],
+        "network": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.network.to_dict().items()},
+        "trained": bool(model.npe.trained),
+        "train_seconds": float(model.npe.history.train_seconds),
+        "prior_summary": _prior_table(model),
+        "model_path": str(path),
+        "versions": _versions(),
+    }
+
+
+def _fit_result(fit: Any, model: Any, path: Path, n_draws: int, seed: int | None, resample: bool) -> dict[str, Any]:
+    draws = fit.resampled(n_draws, seed) if resample else fit.draws
+    result = _describe(model, path)
+    result.update(
+        {
+            "variables": [str(c) for c in draws.columns],
+            **_matrix(draws.to_numpy()),
+            "pareto_k": _float(fit.pareto_k),
+            "ess": _float(fit.ess),
+            "khat_threshold": None if fit.psis is None else float(fit.psis.khat_threshold),
+            "diagnosis": None if fit.psis is None else fit.psis.diagnosis(),
+            "resampled": bool(resample),
+            "seconds": float(fit.seconds),
+            "levels": [str(level) for level in fit.design.levels],
+            "nobs": int(len(fit.design.y)),
+        }
+    )
+    return result
+
+
+# ---- model handles -------------------------------------------------------------------------------------------
+
+
+def _stamp(path: Path) -> tuple[float, ...]:
+    files = [path / "formula.json", path / "amortizer" / "weights.pt"]
+    return tuple(f.stat().st_mtime if f.exists() else -1.0 for f in files)
+
+
+def _load(model_path: str) -> Any:
+    """The FormulaNPE saved at `model_path`, memoized while its files are unchanged."""
+    from .errors import LoadError
+    from .formula import FormulaNPE
+
+    path = Path(str(model_path)).expanduser().resolve()
+    if not path.is_dir():
+        raise LoadError(
+            f"no saved amortizer at {str(path)!r}: the directory is gone (a cache that was cleared, or a temporary "
+            "directory of an ended R session). Refit with mlnpe(), or save amortizers with save_amortizer()."
+        )
+    key, stamp = str(path), _stamp(path)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] == stamp:
+        _MEMO.move_to_end(key)
+        return hit[1]
+    model = FormulaNPE.load(path)
+    _MEMO[key] = (stamp, model)
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return model
+
+
+def _remember(path: Path, model: Any) -> None:
+    key = str(path.expanduser().resolve())
+    _MEMO[key] = (_stamp(path), model)
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+
+
+# ---- entry points --------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    out = {"python": sys.version.split()[0], "mlnpe": __version__, "torch": str(torch.__version__),
+           "numpy": numpy.__version__}
+    try:
+        import pandas
+
+        out["pandas"] = pandas.__version__
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pass
+    return out
+
+
+@_entry
+def sitrep() -> dict[str, Any]:
+    """Versions and paths of the Python side, for `mlnpe_sitrep()` in R."""
+    import torch
+
+    from .formula import cache_dir
+
+    return {
+        "versions": _versions(),
+        "executable": sys.executable,
+        "mlnpe_path": str(Path(__file__).parent),
+        "cache_dir": str(cache_dir()),
+        "torch_threads": int(torch.get_num_threads()),
+    }
+
+
+@_entry
+def fit_model(
+    formula: str,
+    data: Mapping[str, Any],
+    family: Any = "gaussian",
+    priors: Any = None,
+    groups: Any = None,
+    rows: Any = None,
+    network: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+    cache: bool | str = True,
+    n_draws: int = 4000,
+    seed: int | None = None,
+    psis: bool = True,
+    resample: bool = False,
+    save_to: str | None = None,
+) -> dict[str, Any]:
+    """Trains (or loads from the cache) the amortizer of a formula model and fits `data`.
+
+    Arguments:
+        formula: brms formula text, e.g. "y ~ x + (1 + x | g)".
+        data: the data, ``{column: list | {"codes", "levels"}}``.
+        family: a family name or ``{"family", "link"}``.
+        priors: rows of a brms prior table (``prior, class, coef, group, lb, ub``), or None for the defaults.
+        groups, rows: trained (min, max) ranges of groups and rows per group, or None for data-based ones.
+        network: NetworkConfig overrides.
+        train: TrainConfig fields (steps, batch_size, seed, progress, ...).
+        cache: True (the default cache directory), False (train every time) or a cache directory.
+        n_draws: posterior draws.
+        seed: seed of the draws.
+        psis: compute the PSIS k-hat and ESS.
+        resample: return draws importance-resampled by their PSIS weights.
+        save_to: where to save the amortizer when `cache` is False (the handle R keeps).
+
+    Returns:
+        The draws (see the module docstring), ``pareto_k``, ``ess``, ``prior_summary`` (dict of columns),
+        ``levels``, ``from_cache``, ``model_path``, ``train_seconds``, ``seconds`` and the model's description.
+    """
+    from .formula import cache_dir, trained_model
+
+    frame = _frame(data)
+    config = _train_config(train)
+    n_draws, seed = _int(n_draws, "ndraws"), _seed(seed)
+    started = time.perf_counter()
+    model, from_cache = trained_model(
+        str(formula), frame, family, _priors(priors), train=config, cache=cache,
+        groups=_range(groups, "groups"), rows=_range(rows, "rows"), network=_network(network),
+    )
+    elapsed = time.perf_counter() - started
+    if cache is False:
+        if not save_to:
+            raise ConfigError("`save_to` is required when `cache` is False: the amortizer needs a directory.")
+        path = model.save(Path(str(save_to)))
+    else:
+        root = cache_dir() if cache is True else Path(str(cache))
+        path = root / model.spec_hash(config)
+    _remember(path, model)
+    fit = model.fit(n_draws=n_draws, seed=seed, psis=bool(psis))
+    out = _fit_result(fit, model, path, n_draws, seed, bool(resample))
+    out["from_cache"] = bool(from_cache)
+    out["setup_seconds"] = float(elapsed)
+    out["train"] = config.to_dict()
+    return out
+
+
+@_entry
+def refit(
+    model_path: str,
+    data: Mapping[str, Any],
+    n_draws: int = 4000,
+    seed: int | None = None,
+    psis: bool = True,
+    resample: bool = False,
+) -> dict[str, Any]:
+    """Fits new data with a saved amortizer: no training, only a forward pass (R's ``update(fit, newdata =)``)."""
+    model = _load(model_path)
+    n_draws, seed = _int(n_draws, "ndraws"), _seed(seed)
+    fit = model.fit(_frame(data, "newdata"), n_draws=n_draws, seed=seed, psis=bool(psis))
+    out = _fit_result(fit, model, Path(str(model_path)), n_draws, seed, bool(resample))
+    out["from_cache"] = True
+    return out
+
+
+def _raw_draws(model: Any, draws: Mapping[str, Any], levels: tuple[str, ...]) -> Any:
+    """Inverts `brms_names_and_values`: brms-named draws back to the model's global and local layout."""
+    from .draws import PosteriorDraws
+    from .formula.api import brms_names_and_values
+
+    variables = [str(v) for v in _as_list(draws.get("variables"))]
+    shape = [_int(s, "draws shape") for s in _as_list(draws.get("shape"))]
+    values = np.asarray(_as_list(draws.get("data")), dtype=np.float64)
+    if len(shape) != 2 or shape[1] != len(variables) or values.size != shape[0] * shape[1]:
+        raise DataError(f"`draws` must hold {len(variables)} variables of equal length; got shape {shape}.")
+    values = values.reshape(shape[1], shape[0]).T
+    n_global = sum(len(slot.labels) for slot in model.slots)
+    n_local = len(model.z_names)
+    labels = [label for slot in model.slots for label in slot.labels]
+    empty = PosteriorDraws(
+        np.zeros((1, n_global)), np.zeros((1, len(levels), n_local)), tuple(labels), tuple(model.z_names),
+        tuple(levels),
+    )
+    names, _ = brms_names_and_values(model, empty, levels)
+    index = {name: i for i, name in enumerate(variables)}
+    missing = [name for name in names if name not in index]
+    if missing:
+        raise DataError(
+            f"the draws lack the variables {missing[:5]}{' ...' if len(missing) > 5 else ''}; pass the draws of "
+            "a fit of this model (variables must keep their brms names)."
+        )
+
+    def column(name: str) -> np.ndarray:
+        return values[:, index[name]]
+
+    b_labels = [slot.labels[0] for slot in model.slots if slot.kind == "b"]
+    b = np.stack([column(name) for name in b_labels], 1) if b_labels else np.zeros((shape[0], 0))
+    blocks = []
+    for slot in model.slots:
+        if slot.kind == "Intercept":  # back to the intercept of centred predictors
+            intercept = column("b_Intercept")
+            blocks.append((intercept + b @ model.x_means if b.shape[1] else intercept)[:, None])
+        else:
+            blocks.append(np.stack([column(label) for label in slot.labels], 1))
+    local_names = names[len(names) - n_local * len(levels):]
+    local = np.stack([column(name) for name in local_names], 1).reshape(shape[0], n_local, len(levels))
+    return PosteriorDraws(
+        np.concatenate(blocks, 1), np.transpose(local, (0, 2, 1)).copy(), tuple(labels), tuple(model.z_names),
+        tuple(levels),
+    )
+
+
+def _fill_for_prediction(model: Any, frame: Any, need_response: bool, need_group: bool) -> Any:
+    """Adds a placeholder response (and group) column to `newdata` where predictions do not use it."""
+    terms = model.terms
+    frame = frame.copy()
+    if terms.response not in frame.columns:
+        if need_response:
+            raise DataError(
+                f"`newdata` lacks the response {terms.response!r}, which log_lik() needs; add the column."
+            )
+        placeholder = 1.0 if model.family.name in ("lognormal", "Gamma") else 0.0
+        frame[terms.response] = placeholder  # a value inside every family's support; predictions ignore it
+    if need_group and terms.group not in frame.columns:
+        frame[terms.group] = "__mlnpe_none__"
+    return frame
+
+
+def _with_levels(model: Any, raw: Any, design: Any, newdata: Any, allow_new_levels: bool, seed: int | None):
+    """Draws and design extended by the levels of `newdata` that the fit has not seen.
+
+    The effects of a new level are drawn from their prior given each global draw, r ~ MVN(0, Sigma_s), as brms's
+    ``sample_new_levels = "gaussian"`` does.
+    """
+    import torch
+
+    from .draws import PosteriorDraws
+    from .formula.design import build_design
+
+    levels = build_design(model.terms, newdata, reference=model.info, min_groups=1).levels
+    new = [level for level in levels if level not in design.levels]
+    if not new:
+        return raw, design
+    if not allow_new_levels:
+        raise DataError(
+            f"`newdata` has levels {new[:5]} of {model.terms.group!r} that the fit has no group-level effects for; "
+            "pass allow_new_levels = TRUE to draw their effects from the prior, or refit with update(fit, newdata =)."
+        )
+    generator = torch.Generator().manual_seed(0 if seed is None else int(seed) + 1)
+    g = torch.as_tensor(raw.global_draws, dtype=torch.float32)
+    r_new = model.model.sample_local(g, len(new), generator).double().numpy()
+    extended = PosteriorDraws(
+        raw.global_draws, np.concatenate([raw.local_draws, r_new], 1), raw.global_names, raw.local_names,
+        tuple(design.levels) + tuple(new),
+    )
+    return extended, dataclasses.replace(design, levels=tuple(design.levels) + tuple(new))
+
+
+@_entry
+def predict(
+    model_path: str,
+    data: Mapping[str, Any],
+    draws: Mapping[str, Any],
+    kind: str = "predict",
+    newdata: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    allow_new_levels: bool = False,
+    include_group_effects: bool = True,
+) -> dict[str, Any]:
+    """Predictions of a fit: a (draws, rows) matrix in the layout of the module docstring.
+
+    Arguments:
+        model_path: the saved amortizer.
+        data: the data the draws belong to (their group levels).
+        draws: the fit's draws (brms names; any subset of draws, all variables).
+        kind: "predict" (posterior predictive draws), "epred" (expected response), "linpred" (linear predictor)
+            or "log_lik" (pointwise log-likelihood).
+        newdata: other rows to predict (new levels need `allow_new_levels`); None for `data`.
+        seed: seed of "predict"'s randomness and of the effects of new levels.
+        allow_new_levels: draw the effects of unseen levels from their prior.
+        include_group_effects: False leaves out all group-level effects (brms's ``re_formula = NA``).
+    """
+    from .formula.api import FormulaFit
+
+    if kind not in _KINDS:
+        raise ConfigError(f"`kind` must be one of {list(_KINDS)}, got {kind!r}.")
+    seed = _seed(seed)
+    model = _load(model_path)
+    _, design = model.grouped_data(_frame(data))
+    raw = _raw_draws(model, draws, design.levels)
+    if not include_group_effects:
+        raw = dataclasses.replace(raw, local_draws=np.zeros_like(raw.local_draws))
+    frame = None
+    if newdata is not None:
+        frame = _fill_for_prediction(model, _frame(newdata, "newdata"), kind == "log_lik", not include_group_effects)
+        raw, design = _with_levels(model, raw, design, frame, allow_new_levels or not include_group_effects, seed)
+        if not include_group_effects:
+            raw = dataclasses.replace(raw, local_draws=np.zeros_like(raw.local_draws))
+    fit = FormulaFit(model, raw, design)
+    method = {
+        "predict": fit.posterior_predict,
+        "epred": fit.posterior_epred,
+        "linpred": fit.linear_predictor,
+        "log_lik": fit.log_lik,
+    }[kind]
+    return _matrix(method(newdata=frame, seed=seed))
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    top = np.max(x, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return np.squeeze(top, axis) + np.log(np.sum(np.exp(x - top), axis=axis))
+
+
+@_entry
+def logo(
+    model_path: str,
+    data: Mapping[str, Any],
+    n_draws: int = 1000,
+    n_local: int = 20,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Leave-one-group-out cross-validation with the amortizer: one instant refit per group.
+
+    For each group j, the data without j are fitted (S global draws theta_s), the held-out group's effects are
+    drawn from their prior given each global draw, r_js ~ MVN(0, Sigma_s) (`n_local` draws per theta_s), and
+
+        elpd_j = log mean_s mean_r p(y_j | theta_s, r_js),
+
+    computed with log-sum-exp. This is the predictive density of a new group, brms's ``kfold(group =)`` with
+    one fold per group.
+
+    Returns:
+        ``{"levels", "elpd", "nobs", "pareto_k"}``: per group its elpd, number of rows and the PSIS k-hat of the fit
+        without it.
+    """
+    import torch
+
+    from .draws import PosteriorDraws
+    from .formula.api import FormulaFit
+    from .psis import ParetoKWarning
+
+    model = _load(model_path)
+    n_draws, n_local, seed = _int(n_draws, "ndraws"), _int(n_local, "nsim"), _seed(seed)
+    if n_draws < 1 or n_local < 1:
+        raise ConfigError(f"`ndraws` and `nsim` must be positive, got {n_draws} and {n_local}.")
+    frame = _frame(data)
+    _, design = model.grouped_data(frame)
+    base = 0 if seed is None else seed
+    out: dict[str, list[Any]] = {"levels": [], "elpd": [], "nobs": [], "pareto_k": []}
+    for j, level in enumerate(design.levels):
+        held_rows = design.group == j
+        rest = frame.loc[~held_rows].reset_index(drop=True)
+        held = frame.loc[held_rows].reset_index(drop=True)
+        with warnings.catch_warnings():  # the k-hat of every refit is returned, not warned about
+            warnings.simplefilter("ignore", ParetoKWarning)
+            fit = model.fit(rest, n_draws=n_draws, seed=base + j, psis=n_draws >= 10)
+        generator = torch.Generator().manual_seed(base + j + 7919)
+        g = torch.as_tensor(fit.raw.global_draws, dtype=torch.float32)
+        r = model.model.sample_local(g, n_local, generator).double().numpy()  # (S, R, M)
+        m = r.shape[-1]
+        raw = PosteriorDraws(
+            np.repeat(fit.raw.global_draws, n_local, 0), r.reshape(n_draws * n_local, 1, m),
+            fit.raw.global_names, fit.raw.local_names, (level,),
+        )
+        held_fit = FormulaFit(model, raw, dataclasses.replace(fit.design, levels=(level,)))
+        log_lik = held_fit.log_lik(newdata=held).sum(1).reshape(n_draws, n_local)
+        per_draw = _logsumexp(log_lik, 1) - math.log(n_local)
+        out["levels"].append(str(level))
+        out["elpd"].append(float(_logsumexp(per_draw, 0) - math.log(n_draws)))
+        out["nobs"].append(int(held_rows.sum()))
+        out["pareto_k"].append(_float(fit.pareto_k))
+    return out
+
+
+@_entry
+def save_model(model_path: str, path: str) -> str:
+    """Copies a trained amortizer to `path` (a directory; created) and returns the path."""
+    model = _load(model_path)
+    target = model.save(Path(str(path)).expanduser())
+    return str(target)
+
+
+@_entry
+def load_model(path: str) -> dict[str, Any]:
+    """Loads a saved amortizer and describes it (formula, family, priors, trained ranges, versions)."""
+    resolved = Path(str(path)).expanduser().resolve()
+    model = _load(str(resolved))
+    return _describe(model, resolved)

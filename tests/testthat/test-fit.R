@@ -1,0 +1,96 @@
+test_that("mlnpe() trains once, fits, and names the draws as brms does", {
+  skip_if_no_mlnpe_python()
+  fit <- tiny_fit()
+  expect_s3_class(fit, "mlnpefit")
+  expect_equal(variables(fit)[1:6], c("b_Intercept", "b_x", "sd_g__Intercept", "sd_g__x", "cor_g__Intercept__x",
+                                      "sigma"))
+  expect_equal(variables(fit)[7:8], c("r_g[s.1,Intercept]", "r_g[s.2,Intercept]"))
+  expect_equal(ndraws(fit), 200L)
+  expect_equal(fit$levels, sprintf("s %d", 1:8))
+  expect_true(all(as_draws_df(fit)$sigma > 0))
+  expect_true(is.finite(fit$diagnostics$pareto_k))
+  expect_true(dir.exists(fit$amortizer$path))
+  expect_equal(dimnames(ranef(fit)$g)[[1]], sprintf("s %d", 1:8))
+  expect_equal(nrow(posterior::summarise_draws(fit)), nvariables(fit))
+  expect_output(print(fit), "Population-Level Effects")
+})
+
+test_that("an identical call loads the amortizer from the cache and gives the same draws", {
+  skip_if_no_mlnpe_python()
+  fit <- tiny_fit()
+  again <- quietly(mlnpe(y ~ x + (1 + x | g), data = tiny_data(), train = tiny_train, network = tiny_network,
+                         cache = tiny_cache(), ndraws = 200, seed = 1))
+  expect_true(again$amortizer$from_cache)
+  expect_equal(again$amortizer$path, fit$amortizer$path)
+  expect_identical(as_draws_matrix(again), as_draws_matrix(fit))
+})
+
+test_that("seeds: set.seed() makes fits reproducible, different seeds differ", {
+  skip_if_no_mlnpe_python()
+  fit <- tiny_fit()
+  a <- quietly(update(fit, seed = 7))
+  b <- quietly(update(fit, seed = 7))
+  c <- quietly(update(fit, seed = 8))
+  expect_identical(as_draws_matrix(a), as_draws_matrix(b))
+  expect_false(identical(as_draws_matrix(a), as_draws_matrix(c)))
+  set.seed(3); d <- quietly(update(fit))
+  set.seed(3); e <- quietly(update(fit))
+  expect_identical(as_draws_matrix(d), as_draws_matrix(e))
+})
+
+test_that("update(newdata =) refits instantly with the trained amortizer", {
+  skip_if_no_mlnpe_python()
+  fit <- tiny_fit()
+  new <- tiny_data(seed = 2, J = 6)
+  refit <- quietly(update(fit, newdata = new, ndraws = 50))
+  expect_equal(refit$amortizer$path, fit$amortizer$path)
+  expect_equal(refit$levels, sprintf("s %d", 1:6))
+  expect_equal(ndraws(refit), 50L)
+  expect_equal(nobs(refit), 60L)
+  expect_equal(refit$data_name, "new")
+  expect_lt(refit$seconds, 10)
+})
+
+test_that("save_amortizer() and load_amortizer() round-trip and refit identically", {
+  skip_if_no_mlnpe_python()
+  fit <- tiny_fit()
+  dir <- file.path(tempdir(), "saved-amortizer")
+  expect_equal(save_amortizer(fit, dir), normalizePath(dir))
+  amortizer <- load_amortizer(dir)
+  expect_s3_class(amortizer, "mlnpe_amortizer")
+  expect_output(print(amortizer), "Trained: groups")
+  again <- quietly(update(amortizer, newdata = tiny_data(), ndraws = 200, seed = 1))
+  expect_identical(as_draws_matrix(again), as_draws_matrix(fit))
+  expect_equal(prior_summary(again)$prior, prior_summary(fit)$prior)
+})
+
+test_that("cache = FALSE trains into a temporary directory", {
+  skip_if_no_mlnpe_python()
+  d <- tiny_data(J = 5, n = 4)
+  fit <- quietly(mlnpe(y ~ 1 + (1 | g), data = d, train = list(steps = 5, batch_size = 4, progress = FALSE),
+                       network = tiny_network, cache = FALSE, ndraws = 20, seed = 1))
+  expect_false(fit$amortizer$from_cache)
+  expect_true(startsWith(fit$amortizer$path, normalizePath(tempdir())) ||
+                startsWith(fit$amortizer$path, tempdir()))
+  expect_equal(variables(fit)[1:3], c("b_Intercept", "sd_g__Intercept", "sigma"))
+})
+
+test_that("families, priors and factor predictors go through", {
+  skip_if_no_mlnpe_python()
+  d <- tiny_data(J = 5, n = 6)
+  d$f <- factor(rep(c("lo", "hi"), length.out = nrow(d)), levels = c("lo", "hi"))
+  tr <- list(steps = 5, batch_size = 4, progress = FALSE)
+  pois <- quietly(mlnpe(count ~ x + f + (1 | g), d, family = poisson(), train = tr, network = tiny_network,
+                        cache = tiny_cache(), ndraws = 20, seed = 1,
+                        prior = mlnpe_prior(normal(0, 1), class = b) + mlnpe_prior(normal(0.3, 1), class = Intercept)))
+  expect_equal(variables(pois)[1:4], c("b_Intercept", "b_x", "b_fhi", "sd_g__Intercept"))
+  ps <- prior_summary(pois)
+  expect_equal(ps$prior[ps$class == "b"], c("normal(0, 1)", "normal(0, 1)"))
+  expect_equal(family(pois)$family, "poisson")
+  skip_if_missing_package("brms")
+  nb <- quietly(mlnpe(count ~ x + (1 | g), d, family = brms::negbinomial(), train = tr, network = tiny_network,
+                      cache = tiny_cache(), ndraws = 20, seed = 1,
+                      prior = brms::prior(gamma(2, 0.5), class = shape)))
+  expect_true("shape" %in% variables(nb))
+  expect_equal(rownames(summary(nb)$spec_pars), "shape")
+})
