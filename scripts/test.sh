@@ -10,7 +10,7 @@ bash scripts/setup_r.sh
 # The R bridge test drives R through rpy2 where rpy2 is installed (system Python: rpy2==3.5.17, as rpy2 3.6
 # needs R >= 4.4) and through Rscript otherwise: in this venv rpy2 and reticulate abort on the GIL, so CI uses
 # Rscript, which exercises the same R code and the same bridge.
-export MLNPE_STRICT=1 MLNPE_SLOW_TESTS=1
+export MLNPE_STRICT=1 MLNPE_SLOW_TESTS=1 NOT_CRAN=true  # NOT_CRAN: run the snapshot tests too
 export RETICULATE_PYTHON="$PWD/.venv/bin/python"
 export MLNPE_CACHE_DIR="${MLNPE_CACHE_DIR:-$(mktemp -d)}"
 rlib="$PWD/.Rlib"
