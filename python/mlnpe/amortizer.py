@@ -265,12 +265,7 @@ class MultilevelNPE:
             LoadError: missing or corrupt files, or a configuration that does not match the weights.
         """
         path = Path(path)
-        try:
-            config = json.loads((path / _CONFIG_FILE).read_text())
-        except FileNotFoundError:
-            raise LoadError(f"no {_CONFIG_FILE} in {str(path)!r}; pass the directory written by `save`.") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LoadError(f"{str(path / _CONFIG_FILE)!r} is not valid JSON ({e}); the save is corrupt.") from None
+        config = read_saved_json(path, _CONFIG_FILE)
         if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
             got = config.get("format_version") if isinstance(config, dict) else None
             raise LoadError(
@@ -313,6 +308,16 @@ class MultilevelNPE:
         npe.history = TrainHistory(**config.get("history", {}))
         npe.estimator.eval()
         return npe
+
+
+def read_saved_json(path: Path, filename: str) -> Any:
+    """The JSON file `filename` of a save directory, with a LoadError naming the file when it is missing or corrupt."""
+    try:
+        return json.loads((path / filename).read_text())
+    except FileNotFoundError:
+        raise LoadError(f"no {filename} in {str(path)!r}; pass the directory written by `save`.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoadError(f"{str(path / filename)!r} is not valid JSON ({e}); the save is corrupt.") from None
 
 
 def _specs_of(model: TwoLevelModel) -> dict[str, Any]:

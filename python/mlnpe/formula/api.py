@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..amortizer import MultilevelNPE
+from ..amortizer import MultilevelNPE, read_saved_json
 from ..data import GroupedData
 from ..draws import PosteriorDraws
 from ..errors import ConfigError, DataError, LoadError, SpecError
@@ -320,12 +320,7 @@ class FormulaNPE:
     def load(cls, path: str | os.PathLike, data: Any = None) -> "FormulaNPE":
         """Loads a saved formula model (no pickle). `data` optionally re-attaches the training data."""
         path = Path(path)
-        try:
-            config = json.loads((path / _FORMULA_FILE).read_text())
-        except FileNotFoundError:
-            raise LoadError(f"no {_FORMULA_FILE} in {str(path)!r}; pass the directory written by `save`.") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LoadError(f"{str(path / _FORMULA_FILE)!r} is not valid JSON ({e}); the save is corrupt.") from None
+        config = read_saved_json(path, _FORMULA_FILE)
         try:
             pool = torch.load(path / _POOL_FILE, weights_only=True)
             state = dict(config, pool=CovariatePool(pool["x"], pool["n"]), data=data)
