@@ -33,6 +33,11 @@ install_mlnpe <- function(envname = "r-mlnpe", path = Sys.getenv("MLNPE_PYTHON_S
                   i = "Pass the root of the mlnpe repository, e.g. install_mlnpe(path = \"~/src/mlnpe\")."),
                 "mlnpe_install_error")
   }
+  # R prepends its own and the system library directories to LD_LIBRARY_PATH; pip's Python inherits them and
+  # may then load another Python's libpython (e.g. a pyenv Python picks Debian's libpython3.11 and loses ssl).
+  old_ld <- Sys.getenv("LD_LIBRARY_PATH", unset = NA)
+  on.exit(if (is.na(old_ld)) Sys.unsetenv("LD_LIBRARY_PATH") else Sys.setenv(LD_LIBRARY_PATH = old_ld), add = TRUE)
+  Sys.setenv(LD_LIBRARY_PATH = subprocess_ld_path(old_ld))
   if (new_env && reticulate::virtualenv_exists(envname)) reticulate::virtualenv_remove(envname, confirm = FALSE)
   # packages = NULL: reticulate 1.28's default "numpy" would install NumPy 2
   reticulate::virtualenv_create(envname, python = python, packages = NULL)
@@ -41,9 +46,27 @@ install_mlnpe <- function(envname = "r-mlnpe", path = Sys.getenv("MLNPE_PYTHON_S
   reqs <- readLines(system.file("python", "requirements.txt", package = "mlnpe"))
   reqs <- trimws(reqs[nzchar(trimws(reqs)) & !startsWith(trimws(reqs), "#")])
   reticulate::virtualenv_install(envname, reqs, pip_options = opts)
-  reticulate::virtualenv_install(envname, normalizePath(path, mustWork = FALSE), pip_options = opts)
+  # The requirements also constrain mlnpe's own dependencies: otherwise pip upgrades NumPy to 2.x for the
+  # newest pandas or matplotlib.
+  constraints <- tempfile("mlnpe-constraints-", fileext = ".txt")
+  on.exit(unlink(constraints), add = TRUE)
+  writeLines(reqs, constraints)
+  reticulate::virtualenv_install(envname, normalizePath(path, mustWork = FALSE),
+                                 pip_options = c(opts, "--constraint", constraints))
   message("Installed mlnpe into the virtualenv '", envname, "'. Restart R; mlnpe will find it by itself.")
   invisible(reticulate::virtualenv_python(envname))
+}
+
+# LD_LIBRARY_PATH for the Python and pip subprocesses: without R's library directory, Java's and the default
+# system directories (the loader searches those last anyway, after a binary's own RUNPATH).
+subprocess_ld_path <- function(value = Sys.getenv("LD_LIBRARY_PATH")) {
+  if (is.na(value) || !nzchar(value)) return("")
+  dirs <- strsplit(value, ":", fixed = TRUE)[[1L]]
+  system_dirs <- c("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib",
+                   Sys.glob(c("/lib/*-linux-gnu", "/usr/lib/*-linux-gnu")))
+  drop <- !nzchar(dirs) | sub("/+$", "", dirs) %in% c(R.home("lib"), system_dirs) |
+    grepl("/jvm/", dirs, fixed = TRUE)
+  paste(dirs[!drop], collapse = ":")
 }
 
 default_source <- function() {

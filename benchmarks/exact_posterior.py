@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short training and fewer datasets (< 3 minutes)")
     parser.add_argument("--seconds", type=float, default=None, help="training time limit in seconds")
+    parser.add_argument("--steps", type=int, default=None, help="train for this many steps instead of a time limit")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="directory to save the trained estimator")
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
     network = NetworkConfig.from_dict(json.loads(args.network))
     npe = MultilevelNPE(NormalHierarchical(), groups=GROUPS, rows=ROWS, network=network, seed=args.seed)
     config = TrainConfig(
-        steps=1_000_000, batch_size=args.batch, learning_rate=args.lr, time_limit=seconds, seed=args.seed
+        steps=args.steps or 1_000_000,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        time_limit=None if args.steps else seconds,
+        seed=args.seed,
     )
     history = npe.train(config)
     if args.save:

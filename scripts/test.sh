@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything (Python venv, R from Debian, the R package) and runs the whole test suite: pytest, then
-# testthat. MLNPE_STRICT=1 turns "dependency missing" skips into failures in both suites, so no part can be
+# testthat, then builds the vignette. MLNPE_STRICT=1 turns "dependency missing" skips into failures in both suites, so no part can be
 # skipped silently; MLNPE_SLOW_TESTS=1 includes the slow comparisons (Stan compiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +30,13 @@ Rscript -e '
   cat(sprintf("\ntestthat: %d passed, %d failed, %d skipped\n", sum(!bad & !skipped), sum(bad), sum(skipped)))
   if (any(bad) || any(skipped)) quit(status = 1)
 '
+
+echo "== Vignette"
+# Same environment as the tests (MLNPE_STRICT=1 makes a missing Python an error in the vignette too). It trains
+# the sleepstudy amortizer for 150 s into $MLNPE_CACHE_DIR and takes 3-5 minutes on 2 cores (seconds when the
+# cache has it: about 1.5 minutes, most of it in logo()).
+vig_out="$(mktemp -d)"
+Rscript -e 'rmarkdown::render("vignettes/getting-started.Rmd", output_dir = commandArgs(TRUE)[1],
+                              intermediates_dir = tempdir(), quiet = TRUE)' "$vig_out" \
+  || { echo "ERROR: building vignettes/getting-started.Rmd failed" >&2; exit 1; }
+echo "vignette built: $vig_out/getting-started.html"

@@ -31,7 +31,8 @@ from .train import TrainConfig, TrainHistory, train_estimator
 
 __all__ = ["MultilevelNPE", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+# 2: softplus for positive parameters, conditional affine flows, residual-variance summaries.
+FORMAT_VERSION = 2
 _CONFIG_FILE, _WEIGHTS_FILE = "config.json", "weights.pt"
 
 

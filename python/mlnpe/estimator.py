@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .data import GroupedBatch
 from .errors import ConfigError
-from .nn import ConditionalFlow, build_summary
+from .nn import MLP, ConditionalFlow, build_summary
 from .supports import Bijector
 
 __all__ = ["NetworkConfig", "MultilevelEstimator"]
@@ -38,6 +38,10 @@ class NetworkConfig:
         global_transforms, global_hidden: spline transforms and conditioner widths of the global flow.
         local_transforms, local_hidden: the same for the shared local flow.
         bins: spline bins.
+        affine: start each flow with a conditional affine map (see `ConditionalFlow`).
+        global_context: width of the learned embedding of h_global that the global flow sees (0: none). The
+            raw global summary is wide (hundreds of pooled moments); embedding it once per dataset keeps the
+            flow's per-draw cost low.
         log_inputs: row columns (0 = first response column, covariates after the responses) that the networks
             see as sign(v) log(1 + |v|): counts and other heavy-tailed inputs, whose raw scale would let a few
             huge simulated values dominate the standardization.
@@ -51,11 +55,13 @@ class NetworkConfig:
     global_attention: int = 8
     local_summary_dim: int = 16
     global_summary_dim: int = 32
-    global_transforms: int = 4
+    global_transforms: int = 3
     global_hidden: tuple[int, ...] = (64, 64)
-    local_transforms: int = 2
+    local_transforms: int = 1
     local_hidden: tuple[int, ...] = (32, 32)
     bins: int = 8
+    affine: bool = True
+    global_context: int = 64
     log_inputs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -66,7 +72,7 @@ class NetworkConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
                 continue
-            if value < (0 if f.name == "global_attention" else 1):
+            if value < (0 if f.name in ("global_attention", "global_context") else 1):
                 raise ConfigError(f"NetworkConfig `{f.name}` must be a positive integer, got {value!r}.")
         if self.global_summary not in ("deepset", "set_transformer"):
             raise ConfigError(
@@ -87,9 +93,20 @@ class NetworkConfig:
 
 
 def _masked_moments(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and sd over the real entries: values (..., d), mask (...) -> (d,), (d,)."""
+    """Robust centre and scale over the real entries: values (..., d), mask (...) -> (d,), (d,).
+
+    The median, and the interquartile range / 1.349 (the sd of a normal), falling back to the sd for columns
+    whose quartiles coincide (a rare level of a binary column). Pilot simulations under vague priors (brms's
+    student_t(3, ...) scales, or explosive AR(1) draws) have a few huge values that would inflate a sd and
+    squash every typical dataset and parameter into a sliver around zero.
+    """
     real = values[mask]
-    return real.mean(0), real.std(0).clamp_min(1e-6)
+    if real.shape[0] > 2**20:  # torch.quantile's size limit; an even thinning keeps the quantiles
+        real = real[:: -(-real.shape[0] // 2**20)]
+    q25, median, q75 = torch.quantile(real, torch.tensor([0.25, 0.5, 0.75], dtype=real.dtype), dim=0)
+    iqr = (q75 - q25) / 1.349
+    scale = torch.where(iqr > 0, iqr, real.std(0))
+    return median, scale.clamp_min(1e-6)
 
 
 class MultilevelEstimator(nn.Module):
@@ -126,10 +143,12 @@ class MultilevelEstimator(nn.Module):
             c.global_summary, h_local, c.global_summary_dim, c.summary_hidden, c.summary_depth,
             attention=c.global_attention,
         )
+        h_global = self.global_summary.out_features
+        self.global_embed = MLP(h_global, [c.summary_hidden], c.global_context) if c.global_context else nn.Identity()
         self.global_flow = ConditionalFlow(
-            g, self.global_summary.out_features, c.global_transforms, c.global_hidden, c.bins
+            g, c.global_context or h_global, c.global_transforms, c.global_hidden, c.bins, c.affine
         )
-        self.local_flow = ConditionalFlow(l, h_local + g, c.local_transforms, c.local_hidden, c.bins)
+        self.local_flow = ConditionalFlow(l, h_local + g, c.local_transforms, c.local_hidden, c.bins, c.affine)
         if any(not 0 <= i < row_features for i in config.log_inputs):
             raise ConfigError(
                 f"NetworkConfig `log_inputs` {list(config.log_inputs)} must index the {row_features} row columns."
@@ -146,7 +165,7 @@ class MultilevelEstimator(nn.Module):
         self.row_loc.copy_(loc)
         self.row_scale.copy_(scale)
         gu = self.global_bijector.inverse(global_params)
-        self.global_flow.set_standardization(gu.mean(0), gu.std(0))
+        self.global_flow.set_standardization(*_masked_moments(gu, torch.ones(gu.shape[0], dtype=torch.bool)))
         lu = self.local_bijector.inverse(local_params)
         self.local_flow.set_standardization(*_masked_moments(lu, batch.group_mask))
 
@@ -162,13 +181,13 @@ class MultilevelEstimator(nn.Module):
 
     # ---- networks -------------------------------------------------------------------------------------------
     def summarize(self, batch: GroupedBatch) -> tuple[Tensor, Tensor]:
-        """Returns h_local (B, J, h_l) (zeros for padded groups) and h_global (B, h_g)."""
+        """Returns h_local (B, J, h_l) (zeros for padded groups) and h_global (B, h_g), embedded once here."""
         rows = (self._rows(batch) - self.row_loc) / self.row_scale
         real = batch.group_mask
         h_real = self.local_summary(rows[real], batch.row_mask[real])
         h_local = rows.new_zeros(*real.shape, h_real.shape[-1])
         h_local[real] = h_real
-        return h_local, self.global_summary(h_local, real)
+        return h_local, self.global_embed(self.global_summary(h_local, real))
 
     def _local_context(self, h_local: Tensor, global_u: Tensor) -> Tensor:
         """h_local (B, J, h), global_u (..., B, G) -> (..., B, J, h + G), globals standardized."""

@@ -86,5 +86,7 @@ MODELS: dict[str, type[TwoLevelModel]] = {"NormalHierarchical": NormalHierarchic
 
 def model_from_config(config: dict[str, Any]) -> TwoLevelModel | None:
     """Rebuilds a registered model from its JSON config; None for user models (pass them to `load`)."""
+    if str(config.get("module", "")).startswith("mlnpe.case_studies."):  # a case study registers itself on import
+        __import__(str(config["module"]))
     cls = MODELS.get(str(config.get("class")))
     return None if cls is None else cls(**config.get("kwargs", {}))

@@ -594,12 +594,19 @@ class Real(_ScalarSupport):
 
 
 class Positive(_ScalarSupport):
-    """The positive half-line: ``theta = exp(u)``."""
+    """The positive half-line: ``theta = softplus(u) = log(1 + exp(u))``.
+
+    Below 1 softplus behaves like ``exp`` (a log scale near zero, where hierarchical scales pile up); above 1
+    it is nearly the identity. A flow with Gaussian tails in ``u`` then has Gaussian tails in ``theta``,
+    like the half-normal, exponential and half-t priors of scale parameters. With ``exp`` the same flow has
+    log-normal right tails: for a small number of groups it put far too much mass on huge scales (sd ratios
+    of 3 to 8 for tau in the exact benchmark).
+    """
 
     name = "positive"
 
     def forward(self, u: Tensor) -> Tensor:
-        """``exp(u)``, with ``u`` clamped so the result is finite and nonzero.
+        """``softplus(u)``, with ``u`` clamped so the result is finite and nonzero.
 
         Args:
             u: Tensor of shape ``(..., 1)``.
@@ -609,10 +616,10 @@ class Positive(_ScalarSupport):
         """
         self._validate(u, "u")
         low, high = _exp_input_bounds(u.dtype)
-        return torch.exp(u.clamp(min=low, max=high))
+        return torch.nn.functional.softplus(u.clamp(min=low, max=torch.finfo(u.dtype).max / 2))
 
     def inverse(self, theta: Tensor) -> Tensor:
-        """``log(theta)``.
+        """``log(exp(theta) - 1) = theta + log(1 - exp(-theta))``, stable for tiny and huge theta.
 
         Args:
             theta: Tensor of shape ``(..., 1)``.
@@ -621,10 +628,10 @@ class Positive(_ScalarSupport):
             Tensor of shape ``(..., 1)``.
         """
         self._validate(theta, "theta")
-        return torch.log(theta)
+        return theta + torch.log(-torch.expm1(-theta))
 
     def log_abs_det_jacobian(self, u: Tensor) -> Tensor:
-        """``log|d exp(u)/du| = u``.
+        """``log|d softplus(u)/du| = log sigmoid(u)``.
 
         Args:
             u: Tensor of shape ``(..., 1)``.
@@ -633,7 +640,7 @@ class Positive(_ScalarSupport):
             Tensor of shape ``(...,)``.
         """
         self._validate(u, "u")
-        return u.sum(-1)
+        return torch.nn.functional.logsigmoid(u).sum(-1)
 
     def check(self, theta: Tensor) -> Tensor:
         """Finite and strictly positive.

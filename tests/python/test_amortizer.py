@@ -8,6 +8,7 @@ import torch
 from mlnpe import GroupedData, MultilevelNPE, NetworkConfig, TrainConfig
 from mlnpe.errors import ConfigError, DataError, LoadError, RangeError, RangeWarning
 from mlnpe.models import NormalHierarchical
+from mlnpe.amortizer import FORMAT_VERSION
 
 SMALL = NetworkConfig(summary_hidden=16, row_hidden=8, local_summary_dim=4, global_summary_dim=8,
                       global_transforms=2, global_hidden=(16,), local_transforms=1, local_hidden=(16,))
@@ -69,7 +70,7 @@ def test_log_prob_matches_sampling_density(trained):
 def test_save_load_round_trip_gives_identical_densities(trained, tmp_path):
     trained.save(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["format_version"] == 1 and config["specs"]["global_params"][1]["name"] == "tau"
+    assert config["format_version"] == FORMAT_VERSION and config["specs"]["global_params"][1]["name"] == "tau"
     loaded = MultilevelNPE.load(tmp_path / "m")
     data = _data()
     d = trained.sample(data, 30, seed=6)

@@ -98,3 +98,8 @@ def test_network_config_validation_and_round_trip():
         NetworkConfig.from_dict({"width": 3})
     with pytest.raises(ConfigError, match="summary_hidden"):
         NetworkConfig(summary_hidden=0)
+
+
+def test_partial_network_config_keeps_defaults():
+    partial = NetworkConfig.from_dict({"bins": 4})
+    assert partial.bins == 4 and partial.affine is True and partial.global_context == 64

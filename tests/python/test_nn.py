@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -89,3 +91,78 @@ def test_conditional_flow_shapes_and_standardization():
     # Same generator seed gives the same draws.
     again = flow.sample(ctx, torch.Generator().manual_seed(1))
     assert torch.equal(draws, again)
+
+
+def test_conditional_affine_flow_density_matches_its_sampler():
+    """The conditional affine map is part of the density: log_prob of draws equals a 1-D change of variables."""
+    torch.manual_seed(0)
+    flow = ConditionalFlow(1, 3, transforms=1, hidden=(16,), affine=True)
+    with torch.no_grad():  # a context-dependent shift and a strong shrink, far from the identity
+        flow.affine[-1].bias.copy_(torch.tensor([2.0, -3.0]))
+    ctx = torch.zeros(1, 3)
+    grid = torch.linspace(-2.0, 6.0, 4001)[:, None]
+    with torch.no_grad():
+        density = flow.log_prob(grid, ctx.expand(len(grid), 3)).exp()
+    mass = float(torch.trapezoid(density, grid[:, 0]))
+    assert abs(mass - 1.0) < 1e-3
+    with torch.no_grad():
+        draws = flow.sample(ctx.expand(20000, 3), torch.Generator().manual_seed(0))
+    mean = float(torch.trapezoid(density * grid[:, 0], grid[:, 0]))
+    assert abs(float(draws.mean()) - mean) < 0.01
+    assert abs(float(draws.mean()) - 2.0) < 0.2 and float(draws.std()) < 0.2  # the shrink took effect
+
+
+def test_conditional_affine_flow_log_scale_is_bounded():
+    flow = ConditionalFlow(2, 3, transforms=1, hidden=(8,), affine=True, max_log_scale=3.0)
+    with torch.no_grad():
+        flow.affine[-1].bias.fill_(100.0)
+    _, log_scale = flow._shift_scale(torch.zeros(5, 3))
+    assert float(log_scale.max()) <= 3.0
+
+
+def test_full_moments_carry_the_within_set_residual_variance():
+    """The last moment feature is log(residual variance of y given x + 1e-3), per set, padding ignored."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 400, 2, generator=gen)
+    x[..., 0] = 2.0 * x[..., 1] + torch.tensor([0.5, 1.0, 2.0])[:, None] * x[..., 0]
+    mask = torch.ones(3, 400, dtype=torch.bool)
+    mask[2, 300:] = False
+    x[2, 300:] = 1e3  # padding must not leak in
+    net = DeepSet(2, summary_dim=4, hidden=8, moments="full")
+    out = net(x, mask)
+    resid = out[:, -2].exp() - 1e-3  # the log(n) feature comes last
+    slope = out[:, -3]  # signed-log slope of y on x: 2
+    assert torch.allclose(slope, torch.full((3,), math.log(3.0)), atol=0.1)
+    assert torch.allclose(resid, torch.tensor([0.25, 1.0, 4.0]), rtol=0.2, atol=0.02)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_summary_equals_a_packed_run(cell):
+    """Reading the padded run at each set's last real step gives the packed sequence's final state."""
+    torch.manual_seed(0)
+    net = RecurrentSummary(3, 4, 8, cell)
+    x = torch.randn(5, 9, 3)
+    lengths = torch.tensor([9, 2, 5, 7, 1])
+    mask = torch.arange(9)[None, :] < lengths[:, None]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    _, state = net.rnn(packed)
+    last = (state[0] if cell == "lstm" else state)[-1]
+    log_n = torch.log(lengths.float())[:, None]
+    expected = torch.cat([net.head(torch.cat([last, log_n], -1)), log_n], -1)
+    assert torch.allclose(net(x, mask), expected, atol=1e-5)
+
+
+def test_spline_transform_matches_zuko():
+    """The faster knot construction gives zuko's spline: same values, inverse and log-Jacobian."""
+    import zuko
+
+    from mlnpe.nn import _SplineTransform
+
+    gen = torch.Generator().manual_seed(0)
+    raw = [torch.randn(50, 1, k, generator=gen) * 3 for k in (8, 8, 7)]
+    ours, theirs = _SplineTransform(*raw), zuko.transforms.MonotonicRQSTransform(*raw)
+    x = torch.randn(50, 1, generator=gen) * 4
+    y, ladj = ours.call_and_ladj(x)
+    y_ref, ladj_ref = theirs.call_and_ladj(x)
+    assert torch.allclose(y, y_ref, atol=1e-5) and torch.allclose(ladj, ladj_ref, atol=1e-4)
+    assert torch.allclose(ours.inv(y), theirs.inv(y), atol=1e-3) and torch.allclose(ours.inv(y), x, atol=1e-3)
