@@ -35,8 +35,10 @@
 #' @param seed Seed of the draws; `NULL` draws one from R's random number generator, so that `set.seed()`
 #'   makes fits reproducible.
 #' @param psis Compute the PSIS Pareto k-hat and effective sample size of the draws.
-#' @param resample Return draws resampled by their PSIS importance weights (corrects a slightly inaccurate
-#'   amortizer; useless when k-hat is large).
+#' @param resample Return draws resampled by their PSIS importance weights, which corrects a slightly
+#'   inaccurate amortizer: `TRUE`, `FALSE`, or `"auto"` (the default: resample exactly when the Pareto k-hat is
+#'   at most its threshold, i.e. when the reweighted draws are reliable; otherwise return the amortized draws
+#'   and warn). `summary()` says which draws a fit holds.
 #' @return An object of class `mlnpefit`.
 #' @examples
 #' \dontrun{
@@ -48,7 +50,7 @@
 #' @export
 mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups = NULL, rows = NULL,
                   network = list(), train = list(steps = 3000, batch_size = 64), cache = TRUE,
-                  ndraws = 4000, seed = NULL, psis = TRUE, resample = FALSE) {
+                  ndraws = 4000, seed = NULL, psis = TRUE, resample = "auto") {
   call <- match.call()
   data_name <- paste(deparse(substitute(data), width.cutoff = 60L), collapse = " ")
   check_dots(list(...))
@@ -60,7 +62,7 @@ mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups 
   settings <- list(
     groups = check_range(groups, "groups"), rows = check_range(rows, "rows"),
     network = check_settings(network, "network"), train = check_settings(train, "train"),
-    cache = check_cache(cache), psis = check_flag(psis, "psis"), resample = check_flag(resample, "resample")
+    cache = check_cache(cache), psis = check_flag(psis, "psis"), resample = check_resample(resample)
   )
   ndraws <- check_count(ndraws, "ndraws")
   seed <- check_seed(seed)
@@ -189,7 +191,7 @@ refit_amortizer <- function(path, spec, family, prior, settings, data, data_name
   ndraws <- check_count(ndraws, "ndraws")
   seed <- check_seed(seed)
   check_flag(psis, "psis")
-  check_flag(resample, "resample")
+  check_resample(resample)
   value <- py_refit(path, encode_data(data, spec$vars, spec$response, family), ndraws, seed, psis, resample)
   settings$psis <- psis
   settings$resample <- resample
@@ -255,7 +257,7 @@ amortizer_path <- function(object) {
 #' @param ... Unused.
 #' @export
 update.mlnpe_amortizer <- function(object, newdata, ..., ndraws = 4000, seed = NULL, psis = TRUE,
-                                   resample = FALSE) {
+                                   resample = "auto") {
   data_name <- paste(deparse(substitute(newdata), width.cutoff = 60L), collapse = " ")
   settings <- list(groups = object$groups, rows = object$rows, network = object$info$network, train = list(),
                    cache = TRUE, psis = psis, resample = resample)

@@ -233,7 +233,25 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
     }
 
 
-def _fit_result(fit: Any, model: Any, path: Path, n_draws: int, seed: int | None, resample: bool) -> dict[str, Any]:
+def _resample_flag(resample: Any) -> bool | str:
+    if isinstance(resample, str) and resample == "auto":
+        return "auto"
+    if isinstance(resample, bool):
+        return resample
+    raise ConfigError(f"`resample` must be TRUE, FALSE or \"auto\", got {resample!r}.")
+
+
+def _use_resampling(fit: Any, resample: bool | str) -> bool:
+    """"auto": resample exactly when PSIS says the weights are reliable (k-hat at most its threshold)."""
+    if resample != "auto":
+        return bool(resample)
+    return fit.psis is not None and float(fit.psis.pareto_k) <= float(fit.psis.khat_threshold)
+
+
+def _fit_result(
+    fit: Any, model: Any, path: Path, n_draws: int, seed: int | None, resample: bool | str
+) -> dict[str, Any]:
+    resample = _use_resampling(fit, _resample_flag(resample))
     draws = fit.resampled(n_draws, seed) if resample else fit.draws
     result = _describe(model, path)
     result.update(
@@ -339,7 +357,7 @@ def fit_model(
     n_draws: int = 4000,
     seed: int | None = None,
     psis: bool = True,
-    resample: bool = False,
+    resample: bool | str = "auto",
     save_to: str | None = None,
 ) -> dict[str, Any]:
     """Trains (or loads from the cache) the amortizer of a formula model and fits `data`.
@@ -356,7 +374,8 @@ def fit_model(
         n_draws: posterior draws.
         seed: seed of the draws.
         psis: compute the PSIS k-hat and ESS.
-        resample: return draws importance-resampled by their PSIS weights.
+        resample: return draws importance-resampled by their PSIS weights: True, False, or "auto" (resample
+            when k-hat is at most its threshold, so the reweighted draws are the better approximation).
         save_to: where to save the amortizer when `cache` is False (the handle R keeps).
 
     Returns:
@@ -383,7 +402,7 @@ def fit_model(
         path = root / model.spec_hash(config)
     _remember(path, model)
     fit = model.fit(n_draws=n_draws, seed=seed, psis=bool(psis))
-    out = _fit_result(fit, model, path, n_draws, seed, bool(resample))
+    out = _fit_result(fit, model, path, n_draws, seed, resample)
     out["from_cache"] = bool(from_cache)
     out["setup_seconds"] = float(elapsed)
     out["train"] = config.to_dict()
@@ -397,13 +416,13 @@ def refit(
     n_draws: int = 4000,
     seed: int | None = None,
     psis: bool = True,
-    resample: bool = False,
+    resample: bool | str = "auto",
 ) -> dict[str, Any]:
     """Fits new data with a saved amortizer: no training, only a forward pass (R's ``update(fit, newdata =)``)."""
     model = _load(model_path)
     n_draws, seed = _int(n_draws, "ndraws"), _seed(seed)
     fit = model.fit(_frame(data, "newdata"), n_draws=n_draws, seed=seed, psis=bool(psis))
-    out = _fit_result(fit, model, Path(str(model_path)), n_draws, seed, bool(resample))
+    out = _fit_result(fit, model, Path(str(model_path)), n_draws, seed, resample)
     out["from_cache"] = True
     return out
 

@@ -25,6 +25,9 @@ test_that("settings are checked with the argument's name", {
   expect_error(mlnpe(y ~ 1 + (1 | g), d, groups = c(5, 2)), "`groups`", class = "mlnpe_argument_error")
   expect_error(mlnpe(y ~ 1 + (1 | g), d, cache = NA), "`cache`", class = "mlnpe_argument_error")
   expect_error(mlnpe(y ~ 1 + (1 | g), d, psis = "yes"), "`psis`", class = "mlnpe_argument_error")
+  expect_error(mlnpe(y ~ 1 + (1 | g), d, resample = "yes"), "`resample` must be TRUE, FALSE or \"auto\"",
+               class = "mlnpe_argument_error")
+  expect_silent(mlnpe:::check_resample("auto"))
 })
 
 test_that("brms sampling arguments are ignored with a warning", {
