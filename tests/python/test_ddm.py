@@ -7,6 +7,7 @@ with MLNPE_SLOW_TESTS=1.
 
 import math
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,20 @@ from mlnpe.errors import ConfigError, DataError
 from mlnpe.spec import simulate_batch
 
 SLOW = os.environ.get("MLNPE_SLOW_TESTS") == "1"
-SPEED_ACC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "speed_acc" / "speed_acc.csv"
+
+
+def _shared_data() -> Path:
+    """../shared/data beside the repository, or beside the repository this one was cloned from (CI clones main
+    into a temporary directory)."""
+    root = Path(__file__).resolve().parents[2]
+    candidates = [root.parent / "shared" / "data"]
+    origin = subprocess.run(["git", "-C", str(root), "config", "remote.origin.url"], capture_output=True, text=True)
+    if origin.returncode == 0 and Path(origin.stdout.strip()).is_dir():
+        candidates.append(Path(origin.stdout.strip()).resolve().parent / "shared" / "data")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+SPEED_ACC = _shared_data() / "speed_acc" / "speed_acc.csv"
 CASES = [(0.5, 1.0, 0.5), (-1.5, 1.2, 0.3), (2.5, 2.0, 0.6), (0.0, 0.8, 0.5)]
 
 

@@ -745,7 +745,7 @@ def fit_stan_ddm(
     Raises:
         ImportError: PyStan is not installed (``pip install pystan "setuptools<81"``).
     """
-    from ..reference import _run_pystan, ess_bulk, rhat
+    from ..reference import _diagnostics, _run_pystan
 
     globals_ = [p.name for p in model.global_params]
     locals_ = [p.name for p in model.local_params]
@@ -755,17 +755,10 @@ def fit_stan_ddm(
     )  # fmt: skip
     g = np.stack([variables[n].reshape(chains * draws) for n in globals_], -1)
     l = np.stack([variables[n].reshape(chains * draws, data.n_groups) for n in locals_], -1)
-    scalars = [variables[n] for n in globals_] + [variables[n][..., j] for n in locals_ for j in range(data.n_groups)]
-    diagnostics = {
-        "max_rhat": float(np.nanmax([rhat(x) for x in scalars])),
-        "min_ess_bulk": float(np.nanmin([ess_bulk(x) for x in scalars])),
-        "divergent": int(divergent.sum()),
-        "compile_seconds": compile_s,
-        "sample_seconds": sample_s,
-        "chains": chains,
-        "warmup": warmup,
-        "draws": draws,
-    }
+    columns = {n: variables[n] for n in globals_}
+    columns.update({f"{n}[{j}]": variables[n][..., j] for n in locals_ for j in range(data.n_groups)})
+    diagnostics = _diagnostics(columns, divergent)
+    diagnostics.update(compile_seconds=compile_s, sample_seconds=sample_s, chains=chains, warmup=warmup, draws=draws)
     return PosteriorDraws(g, l, tuple(globals_), tuple(locals_), data.levels), diagnostics
 
 
