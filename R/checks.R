@@ -107,6 +107,14 @@ check_resample <- function(x) {
               "mlnpe_argument_error")
 }
 
+check_focus <- function(x) {
+  if (is.logical(x) && length(x) == 1L && !is.na(x)) return(as.integer(x))
+  if (is.numeric(x) && length(x) == 1L && !is.na(x) && x == round(x) && x >= 0 && x <= 5) return(as.integer(x))
+  mlnpe_abort(sprintf(paste0("`focus` must be a whole number of focusing rounds from 0 to 5 (or TRUE/FALSE), not %s; ",
+                             "use 0 to amortize over the whole prior, 1 to focus on data like `data`."),
+                      describe_value(x)), "mlnpe_argument_error")
+}
+
 check_seed <- function(seed) {
   if (is.null(seed)) return(sample.int(.Machine$integer.max, 1L))
   if (!is.numeric(seed) || length(seed) != 1L || is.na(seed) || seed != round(seed) || seed < 0) {

@@ -114,11 +114,11 @@ draws_to_py <- function(draws) {
 py_sitrep <- function() py_call("sitrep")
 
 py_fit <- function(formula, data, family, priors, groups, rows, network, train, cache, ndraws, seed, psis,
-                   resample, save_to) {
+                   resample, save_to, focus = 1L) {
   py_call("fit_model", formula = formula, data = data, family = family, priors = priors,
           groups = range_to_py(groups), rows = range_to_py(rows), network = network, train = train,
           cache = cache, n_draws = as.integer(ndraws), seed = as.integer(seed), psis = psis,
-          resample = resample, save_to = save_to)
+          resample = resample, save_to = save_to, focus = as.integer(focus))
 }
 
 py_refit <- function(path, data, ndraws, seed, psis, resample) {

@@ -107,13 +107,13 @@ def compare(mine: pd.DataFrame, weights: np.ndarray | None, stan: pd.DataFrame) 
     return out
 
 
-def run_case(name: str, seconds: float, seed: int, threads: int) -> dict:
+def run_case(name: str, seconds: float, seed: int, threads: int, focus: int = 0, network: dict | None = None) -> dict:
     spec = CASES[name]
     data = spec["data"](seed)
     torch.set_num_threads(threads)
-    model = FormulaNPE(spec["formula"], data, spec["family"], spec["prior"], seed=seed)
-    history = model.train(TrainConfig(steps=1_000_000, batch_size=64, learning_rate=2e-3, time_limit=seconds,
-                                      seed=seed, progress=False))
+    model = FormulaNPE(spec["formula"], data, spec["family"], spec["prior"], seed=seed, network=network)
+    model.train(TrainConfig(steps=1_000_000, batch_size=64, learning_rate=2e-3, time_limit=seconds,
+                            seed=seed, progress=False), focus=focus)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
         model.fit(n_draws=4000, seed=seed + 1)  # warm-up
@@ -131,8 +131,10 @@ def run_case(name: str, seconds: float, seed: int, threads: int) -> dict:
         "n_rows": int(len(fit.design.y)),
         "trained_groups": list(model.groups),
         "trained_rows": list(model.rows),
-        "train_seconds": round(history.train_seconds, 1),
-        "train_datasets": history.datasets_seen,
+        "focus": focus,
+        "region": {k: [round(a, 4), round(b, 4)] for k, (a, b) in model.region.items()},
+        "train_seconds": round(model.train_seconds, 1),
+        "train_datasets": sum(r["datasets"] for r in model.rounds),
         "mlnpe_fit_seconds": round(fit_seconds, 3),
         "stan_compile_seconds": round(stan.diagnostics["compile_seconds"], 1),
         "stan_sample_seconds": round(stan.diagnostics["sample_seconds"], 1),
@@ -163,10 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=None, help="training seconds per case")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--focus", type=int, default=0, help="focusing rounds (FormulaNPE.train(focus=))")
+    parser.add_argument("--network", type=json.loads, default=None, help="NetworkConfig overrides as JSON")
     args = parser.parse_args(argv)
     cases = args.cases or (["gaussian_slope", "bernoulli"] if args.quick else list(CASES))
     seconds = args.seconds or (150.0 if args.quick else 480.0)
-    results = [run_case(c, seconds, args.seed, args.threads) for c in cases]
+    results = [run_case(c, seconds, args.seed, args.threads, args.focus, args.network) for c in cases]
     summary = {
         r["case"]: {
             "median_mean_err_sd": round(r["raw"]["median_mean_err_sd"], 3),

@@ -45,6 +45,12 @@ class NetworkConfig:
         log_inputs: row columns (0 = first response column, covariates after the responses) that the networks
             see as sign(v) log(1 + |v|): counts and other heavy-tailed inputs, whose raw scale would let a few
             huge simulated values dominate the standardization.
+        pooled_moments: append the dataset's pooled within-group statistics to the global summary (rows with at
+            most 8 columns): the grand mean, the pooled within-group covariance, the within-group least-squares
+            fit of the first column on the others and the log of its residual variance, log(sum N_j - J) and
+            log J. Summed over all rows, they carry what every group says about a shared residual scale or a
+            shared slope, which a learned pool over groups of very different sizes recovers only roughly.
+            Saved models without the key load with False (`from_saved`).
     """
 
     local_summary: str = "deepset"
@@ -63,6 +69,7 @@ class NetworkConfig:
     affine: bool = True
     global_context: int = 64
     log_inputs: tuple[int, ...] = ()
+    pooled_moments: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_inputs", tuple(int(i) for i in self.log_inputs))
@@ -90,6 +97,11 @@ class NetworkConfig:
         if unknown:
             raise ConfigError(f"NetworkConfig got unknown keys {unknown}; known keys: {sorted(known)}.")
         return cls(**d)
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> "NetworkConfig":
+        """The config of a saved model: keys added since it was saved take the value that reproduces it."""
+        return cls.from_dict({"pooled_moments": False, **d})
 
 
 def _masked_moments(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,7 +155,13 @@ class MultilevelEstimator(nn.Module):
             c.global_summary, h_local, c.global_summary_dim, c.summary_hidden, c.summary_depth,
             attention=c.global_attention,
         )
-        h_global = self.global_summary.out_features
+        self.pooled = config.pooled_moments and row_features <= 8
+        if self.pooled:
+            pairs = torch.triu_indices(row_features, row_features)
+            self.register_buffer("_pair_a", pairs[0], persistent=False)
+            self.register_buffer("_pair_b", pairs[1], persistent=False)
+        pooled_dim = row_features + pairs.shape[1] + row_features + 2 if self.pooled else 0
+        h_global = self.global_summary.out_features + pooled_dim
         self.global_embed = MLP(h_global, [c.summary_hidden], c.global_context) if c.global_context else nn.Identity()
         self.global_flow = ConditionalFlow(
             g, c.global_context or h_global, c.global_transforms, c.global_hidden, c.bins, c.affine
@@ -187,7 +205,51 @@ class MultilevelEstimator(nn.Module):
         h_real = self.local_summary(rows[real], batch.row_mask[real])
         h_local = rows.new_zeros(*real.shape, h_real.shape[-1])
         h_local[real] = h_real
-        return h_local, self.global_embed(self.global_summary(h_local, real))
+        h_global = self.global_summary(h_local, real)
+        if self.pooled:
+            h_global = torch.cat([h_global, self._pooled_features(rows, batch.row_mask)], -1)
+        return h_local, self.global_embed(h_global)
+
+    def _pooled_features(self, rows: Tensor, row_mask: Tensor) -> Tensor:
+        """Pooled within-group statistics of standardized rows (see `NetworkConfig.pooled_moments`).
+
+        Arguments:
+            rows: (B, J, N, d) standardized rows; row_mask: (B, J, N).
+        Returns:
+            (B, d + pairs + d + 2): grand mean, signed-log within-group covariance (upper triangle), signed-log
+            slopes of column 0 on the others (ridge 1e-2: a covariate constant within groups has no within
+            variance), log(residual variance + 1e-4), log(sum N_j - J + 1),
+            log J.
+        """
+        mask = row_mask.to(rows.dtype)[..., None]
+        n_j = mask.sum(2)  # (B, J, 1)
+        mean_j = (rows * mask).sum(2) / n_j.clamp_min(1.0)
+        dev = (rows - mean_j.unsqueeze(2)) * mask
+        within = torch.einsum("bjnd,bjne->bde", dev, dev)
+        n_total = n_j.sum((1, 2))
+        n_groups = (n_j[..., 0] > 0).sum(1).to(rows.dtype)
+        dof = n_total - n_groups
+        cov = within / dof.clamp_min(1.0)[:, None, None]
+        grand = (rows * mask).sum((1, 2)) / n_total.clamp_min(1.0)[:, None]
+        d = rows.shape[-1]
+        if d > 1:
+            cxx = cov[:, 1:, 1:] + 1e-2 * torch.eye(d - 1, dtype=rows.dtype, device=rows.device)
+            cx0 = cov[:, 1:, :1]
+            slopes = torch.linalg.solve(cxx, cx0)[..., 0]
+            residual = (cov[:, 0, 0] - (cx0[..., 0] * slopes).sum(-1)).clamp_min(0.0)
+            residual = residual * dof / (dof - (d - 1)).clamp_min(1.0)  # the residual's degrees of freedom
+        else:
+            slopes, residual = rows.new_zeros(rows.shape[0], 0), cov[:, 0, 0]
+        upper = cov[:, self._pair_a, self._pair_b]
+
+        def signed_log(v: Tensor) -> Tensor:
+            return torch.sign(v) * torch.log1p(v.abs())
+
+        return torch.cat(
+            [grand, signed_log(upper), signed_log(slopes), torch.log(residual + 1e-4)[:, None],
+             torch.log1p(dof.clamp_min(0.0))[:, None], torch.log(n_groups.clamp_min(1.0))[:, None]],
+            -1,
+        )
 
     def _local_context(self, h_local: Tensor, global_u: Tensor) -> Tensor:
         """h_local (B, J, h), global_u (..., B, G) -> (..., B, J, h + G), globals standardized."""

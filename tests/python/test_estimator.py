@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -103,3 +105,36 @@ def test_network_config_validation_and_round_trip():
 def test_partial_network_config_keeps_defaults():
     partial = NetworkConfig.from_dict({"bins": 4})
     assert partial.bins == 4 and partial.affine is True and partial.global_context == 64
+    assert partial.pooled_moments is True
+    saved = NetworkConfig().to_dict()
+    del saved["pooled_moments"]  # a model saved before the option existed is rebuilt as it was
+    assert NetworkConfig.from_saved(saved).pooled_moments is False
+
+
+def test_pooled_features_are_the_pooled_within_group_statistics():
+    """One covariate, rows (y, x): the pooled within-group slope and residual variance are those of the
+    fixed-effects (group-demeaned) regression, and the features ignore padding."""
+    npe = MultilevelNPE(NormalHierarchical(), groups=(2, 6), rows=(1, 8), network=SMALL, pilot_size=64)
+    est = npe.estimator
+    g = torch.Generator().manual_seed(0)
+    n = [5, 9, 3]
+    x = [torch.randn(k, generator=g, dtype=torch.float64) for k in n]
+    y = [1.0 * j + 0.7 * xi + 0.3 * torch.randn(k, generator=g, dtype=torch.float64) for j, (xi, k) in enumerate(zip(x, n))]
+    rows = torch.zeros(1, 3, 12, 2, dtype=torch.float64)
+    mask = torch.zeros(1, 3, 12, dtype=torch.bool)
+    for j, k in enumerate(n):
+        rows[0, j, :k, 0], rows[0, j, :k, 1], mask[0, j, :k] = y[j], x[j], True
+    rows[~mask] = 99.0  # padding must not matter
+    est._pair_a, est._pair_b = torch.triu_indices(2, 2)
+    feats = est._pooled_features(rows, mask)[0]
+    yd = torch.cat([yi - yi.mean() for yi in y])
+    xd = torch.cat([xi - xi.mean() for xi in x])
+    dof = sum(n) - 3
+    sxx, sxy, syy = float((xd * xd).sum()) / dof, float((xd * yd).sum()) / dof, float((yd * yd).sum()) / dof
+    slope = sxy / (sxx + 1e-2)  # the features' ridge
+    resid = (syy - sxy * slope) * dof / (dof - 1)
+    assert abs(slope - sxy / sxx) < 0.02  # the ridge barely moves the slope
+    # [grand mean (2), signed-log within covariance (3), signed-log slope (1), log residual, log1p dof, log J]
+    assert float(feats[5]) == pytest.approx(math.copysign(math.log1p(abs(slope)), slope), abs=1e-5)
+    assert float(feats[6]) == pytest.approx(math.log(resid + 1e-4), abs=1e-5)
+    assert float(feats[7]) == pytest.approx(math.log1p(dof)) and float(feats[8]) == pytest.approx(math.log(3))

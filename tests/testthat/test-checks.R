@@ -28,6 +28,11 @@ test_that("settings are checked with the argument's name", {
   expect_error(mlnpe(y ~ 1 + (1 | g), d, resample = "yes"), "`resample` must be TRUE, FALSE or \"auto\"",
                class = "mlnpe_argument_error")
   expect_silent(mlnpe:::check_resample("auto"))
+  expect_error(mlnpe(y ~ 1 + (1 | g), d, focus = 1.5), "`focus` must be a whole number of focusing rounds",
+               class = "mlnpe_argument_error")
+  expect_error(mlnpe(y ~ 1 + (1 | g), d, focus = 9), "`focus`", class = "mlnpe_argument_error")
+  expect_identical(mlnpe:::check_focus(TRUE), 1L)
+  expect_identical(mlnpe:::check_focus(0), 0L)
 })
 
 test_that("brms sampling arguments are ignored with a warning", {

@@ -460,7 +460,7 @@ def load_ar1_estimator(path: str | os.PathLike) -> MultilevelNPE:
     """
     from ..amortizer import read_saved_json
 
-    network = NetworkConfig.from_dict(read_saved_json(Path(path), "config.json").get("network", {}))
+    network = NetworkConfig.from_saved(read_saved_json(Path(path), "config.json").get("network", {}))
     return MultilevelNPE.load(path, local_summary=_local_summary(network))
 
 

@@ -890,28 +890,8 @@ def logo_elpd(
 def _flow_proposal(
     npe: Any, model: HierarchicalDDM, subject: GroupedData, g: Tensor, n_local: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Draws lambda for one subject, M per global draw, from the defensive mixture
-    r = 1/2 q(lambda | tau, omega, x_j) + 1/2 p(lambda | tau), with the prior-minus-proposal part of the log weights:
-    g (S, G) -> lambda (S * M, L) and log p(lambda | tau) - log r(lambda) (S * M,).
-
-    The prior half bounds every weight by twice the likelihood, so a local flow that is too narrow for some
-    subject (an undertrained network) cannot produce the heavy-tailed weights of plain importance sampling.
-    """
-    est = npe.estimator
-    h_local, _ = est.summarize(collate([subject]))  # (1, 1, h): a group's local summary sees only its own rows
-    gu = est.global_bijector.inverse(g)[:, None]  # (S, 1, G)
-    context = est._local_context(h_local, gu).expand(n_local, -1, -1, -1, -1)  # (M, S, 1, 1, h + G)
-    flow_u = est.local_flow.sample(context, generator)
-    g_full = g.double()[None].expand(n_local, -1, -1)  # (M, S, G)
-    prior = model.sample_local(g.double(), n_local, generator).permute(1, 0, 2)  # (M, S, L)
-    use_flow = torch.rand(n_local, g.shape[0], 1, generator=generator) < 0.5
-    lam = torch.where(use_flow, est.local_bijector.forward(flow_u)[:, :, 0, 0].double(), prior)  # (M, S, L)
-    lu = est.local_bijector.inverse(lam.float())[:, :, None, None]
-    log_q = est.local_flow.log_prob(lu, context) - est.local_bijector.log_abs_det_jacobian(lu)  # (M, S, 1, 1)
-    log_prior = model.log_prior_local(lam[:, :, None], g_full)[..., 0]  # (M, S)
-    log_mix = torch.logaddexp(log_q[..., 0, 0].double(), log_prior) - math.log(2.0)
-    lam = lam.permute(1, 0, 2).reshape(-1, lam.shape[-1])  # (S * M, L), matching the likelihood's layout
-    return lam, (log_prior - log_mix).permute(1, 0).reshape(-1)
+    """The even mixture of the local flow and the prior (`MultilevelNPE.local_proposal`) for one subject."""
+    return npe.local_proposal(subject, g, n_local, generator, flow_fraction=0.5, model=model)
 
 
 def compare_logo(a: LogoResult, b: LogoResult) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Example:
     >>> model = FormulaNPE("y ~ x + (1 + x | g)", df, "gaussian", prior("normal(0, 1)", "b"))   # doctest: +SKIP
 """
 
-from .api import FormulaFit, FormulaNPE, cache_dir, default_ranges, trained_model
+from .api import FormulaFit, FormulaNPE, cache_dir, check_focus, default_ranges, trained_model
 from .design import Design, DesignInfo, build_design
 from .families import get_family
 from .priors import PriorDist, PriorSpec, parse_prior, prior
@@ -15,6 +15,7 @@ __all__ = [
     "FormulaFit",
     "FormulaNPE",
     "cache_dir",
+    "check_focus",
     "default_ranges",
     "trained_model",
     "Design",

@@ -9,8 +9,8 @@ Parameters, in brms's order:
 Model: eta_ij = Intercept + (x_ij - x_means) b + z_ij r_j; r_j ~ MVN(0, diag(sd) Omega diag(sd)); y_ij ~ family(eta).
 
 Covariates for training datasets are resampled from the user's data. A simulated group copies the covariate
-rows of a randomly chosen observed group, drawn with replacement. Its number of rows is that group's size half
-of the time and uniform over the trained range otherwise. This keeps the designs realistic for users who refit
+rows of a randomly chosen observed group, drawn with replacement. Its number of rows is that group's size 75 % of
+the time and log-uniform over the trained range otherwise. This keeps the designs realistic for users who refit
 new data of the same design or leave groups out, while still covering the whole range of N_j.
 """
 
@@ -30,6 +30,8 @@ from ..supports import corr_vector_to_matrix
 from .families import get_family
 
 __all__ = ["CovariatePool", "FormulaModel", "GlobalSlot"]
+
+_MIN_FOCUS_LOG_MASS = float(np.log(1e-7))  # a focusing box with less prior mass stays unapplied
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class FormulaModel(TwoLevelModel):
         self.y_dim, self.x_dim = 1, len(feature_names)
         self.y_names, self.x_names = (y_name,), tuple(feature_names)
         self._offsets = np.cumsum([0] + [ParamSpec(s.name, s.support, s.labels).dim for s in self.slots])
+        self.region: dict[str, tuple[float, float]] = {}
+        self._sampling_priors = [s.prior for s in self.slots]
         if len(self.z_source) != len(self.z_names):
             raise SpecError("`z_source` needs one entry per group-level coefficient.")
 
@@ -161,20 +165,54 @@ class FormulaModel(TwoLevelModel):
             chol = torch.eye(m, dtype=sd.dtype).expand(*sd.shape[:-1], m, m)
         return sd[..., :, None] * chol
 
+    # ---- focusing ------------------------------------------------------------------------------------------
+    def set_region(self, region: dict[str, Sequence[float]] | None) -> dict[str, tuple[float, float]]:
+        """Restricts the simulated global parameters to a box (the truncated prior of a focusing round).
+
+        Arguments:
+            region: {scalar name: (low, high)} on the natural scale; correlations are never restricted. None or
+                an empty dict restores the full prior.
+        Returns:
+            the bounds in force, after intersecting with each prior's support. A bound that would leave the
+            prior almost no mass (the data far in the prior's tail) is not applied.
+
+        Only simulation changes: `log_prior_global` stays the full prior, so PSIS weights target the posterior
+        of the model as specified. The amortizer then learns p(theta | y) for datasets whose posterior lies
+        inside the box, where it equals the full-prior posterior (Deistler et al. 2022, truncated proposals).
+        """
+        self.region, self._sampling_priors = {}, []
+        for slot in self.slots:
+            box = None if slot.kind == "cor" or not region else region.get(slot.labels[0])
+            prior = slot.prior
+            if box is not None:
+                lo_s, hi_s = prior.support
+                lo, hi = max(lo_s, float(box[0])), min(hi_s, float(box[1]))
+                try:
+                    prior = prior.with_bounds(
+                        lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None
+                    )
+                    if prior.log_normalizer < _MIN_FOCUS_LOG_MASS:
+                        raise SpecError("too little prior mass")
+                    self.region[slot.labels[0]] = (lo, hi)
+                except SpecError:
+                    prior = slot.prior
+            self._sampling_priors.append(prior)
+        return dict(self.region)
+
     # ---- TwoLevelModel --------------------------------------------------------------------------------------
     def sample_global(self, n: int, generator: torch.Generator) -> Tensor:
         parts = []
-        for slot in self.slots:
+        for slot, prior in zip(self.slots, self._sampling_priors):
             if slot.kind == "cor":
                 m = len(self.z_names)
-                parts.append(slot.prior.sample_corr(m, (n,), generator).to(torch.float32))
+                parts.append(prior.sample_corr(m, (n,), generator).to(torch.float32))
             else:
-                parts.append(slot.prior.sample((n,), generator).to(torch.float32).reshape(n, 1))
+                parts.append(prior.sample((n,), generator).to(torch.float32).reshape(n, 1))
         return torch.cat(parts, -1)
 
     def sample_local(self, global_params: Tensor, n_groups: int, generator: torch.Generator) -> Tensor:
         m = len(self.z_names)
-        z = torch.randn(global_params.shape[0], n_groups, m, generator=generator)
+        z = torch.randn(global_params.shape[0], n_groups, m, generator=generator, dtype=global_params.dtype)
         return torch.einsum("bkm,bjm->bjk", self.scale_tril(global_params), z)
 
     def sample_design(
@@ -184,9 +222,12 @@ class FormulaModel(TwoLevelModel):
         j_max = int(n_groups.max())
         source = torch.randint(0, len(self.pool.n), (n, j_max), generator=generator)
         own = self.pool.n[source].clamp(rows[0], rows[1])
-        uniform = torch.randint(rows[0], rows[1] + 1, (n, j_max), generator=generator)
-        pick_own = torch.rand(n, j_max, generator=generator) < 0.5
-        n_rows = torch.where(pick_own, own, uniform)
+        # log-uniform over the trained range: covers it without making every dataset as large as its largest group
+        u = torch.rand(n, j_max, generator=generator, dtype=torch.float64)
+        spread = torch.exp(u * (np.log(rows[1] + 1.0) - np.log(rows[0])) + np.log(rows[0])).floor().long()
+        spread = spread.clamp(rows[0], rows[1])
+        pick_own = torch.rand(n, j_max, generator=generator) < 0.75
+        n_rows = torch.where(pick_own, own, spread)
         group_mask, row_mask = make_masks(n_groups, n_rows)
         u = torch.rand(*row_mask.shape, generator=generator)
         row_index = (u * self.pool.n[source][..., None]).long()
