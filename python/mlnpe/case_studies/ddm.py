@@ -875,7 +875,7 @@ def logo_elpd(
             l = l.reshape(-1, l.shape[-1])
             log_correction = torch.zeros(l.shape[0], dtype=torch.float64)
         else:
-            l, log_correction = _flow_proposal(npe, model, data.subset([j]), g, int(n_local), generator)
+            l, log_correction = npe.local_proposal(data.subset([j]), g, int(n_local), generator, model=model)
         g = g.double()[:, None].expand(-1, int(n_local), -1).reshape(-1, g.shape[-1])
         log_w = _group_log_likelihood(model, y_j, g, l) + log_correction
         lse = torch.logsumexp(log_w, 0)
@@ -884,14 +884,6 @@ def logo_elpd(
         ess.append(float(1.0 / (weights * weights).sum()) if torch.isfinite(lse) else 0.0)
         evaluate += time.perf_counter() - start
     return LogoResult(data.levels, np.array(elpd), np.array(ess), refit, evaluate, int(n_draws), int(n_local))
-
-
-@torch.no_grad()
-def _flow_proposal(
-    npe: Any, model: HierarchicalDDM, subject: GroupedData, g: Tensor, n_local: int, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """The even mixture of the local flow and the prior (`MultilevelNPE.local_proposal`) for one subject."""
-    return npe.local_proposal(subject, g, n_local, generator, flow_fraction=0.5, model=model)
 
 
 def compare_logo(a: LogoResult, b: LogoResult) -> dict[str, Any]:

@@ -310,9 +310,8 @@ class FormulaNPE:
         for i, slot in enumerate(self.slots):
             if slot.kind == "cor":
                 continue
-            support = get_support(slot.support)
-            theta = torch.as_tensor(draws.global_draws[:, self.model._offsets[i], None], dtype=torch.float64)
-            u = support.inverse(theta)[:, 0].numpy()
+            support, u = self._unconstrained(draws, i)
+            u = u.numpy()
             q1, q3 = np.quantile(u, [0.25, 0.75])
             lo, hi = q1 - reach * (q3 - q1), q3 + reach * (q3 - q1)
             box = support.forward(torch.tensor([[lo], [hi]], dtype=torch.float64))[:, 0].tolist()
@@ -322,6 +321,12 @@ class FormulaNPE:
             region[slot.labels[0]] = (float(box[0]), float(box[1]))
         return region
 
+    def _unconstrained(self, draws: PosteriorDraws, i: int) -> tuple[Any, torch.Tensor]:
+        """Slot i's support and its draws on the flow's unconstrained scale (scalar slots only): (S,)."""
+        support = get_support(self.slots[i].support)
+        theta = torch.as_tensor(draws.global_draws[:, self.model._offsets[i], None], dtype=torch.float64)
+        return support, support.inverse(theta)[:, 0]
+
     def region_edges(self, draws: PosteriorDraws, margin: float = 0.05, threshold: float = 0.01) -> list[str]:
         """Global parameters whose draws crowd the edge of the focusing box (more than `threshold` of the draws
         within `margin` of its width from a bound that cuts the prior)."""
@@ -330,9 +335,7 @@ class FormulaNPE:
             box = self.model.region.get(slot.labels[0])
             if box is None:
                 continue
-            support = get_support(slot.support)
-            theta = torch.as_tensor(draws.global_draws[:, self.model._offsets[i], None], dtype=torch.float64)
-            u = support.inverse(theta)[:, 0]
+            support, u = self._unconstrained(draws, i)
             ulo, uhi = support.inverse(torch.tensor(box, dtype=torch.float64)[:, None])[:, 0].tolist()
             width = uhi - ulo
             low, high = slot.prior.support
