@@ -117,12 +117,12 @@ def _moments(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, flo
     return float(m[0]), float(s[0])
 
 
-def run_case(name: str, seconds: float, seed: int, threads: int, focus: int) -> dict:
+def run_case(name: str, seconds: float, seed: int, threads: int, focus: int, network: dict | None = None) -> dict:
     spec = CASES[name]
     data = spec["data"]()
     ref = pd.read_csv(DB / spec["reference"]).set_index("variable")
     torch.set_num_threads(threads)
-    model = FormulaNPE(spec["formula"], data, spec["family"], spec["prior"], seed=seed)
+    model = FormulaNPE(spec["formula"], data, spec["family"], spec["prior"], seed=seed, network=network)
     model.train(TrainConfig(steps=1_000_000, batch_size=64, learning_rate=2e-3, time_limit=seconds, seed=seed,
                             progress=False), focus=focus)
     with warnings.catch_warnings():
@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--focus", type=int, default=1)
+    parser.add_argument("--network", type=json.loads, default=None, help="NetworkConfig overrides as JSON")
     args = parser.parse_args(argv)
-    results = [run_case(c, args.seconds, args.seed, args.threads, args.focus) for c in (args.cases or list(CASES))]
+    results = [run_case(c, args.seconds, args.seed, args.threads, args.focus, args.network) for c in (args.cases or list(CASES))]
     summary = {r["case"]: {"khat": r["khat"], "median_err_raw": r["raw"]["median_err"],
                            "median_err_psis": r["psis"]["median_err"], "ratio_range_raw": r["raw"]["ratio_range"],
                            "ratio_range_psis": r["psis"]["ratio_range"]} for r in results}

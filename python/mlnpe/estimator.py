@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .data import GroupedBatch
 from .errors import ConfigError
-from .nn import MLP, ConditionalFlow, build_summary
+from .nn import MLP, ConditionalFlow, SufficientSummary, build_summary
 from .supports import Bijector
 
 __all__ = ["NetworkConfig", "MultilevelEstimator"]
@@ -51,6 +51,21 @@ class NetworkConfig:
             log J. Summed over all rows, they carry what every group says about a shared residual scale or a
             shared slope, which a learned pool over groups of very different sizes recovers only roughly.
             Saved models without the key load with False (`from_saved`).
+        between_moments: with `pooled_moments`, also append between-group statistics of the group means: their
+            covariance across groups (upper triangle), the least-squares fit of the first column's group means
+            on the others' (group-level covariates and between-group slopes), the log of its residual variance,
+            the log of the sampling noise it contains (pooled within residual variance times the mean 1/N_j),
+            and the signed log of their difference, a moment estimate of the group-level variance. With
+            hundreds of groups the hyper-sd's posterior is a few percent wide; a learned pool over groups finds
+            that spread only roughly. Saved models without the key load with False.
+        sufficient: "none" (the default), "gaussian" or "linear": the local summary is a
+            `mlnpe.nn.SufficientSummary`, which sees the response (row column 0) only through sum y x per group
+            (and sum y^2 for "gaussian"), the sufficient statistics of a canonical-link GLM, and the covariates
+            through a deep set of their own. With "linear" (poisson, bernoulli, binomial) the response is
+            standardized by its scale only and the pooled statistics leave out every term with y^2. The
+            amortized posterior then depends on the data only as the exact one does; formula models of these
+            families use it. `local_summary` is not used, and `log_inputs` must not include column 0.
+        design_only: with `sufficient`, covariate columns outside the linear predictor (binomial trials).
     """
 
     local_summary: str = "deepset"
@@ -70,9 +85,22 @@ class NetworkConfig:
     global_context: int = 64
     log_inputs: tuple[int, ...] = ()
     pooled_moments: bool = True
+    between_moments: bool = True
+    sufficient: str = "none"
+    design_only: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_inputs", tuple(int(i) for i in self.log_inputs))
+        object.__setattr__(self, "design_only", tuple(int(i) for i in self.design_only))
+        if self.sufficient not in ("none", "gaussian", "linear"):
+            raise ConfigError(
+                f"NetworkConfig `sufficient` must be 'none', 'gaussian' or 'linear', got {self.sufficient!r}."
+            )
+        if self.sufficient != "none" and 0 in self.log_inputs:
+            raise ConfigError(
+                "NetworkConfig `log_inputs` must not include the response (column 0) with `sufficient`: its "
+                "statistics must stay linear in y. Drop 0 from `log_inputs`."
+            )
         object.__setattr__(self, "global_hidden", tuple(int(h) for h in self.global_hidden))
         object.__setattr__(self, "local_hidden", tuple(int(h) for h in self.local_hidden))
         for f in fields(self):
@@ -101,7 +129,11 @@ class NetworkConfig:
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "NetworkConfig":
         """The config of a saved model: keys added since it was saved take the value that reproduces it."""
-        return cls.from_dict({"pooled_moments": False, **d})
+        return cls.from_dict({"pooled_moments": False, "between_moments": False, **d})
+
+
+def _signed_log(v: Tensor) -> Tensor:
+    return torch.sign(v) * torch.log1p(v.abs())
 
 
 def _masked_moments(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,10 +178,16 @@ class MultilevelEstimator(nn.Module):
         self.global_bijector, self.local_bijector, self.config = global_bijector, local_bijector, config
         g, l = global_bijector.unconstrained_dim, local_bijector.unconstrained_dim
         c = config
+        if local_summary is None and c.sufficient != "none":
+            local_summary = SufficientSummary(
+                row_features, c.local_summary_dim, c.summary_hidden, c.summary_depth, c.row_hidden,
+                square=c.sufficient == "gaussian", design_only=c.design_only,
+            )
         self.local_summary = local_summary or build_summary(
             c.local_summary, row_features, c.local_summary_dim, c.summary_hidden, c.summary_depth, c.row_hidden,
             moments="full" if row_features <= 8 else "diag",
         )
+        self.linear_response = c.sufficient == "linear"
         h_local = self.local_summary.out_features
         self.global_summary = global_summary or build_summary(
             c.global_summary, h_local, c.global_summary_dim, c.summary_hidden, c.summary_depth,
@@ -161,6 +199,9 @@ class MultilevelEstimator(nn.Module):
             self.register_buffer("_pair_a", pairs[0], persistent=False)
             self.register_buffer("_pair_b", pairs[1], persistent=False)
         pooled_dim = row_features + pairs.shape[1] + row_features + 2 if self.pooled else 0
+        self.between = self.pooled and config.between_moments
+        if self.between:
+            pooled_dim += pairs.shape[1] + row_features - 1 + 3
         h_global = self.global_summary.out_features + pooled_dim
         self.global_embed = MLP(h_global, [c.summary_hidden], c.global_context) if c.global_context else nn.Identity()
         self.global_flow = ConditionalFlow(
@@ -180,6 +221,8 @@ class MultilevelEstimator(nn.Module):
     def set_standardization(self, global_params: Tensor, local_params: Tensor, batch: GroupedBatch) -> None:
         """Fixes input and parameter standardization from pilot simulations (padding ignored)."""
         loc, scale = _masked_moments(self._rows(batch), batch.row_mask)
+        if self.linear_response:  # scale only: the response's statistics stay proportional to sum y
+            loc[0] = 0.0
         self.row_loc.copy_(loc)
         self.row_scale.copy_(scale)
         gu = self.global_bijector.inverse(global_params)
@@ -198,58 +241,118 @@ class MultilevelEstimator(nn.Module):
         return rows
 
     # ---- networks -------------------------------------------------------------------------------------------
+    def _packed_rows(self, batch: GroupedBatch, flat: Tensor) -> Tensor:
+        """(R, d) standardized real rows, in the order of `flat` (indices into the flattened row mask)."""
+        if batch.y is None:
+            batch.rows()  # raises the error that names the missing responses
+        slots = batch.row_mask.numel()
+        parts = [batch.y.reshape(slots, batch.y.shape[-1]).index_select(0, flat)]
+        if batch.x is not None and batch.x.shape[-1]:
+            parts.append(batch.x.reshape(slots, batch.x.shape[-1]).index_select(0, flat))
+        rows = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+        if self.log_inputs:
+            cols = self.log_inputs
+            rows = rows.clone()
+            rows[:, cols] = torch.sign(rows[:, cols]) * torch.log1p(rows[:, cols].abs())
+        return (rows - self.row_loc) / self.row_scale
+
     def summarize(self, batch: GroupedBatch) -> tuple[Tensor, Tensor]:
-        """Returns h_local (B, J, h_l) (zeros for padded groups) and h_global (B, h_g), embedded once here."""
-        rows = (self._rows(batch) - self.row_loc) / self.row_scale
+        """Returns h_local (B, J, h_l) (zeros for padded groups) and h_global (B, h_g), embedded once here.
+
+        Summaries that can (`forward_packed`: deep sets, sufficient statistics) see the real rows only; others
+        get each group's padded rows and mask.
+        """
         real = batch.group_mask
-        h_real = self.local_summary(rows[real], batch.row_mask[real])
-        h_local = rows.new_zeros(*real.shape, h_real.shape[-1])
+        b, j, n = batch.row_mask.shape
+        flat = batch.row_mask.reshape(-1).nonzero().squeeze(1)
+        group_of_row = torch.div(flat, n, rounding_mode="floor")  # index into the B * J groups
+        packed = self._packed_rows(batch, flat)
+        if hasattr(self.local_summary, "forward_packed") and getattr(self.local_summary, "scores", None) is None:
+            slot = torch.cumsum(real.reshape(-1).long(), 0) - 1  # a real group's position among the real groups
+            h_real = self.local_summary.forward_packed(packed, slot[group_of_row], int(real.sum()))
+        else:
+            rows = (self._rows(batch) - self.row_loc) / self.row_scale
+            h_real = self.local_summary(rows[real], batch.row_mask[real])
+        h_local = packed.new_zeros(*real.shape, h_real.shape[-1])
         h_local[real] = h_real
         h_global = self.global_summary(h_local, real)
         if self.pooled:
-            h_global = torch.cat([h_global, self._pooled_features(rows, batch.row_mask)], -1)
+            h_global = torch.cat([h_global, self._pooled_packed(packed, group_of_row, b, j)], -1)
         return h_local, self.global_embed(h_global)
 
     def _pooled_features(self, rows: Tensor, row_mask: Tensor) -> Tensor:
-        """Pooled within-group statistics of standardized rows (see `NetworkConfig.pooled_moments`).
+        """Pooled within- and between-group statistics of standardized rows (see `NetworkConfig.pooled_moments`
+        and `between_moments`).
 
         Arguments:
             rows: (B, J, N, d) standardized rows; row_mask: (B, J, N).
         Returns:
-            (B, d + pairs + d + 2): grand mean, signed-log within-group covariance (upper triangle), signed-log
-            slopes of column 0 on the others (ridge 1e-2: a covariate constant within groups has no within
-            variance), log(residual variance + 1e-4), log(sum N_j - J + 1),
-            log J.
+            (B, d + pairs + d + 2 [+ pairs + d + 2]): grand mean, signed-log within-group covariance (upper
+            triangle), signed-log slopes of column 0 on the others (ridge 1e-2: a covariate constant within
+            groups has no within variance), log(residual variance + 1e-4), log(sum N_j - J + 1), log J; then,
+            with `between_moments`, the same covariance, slopes and log residual variance for the group means
+            across groups, log(noise + 1e-4) with noise = residual variance * mean(1 / N_j), and
+            signed_log(between residual variance - noise).
         """
-        mask = row_mask.to(rows.dtype)[..., None]
-        n_j = mask.sum(2)  # (B, J, 1)
-        mean_j = (rows * mask).sum(2) / n_j.clamp_min(1.0)
-        dev = (rows - mean_j.unsqueeze(2)) * mask
-        within = torch.einsum("bjnd,bjne->bde", dev, dev)
+        b, j, n, d = rows.shape
+        flat = row_mask.reshape(-1).nonzero().squeeze(1)
+        packed = rows.reshape(b * j * n, d).index_select(0, flat)
+        return self._pooled_packed(packed, torch.div(flat, n, rounding_mode="floor"), b, j)
+
+    def _pooled_packed(self, packed: Tensor, owner: Tensor, b: int, j: int) -> Tensor:
+        """`_pooled_features` from the real rows (R, d) and each row's group among the B * J (R,)."""
+        d = packed.shape[-1]
+        n_j = torch.bincount(owner, minlength=b * j).to(packed.dtype).reshape(b, j, 1)
+        mean_j = packed.new_zeros(b * j, d).index_add_(0, owner, packed).reshape(b, j, d) / n_j.clamp_min(1.0)
+        dev = packed - mean_j.reshape(-1, d)[owner]
+        dataset = owner // j
+        within = packed.new_zeros(b, d, d).index_add_(0, dataset, dev[:, :, None] * dev[:, None, :])
         n_total = n_j.sum((1, 2))
-        n_groups = (n_j[..., 0] > 0).sum(1).to(rows.dtype)
+        real = (n_j[..., 0] > 0).to(packed.dtype)  # (B, J)
+        n_groups = real.sum(1)
         dof = n_total - n_groups
         cov = within / dof.clamp_min(1.0)[:, None, None]
-        grand = (rows * mask).sum((1, 2)) / n_total.clamp_min(1.0)[:, None]
-        d = rows.shape[-1]
-        if d > 1:
-            cxx = cov[:, 1:, 1:] + 1e-2 * torch.eye(d - 1, dtype=rows.dtype, device=rows.device)
-            cx0 = cov[:, 1:, :1]
-            slopes = torch.linalg.solve(cxx, cx0)[..., 0]
-            residual = (cov[:, 0, 0] - (cx0[..., 0] * slopes).sum(-1)).clamp_min(0.0)
-            residual = residual * dof / (dof - (d - 1)).clamp_min(1.0)  # the residual's degrees of freedom
-        else:
-            slopes, residual = rows.new_zeros(rows.shape[0], 0), cov[:, 0, 0]
+        grand = (mean_j * n_j).sum(1) / n_total.clamp_min(1.0)[:, None]
+        if self.config.design_only:  # sum y * trials is not a sufficient statistic
+            cov = cov.clone()
+            cols = list(self.config.design_only)
+            cov[:, 0, cols] = 0.0
+            cov[:, cols, 0] = 0.0
+        slopes, residual = self._regress(cov, dof)
+        if self.linear_response:  # terms with sum y^2 are not sufficient statistics: leave them out
+            cov = cov.clone()
+            cov[:, 0, 0] = 0.0
+            residual = torch.zeros_like(residual)
         upper = cov[:, self._pair_a, self._pair_b]
+        features = [grand, _signed_log(upper), _signed_log(slopes), torch.log(residual + 1e-4)[:, None],
+                    torch.log1p(dof.clamp_min(0.0))[:, None], torch.log(n_groups.clamp_min(1.0))[:, None]]
+        if self.between:
+            centre = (mean_j * real[..., None]).sum(1) / n_groups.clamp_min(1.0)[:, None]
+            dev_b = (mean_j - centre[:, None]) * real[..., None]
+            dof_b = n_groups - 1.0
+            cov_b = torch.einsum("bjd,bje->bde", dev_b, dev_b) / dof_b.clamp_min(1.0)[:, None, None]
+            slopes_b, residual_b = self._regress(cov_b, dof_b)
+            inv_n = (real / n_j[..., 0].clamp_min(1.0)).sum(1) / n_groups.clamp_min(1.0)
+            noise = residual * inv_n  # 0 for a linear response: its noise follows from the mean instead
+            features += [_signed_log(cov_b[:, self._pair_a, self._pair_b]), _signed_log(slopes_b),
+                         torch.log(residual_b + 1e-4)[:, None], torch.log(noise + 1e-4)[:, None],
+                         _signed_log(residual_b - noise)[:, None]]
+        return torch.cat(features, -1)
 
-        def signed_log(v: Tensor) -> Tensor:
-            return torch.sign(v) * torch.log1p(v.abs())
+    @staticmethod
+    def _regress(cov: Tensor, dof: Tensor) -> tuple[Tensor, Tensor]:
+        """Least squares of column 0 on the others from a covariance (B, d, d) with `dof` (B,) degrees of freedom.
 
-        return torch.cat(
-            [grand, signed_log(upper), signed_log(slopes), torch.log(residual + 1e-4)[:, None],
-             torch.log1p(dof.clamp_min(0.0))[:, None], torch.log(n_groups.clamp_min(1.0))[:, None]],
-            -1,
-        )
+        Returns the slopes (B, d - 1) (ridge 1e-2) and the residual variance (B,) on its own degrees of freedom.
+        """
+        d = cov.shape[-1]
+        if d == 1:
+            return cov.new_zeros(cov.shape[0], 0), cov[:, 0, 0]
+        cxx = cov[:, 1:, 1:] + 1e-2 * torch.eye(d - 1, dtype=cov.dtype, device=cov.device)
+        cx0 = cov[:, 1:, :1]
+        slopes = torch.linalg.solve(cxx, cx0)[..., 0]
+        residual = (cov[:, 0, 0] - (cx0[..., 0] * slopes).sum(-1)).clamp_min(0.0)
+        return slopes, residual * dof / (dof - (d - 1)).clamp_min(1.0)
 
     def _local_context(self, h_local: Tensor, global_u: Tensor) -> Tensor:
         """h_local (B, J, h), global_u (..., B, G) -> (..., B, J, h + G), globals standardized."""

@@ -24,6 +24,7 @@ from .errors import ConfigError
 __all__ = [
     "MLP",
     "DeepSet",
+    "SufficientSummary",
     "SetTransformer",
     "RecurrentSummary",
     "ConditionalFlow",
@@ -107,16 +108,26 @@ class DeepSet(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
         sets, items, d = x.shape
-        counts = mask.sum(-1, keepdim=True).to(x.dtype).clamp_min(1.0)
         flat_mask = mask.reshape(-1)
         rows = x.reshape(-1, d)[flat_mask]
         owner = torch.arange(sets, device=x.device).repeat_interleave(items)[flat_mask]
-        pooled = x.new_zeros(sets, self.phi[-1].out_features).index_add_(0, owner, self.phi(rows)) / counts
+        pools = self._attention_pools(x, mask) if self.scores is not None else None
+        return self._summarize(rows, owner, sets, pools)
+
+    def forward_packed(self, rows: Tensor, owner: Tensor, sets: int) -> Tensor:
+        """The same from the real items only: rows (items, d), owner (items,) the set of each -> (sets, out)."""
+        if self.scores is not None:
+            raise ConfigError("a DeepSet with attention pools needs the padded input; call it with (x, mask).")
+        return self._summarize(rows, owner, sets, None)
+
+    def _summarize(self, rows: Tensor, owner: Tensor, sets: int, pools: Tensor | None) -> Tensor:
+        counts = torch.bincount(owner, minlength=sets).to(rows.dtype).clamp_min(1.0)[:, None]
+        pooled = rows.new_zeros(sets, self.phi[-1].out_features).index_add_(0, owner, self.phi(rows)) / counts
         features = [torch.log(counts)]
         if self.moments != "none":
             features.insert(0, self._moments(rows, owner, counts, sets))
-        if self.scores is not None:
-            features.append(self._attention_pools(x, mask))
+        if pools is not None:
+            features.append(pools)
         extra = torch.cat(features, -1)
         return torch.cat([self.rho(torch.cat([pooled, extra], -1)), extra], -1)
 
@@ -159,6 +170,102 @@ class DeepSet(nn.Module):
         weights = torch.softmax(scores, dim=1)  # (sets, items, K); every set has a real item
         values = torch.cat([x, x * x], -1)
         return torch.einsum("snk,snv->skv", weights, values).flatten(1)
+
+
+class SufficientSummary(nn.Module):
+    """Local summary that sees a group's response only through an exponential family's sufficient statistics.
+
+    Rows are [y, covariates]. For a GLM with a canonical link the likelihood of a group depends on y only
+    through sum_i y_i x_i over the columns x of its linear predictor (and, for a gaussian, sum_i y_i^2): the
+    exact posterior is a function of these statistics and the design. A summary that is a function of the same
+    statistics makes the amortized posterior one too, so a dataset that the model does not describe (overdispersed
+    counts, skewed residuals) gets the posterior that Stan would give, instead of an extrapolation from simulated
+    datasets unlike it. Covariates, which are the design and not random, go through a deep set of their own.
+
+    Features (signed-log compressed where unbounded): the mean of y, its covariances with the linear-predictor
+    covariates, the least-squares fit of y on them (intercept and slopes; ridge 1e-2), log(mean y + 1e-3) when
+    `square` is False (responses >= 0, standardized by scale only: a log-scale estimate for counts and
+    proportions), and with `square` the log variance and log residual variance of y; log n; the design deep set.
+    The output is rho(features) beside the features.
+
+    Arguments:
+        in_features: row dimension d (column 0 the response).
+        summary_dim, hidden, depth, item_hidden: sizes of rho and of the design deep set.
+        square: whether sum y^2 is a sufficient statistic (gaussian) or not (poisson, bernoulli, binomial).
+        design_only: covariate columns (>= 1) that are not in the linear predictor (binomial trials): the
+            summary uses them as design but never multiplies them with y.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        summary_dim: int = 16,
+        hidden: int = 64,
+        depth: int = 2,
+        item_hidden: int | None = None,
+        square: bool = True,
+        design_only: Sequence[int] = (),
+    ):
+        super().__init__()
+        if any(not 1 <= c < in_features for c in design_only):
+            raise ConfigError(f"`design_only` columns {list(design_only)} must index covariates 1..{in_features - 1}.")
+        self.square = bool(square)
+        self.in_features = in_features
+        self.covariates = list(range(1, in_features))
+        self.products = [c for c in self.covariates if c not in set(design_only)]
+        k = len(self.products)
+        self.design = (
+            DeepSet(len(self.covariates), summary_dim, hidden, depth, "full", item_hidden=item_hidden)
+            if self.covariates else None
+        )
+        n_stats = 1 + k + 1 + k + (2 if self.square else 1) + 1
+        design_out = self.design.out_features if self.design is not None else 0
+        self.rho = MLP(n_stats + design_out, [hidden] * depth, summary_dim)
+        self.out_features = summary_dim + n_stats + design_out
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
+        sets, items, d = x.shape
+        flat_mask = mask.reshape(-1)
+        owner = torch.arange(sets, device=x.device).repeat_interleave(items)[flat_mask]
+        return self.forward_packed(x.reshape(-1, d)[flat_mask], owner, sets)
+
+    def forward_packed(self, rows: Tensor, owner: Tensor, sets: int) -> Tensor:
+        """The same from the real rows only: rows (items, d), owner (items,) the group of each -> (sets, out).
+        Groups of very different sizes then cost their real rows, not the largest group's."""
+        n = torch.bincount(owner, minlength=sets).to(rows.dtype).clamp_min(1.0)
+
+        def group_sum(v: Tensor) -> Tensor:
+            return v.new_zeros(sets, *v.shape[1:]).index_add_(0, owner, v)
+
+        y = rows[:, 0]
+        mean_y = group_sum(y) / n
+        yc = y - mean_y[owner]
+        if self.products:
+            xs = rows[:, self.products]
+            mean_x = group_sum(xs) / n[:, None]
+            xc = xs - mean_x[owner]
+            cov_xy = group_sum(xc * yc[:, None]) / n[:, None]
+            cov_xx = group_sum(xc[:, :, None] * xc[:, None, :]) / n[:, None, None]
+            eye = torch.eye(len(self.products), dtype=rows.dtype, device=rows.device)
+            slopes = torch.linalg.solve(cov_xx + 1e-2 * eye, cov_xy[..., None])[..., 0]
+            intercept = mean_y - (slopes * mean_x).sum(-1)
+        else:
+            cov_xy = slopes = rows.new_zeros(sets, 0)
+            intercept = mean_y
+        linear = torch.cat([mean_y[:, None], cov_xy, intercept[:, None], slopes], -1)
+        stats = [torch.sign(linear) * torch.log1p(linear.abs())]
+        if self.square:
+            var_y = group_sum(yc * yc) / n
+            residual = (var_y - (cov_xy * slopes).sum(-1)).clamp_min(0.0)
+            stats.append(torch.log(torch.stack([var_y, residual], -1) + 1e-3))
+        else:
+            stats.append(torch.log(mean_y.clamp_min(0.0) + 1e-3)[:, None])
+        stats.append(torch.log(n)[:, None])
+        if self.design is not None:
+            stats.append(self.design.forward_packed(rows[:, self.covariates], owner, sets))
+        features = torch.cat(stats, -1)
+        return torch.cat([self.rho(features), features], -1)
 
 
 class _MAB(nn.Module):

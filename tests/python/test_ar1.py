@@ -233,7 +233,14 @@ def test_summary_is_the_recurrent_net_beside_moments_and_ignores_padding():
     mask = torch.arange(9)[None, :] < torch.tensor([9, 2, 5, 7, 3])[:, None]
     n_rnn = summary.rnn.out_features
     out = summary(x, mask)
-    assert out.shape == (5, summary.out_features) and summary.out_features == n_rnn + 4 + 10
+    assert out.shape == (5, summary.out_features) and summary.out_features == n_rnn + 4 + 10 + 6
+    # the series' least-squares fit of y_t+1 on (1, y_t, u_t, v_t): series 0 has 8 transitions
+    design = torch.cat([torch.ones(8, 1), x[0, :-1]], 1).double()
+    coef = torch.linalg.lstsq(design, x[0, 1:, :1].double()).solution[:, 0]
+    resid = float(((x[0, 1:, 0].double() - design @ coef) ** 2).sum()) / (8 - 4)
+    fit = out[0, n_rnn + 14:].double()
+    assert torch.allclose(fit[:4], torch.sign(coef) * torch.log1p(coef.abs()), atol=0.03)
+    assert float(fit[4]) == pytest.approx(math.log(resid + 1e-4), abs=0.05) and float(fit[5]) == pytest.approx(math.log(8))
     assert torch.allclose(out[:, :n_rnn], summary.rnn(torch.sign(x) * torch.log1p(x.abs()), mask), atol=1e-5)
     junk = torch.where(mask[..., None], x, torch.randn(5, 9, 3) * 100)
     longer = torch.cat([junk, torch.randn(5, 4, 3)], 1)

@@ -107,8 +107,9 @@ def test_partial_network_config_keeps_defaults():
     assert partial.bins == 4 and partial.affine is True and partial.global_context == 64
     assert partial.pooled_moments is True
     saved = NetworkConfig().to_dict()
-    del saved["pooled_moments"]  # a model saved before the option existed is rebuilt as it was
-    assert NetworkConfig.from_saved(saved).pooled_moments is False
+    del saved["pooled_moments"], saved["between_moments"]  # a model saved before the options is rebuilt as it was
+    old = NetworkConfig.from_saved(saved)
+    assert old.pooled_moments is False and old.between_moments is False
 
 
 def test_pooled_features_are_the_pooled_within_group_statistics():
@@ -138,3 +139,16 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     assert float(feats[5]) == pytest.approx(math.copysign(math.log1p(abs(slope)), slope), abs=1e-5)
     assert float(feats[6]) == pytest.approx(math.log(resid + 1e-4), abs=1e-5)
     assert float(feats[7]) == pytest.approx(math.log1p(dof)) and float(feats[8]) == pytest.approx(math.log(3))
+    # between groups: [signed-log covariance of the group means (3), signed-log slope (1), log residual, log noise,
+    # signed-log (residual - noise)]
+    assert feats.shape == (9 + 3 + 1 + 3,)
+    my = torch.stack([yi.mean() for yi in y])
+    mx = torch.stack([xi.mean() for xi in x])
+    byy, bxy, bxx = float(my.var()), float(((my - my.mean()) * (mx - mx.mean())).sum() / 2), float(mx.var())
+    b_slope = bxy / (bxx + 1e-2)
+    b_resid = (byy - bxy * b_slope) * 2 / 1
+    noise = resid * sum(1 / k for k in n) / 3
+    signed_log = lambda v: math.copysign(math.log1p(abs(v)), v)
+    expected = [signed_log(byy), signed_log(bxy), signed_log(bxx), signed_log(b_slope), math.log(b_resid + 1e-4),
+                math.log(noise + 1e-4), signed_log(b_resid - noise)]
+    assert feats[9:].tolist() == pytest.approx(expected, abs=1e-5)

@@ -90,7 +90,7 @@ def test_fit_warns_when_the_posterior_reaches_the_edge_of_the_region():
     model.model.set_region({"Intercept": (60.0, 80.0)})
     with pytest.warns(RangeWarning, match=r"edge of the region.*Intercept"):
         model.fit(n_draws=200, seed=1, psis=False)
-    model.model.set_region({"Intercept": (0.0, 80.0)})
+    model.model.set_region({"Intercept": (-100.0, 180.0)})
     with warnings.catch_warnings():
         warnings.simplefilter("error", RangeWarning)
         model.fit(n_draws=200, seed=1, psis=False)

@@ -352,11 +352,15 @@ def _signed_log(x: Tensor) -> Tensor:
 
 class AR1Summary(nn.Module):
     """Local summary of one series: a recurrent network (mlnpe.nn.RecurrentSummary) beside the moments of its
-    transitions.
+    transitions and the least-squares fit they imply.
 
     The moments are the means and the centred covariance (upper triangle) of (y_t+1, y_t, u_t, v_t) over the
     series' transitions: given the count, these are the sufficient statistics of the conditional likelihood,
-    which a recurrent network alone learns slowly on a CPU budget. Both parts see signed-log inputs or outputs
+    which a recurrent network alone learns slowly on a CPU budget. From them the summary also solves the series'
+    regression of y_t+1 on (1, y_t, u_t, v_t) (ridge 1e-2, as the moments are of standardized rows): the
+    intercept, the three slopes, the log residual variance on its T - 5 degrees of freedom and log(T - 1). Those
+    are the estimates a posterior of (alpha_j, beta_j, gamma_j, delta_j, sigma_j) shrinks; an MLP finds them
+    from the moments (a matrix inverse) only after long training. Everything is signed-log compressed
     (sign(v) log(1 + |v|)), so explosive simulated series (|beta_j| > 1, legal under the prior) stay bounded.
 
     Arguments:
@@ -372,7 +376,7 @@ class AR1Summary(nn.Module):
         pairs = torch.triu_indices(in_features + 1, in_features + 1)
         self.register_buffer("pair_a", pairs[0], persistent=False)
         self.register_buffer("pair_b", pairs[1], persistent=False)
-        self.out_features = self.rnn.out_features + in_features + 1 + pairs.shape[1]
+        self.out_features = self.rnn.out_features + in_features + 1 + pairs.shape[1] + in_features + 3
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, steps, d), mask: (sets, steps), real steps first -> (sets, out_features)."""
@@ -383,7 +387,15 @@ class AR1Summary(nn.Module):
         mean = (pairs * w).sum(1) / n
         dev = (pairs - mean[:, None]) * w
         cov = (dev[..., self.pair_a] * dev[..., self.pair_b]).sum(1) / n
-        return torch.cat([h, _signed_log(torch.cat([mean, cov], -1))], -1)
+        full = torch.einsum("snd,sne->sde", dev, dev) / n[..., None]
+        d = full.shape[-1] - 1
+        cxx = full[:, 1:, 1:] + 1e-2 * torch.eye(d, dtype=x.dtype, device=x.device)
+        slopes = torch.linalg.solve(cxx, full[:, 1:, :1])[..., 0]
+        intercept = mean[:, :1] - (slopes * mean[:, 1:]).sum(-1, keepdim=True)
+        residual = (full[:, 0, 0] - (full[:, 0, 1:] * slopes).sum(-1)).clamp_min(0.0)
+        residual = residual * n[:, 0] / (n[:, 0] - d - 1).clamp_min(1.0)
+        fit = [intercept, slopes, torch.log(residual + 1e-4)[:, None], torch.log(n)]
+        return torch.cat([h, _signed_log(torch.cat([mean, cov], -1)), _signed_log(torch.cat(fit[:2], -1)), *fit[2:]], -1)
 
 
 def ar1_network(**overrides: Any) -> NetworkConfig:

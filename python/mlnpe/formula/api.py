@@ -42,6 +42,9 @@ __all__ = ["FormulaNPE", "FormulaFit", "check_focus", "default_ranges", "cache_d
 
 _FORMULA_FILE, _POOL_FILE, _AMORTIZER_DIR = "formula.json", "pool.pt", "amortizer"
 
+# Families whose likelihood depends on y only through sum y x (and sum y^2): see `NetworkConfig.sufficient`.
+_SUFFICIENT = {"gaussian": "gaussian", "poisson": "linear", "bernoulli": "linear", "binomial": "linear"}
+
 
 def default_ranges(n_groups: int, n_rows: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
     """Trained J and N_j ranges from the data: J from about half to 1.5 times the observed J (leave-one-group-out
@@ -208,13 +211,24 @@ class FormulaNPE:
         return out
 
     def _network(self, network: NetworkConfig | dict[str, Any] | None) -> NetworkConfig:
-        """The network config; counts, positive responses and trials reach the networks on a log scale."""
+        """The network config.
+
+        Families with a canonical link and finite sufficient statistics (gaussian, poisson, bernoulli, binomial)
+        get a local summary of those statistics (`NetworkConfig.sufficient`): the amortized posterior then depends
+        on the data only as the exact one does. Other families get the deep set, with counts and positive
+        responses on a log scale. Trials reach the networks on a log scale.
+        """
         config = network.to_dict() if isinstance(network, NetworkConfig) else dict(network or {})
+        trials = [] if self.trials_column is None else [1 + self.trials_column]
+        if "sufficient" not in config:
+            config["sufficient"] = _SUFFICIENT.get(self.family.name, "none")
+            if config["sufficient"] != "none" and "design_only" not in config:
+                config["design_only"] = tuple(trials)
         if "log_inputs" not in config:
-            logged = [0] if self.family.link == "log" or self.family.name in ("binomial",) else []
-            if self.trials_column is not None:
-                logged.append(1 + self.trials_column)
-            config["log_inputs"] = tuple(logged)
+            logged = [] if config["sufficient"] != "none" else (
+                [0] if self.family.link == "log" or self.family.name in ("binomial",) else []
+            )
+            config["log_inputs"] = tuple(logged + trials)
         return NetworkConfig.from_dict(config)
 
     def _z_names_from_resolved(self) -> list[str]:
