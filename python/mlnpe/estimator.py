@@ -8,6 +8,7 @@ Flows work on unconstrained parameters; draws and log densities are on the const
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -58,14 +59,23 @@ class NetworkConfig:
             and the signed log of their difference, a moment estimate of the group-level variance. With
             hundreds of groups the hyper-sd's posterior is a few percent wide; a learned pool over groups finds
             that spread only roughly. Saved models without the key load with False.
-        sufficient: "none" (the default), "gaussian" or "linear": the local summary is a
-            `mlnpe.nn.SufficientSummary`, which sees the response (row column 0) only through sum y x per group
-            (and sum y^2 for "gaussian"), the sufficient statistics of a canonical-link GLM, and the covariates
-            through a deep set of their own. With "linear" (poisson, bernoulli, binomial) the response is
+        sufficient: "none" (the default), "gaussian", "poisson" or "binomial" (bernoulli too): the local
+            summary is a `mlnpe.nn.SufficientSummary`, which sees the response (row column 0) only through sum
+            y x per group (and sum y^2 for "gaussian"), the sufficient statistics of a canonical-link GLM, and the
+            covariates through a deep set of their own. For "poisson" and "binomial" the response is
             standardized by its scale only and the pooled statistics leave out every term with y^2. The
             amortized posterior then depends on the data only as the exact one does; formula models of these
             families use it. `local_summary` is not used, and `log_inputs` must not include column 0.
         design_only: with `sufficient`, covariate columns outside the linear predictor (binomial trials).
+        profile: with `pooled_moments`, append the restricted (REML) log-likelihood profile of a random-intercept
+            model for the group means, at 16 values of the group-level sd, relative to its maximum: the group
+            means regressed on the group means of the covariates by weighted least squares, with sampling
+            variances from the pooled residual variance (gaussian and other responses: sd ratios tau / sigma of
+            0.01 to 30) or from each group's sum of counts on the link scale ("poisson": log, "binomial": logit;
+            tau of 0.01 to 5), and the signed-log weighted least-squares coefficients at the best of these sds.
+            This is what the data say about a group-level sd, which otherwise must be learned from a few percent
+            of the spread of hundreds of group summaries, and about the intercept on the link scale. Saved models
+            without the key load with False.
     """
 
     local_summary: str = "deepset"
@@ -88,13 +98,15 @@ class NetworkConfig:
     between_moments: bool = True
     sufficient: str = "none"
     design_only: tuple[int, ...] = ()
+    profile: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_inputs", tuple(int(i) for i in self.log_inputs))
         object.__setattr__(self, "design_only", tuple(int(i) for i in self.design_only))
-        if self.sufficient not in ("none", "gaussian", "linear"):
+        if self.sufficient not in ("none", "gaussian", "poisson", "binomial"):
             raise ConfigError(
-                f"NetworkConfig `sufficient` must be 'none', 'gaussian' or 'linear', got {self.sufficient!r}."
+                f"NetworkConfig `sufficient` must be 'none', 'gaussian', 'poisson' or 'binomial', got "
+                f"{self.sufficient!r}."
             )
         if self.sufficient != "none" and 0 in self.log_inputs:
             raise ConfigError(
@@ -129,7 +141,11 @@ class NetworkConfig:
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "NetworkConfig":
         """The config of a saved model: keys added since it was saved take the value that reproduces it."""
-        return cls.from_dict({"pooled_moments": False, "between_moments": False, **d})
+        added = ("pooled_moments", "between_moments", "profile")
+        return cls.from_dict({**{key: False for key in added}, **d})
+
+
+_PROFILE_POINTS = 16
 
 
 def _signed_log(v: Tensor) -> Tensor:
@@ -187,7 +203,7 @@ class MultilevelEstimator(nn.Module):
             c.local_summary, row_features, c.local_summary_dim, c.summary_hidden, c.summary_depth, c.row_hidden,
             moments="full" if row_features <= 8 else "diag",
         )
-        self.linear_response = c.sufficient == "linear"
+        self.linear_response = c.sufficient in ("poisson", "binomial")
         h_local = self.local_summary.out_features
         self.global_summary = global_summary or build_summary(
             c.global_summary, h_local, c.global_summary_dim, c.summary_hidden, c.summary_depth,
@@ -202,6 +218,9 @@ class MultilevelEstimator(nn.Module):
         self.between = self.pooled and config.between_moments
         if self.between:
             pooled_dim += pairs.shape[1] + row_features - 1 + 3
+        self.profile = self.pooled and config.profile
+        if self.profile:
+            pooled_dim += _PROFILE_POINTS + row_features - len(set(config.design_only))
         h_global = self.global_summary.out_features + pooled_dim
         self.global_embed = MLP(h_global, [c.summary_hidden], c.global_context) if c.global_context else nn.Identity()
         self.global_flow = ConditionalFlow(
@@ -280,6 +299,17 @@ class MultilevelEstimator(nn.Module):
             h_global = torch.cat([h_global, self._pooled_packed(packed, group_of_row, b, j)], -1)
         return h_local, self.global_embed(h_global)
 
+    @torch.no_grad()
+    def pooled_statistics(self, batch: GroupedBatch) -> Tensor | None:
+        """(B, F) the fixed pooled statistics the global summary appends (None when `pooled_moments` is off or rows
+        are too wide): functions of the data alone, used for regression focusing (`FormulaNPE.train`)."""
+        if not self.pooled:
+            return None
+        b, j, n = batch.row_mask.shape
+        flat = batch.row_mask.reshape(-1).nonzero().squeeze(1)
+        packed = self._packed_rows(batch, flat)
+        return self._pooled_packed(packed, torch.div(flat, n, rounding_mode="floor"), b, j)
+
     def _pooled_features(self, rows: Tensor, row_mask: Tensor) -> Tensor:
         """Pooled within- and between-group statistics of standardized rows (see `NetworkConfig.pooled_moments`
         and `between_moments`).
@@ -319,6 +349,7 @@ class MultilevelEstimator(nn.Module):
             cov[:, 0, cols] = 0.0
             cov[:, cols, 0] = 0.0
         slopes, residual = self._regress(cov, dof)
+        profile = self._profile(packed, owner, mean_j, n_j[..., 0], real, residual) if self.profile else None
         if self.linear_response:  # terms with sum y^2 are not sufficient statistics: leave them out
             cov = cov.clone()
             cov[:, 0, 0] = 0.0
@@ -337,7 +368,51 @@ class MultilevelEstimator(nn.Module):
             features += [_signed_log(cov_b[:, self._pair_a, self._pair_b]), _signed_log(slopes_b),
                          torch.log(residual_b + 1e-4)[:, None], torch.log(noise + 1e-4)[:, None],
                          _signed_log(residual_b - noise)[:, None]]
+        if profile is not None:
+            features.append(profile)
         return torch.cat(features, -1)
+
+    def _profile(
+        self, packed: Tensor, owner: Tensor, mean_j: Tensor, n_j: Tensor, real: Tensor, residual: Tensor
+    ) -> Tensor:
+        """REML profile of the group-level sd (see `NetworkConfig.profile`): (B, `_PROFILE_POINTS` + p), each row's
+        log-likelihoods minus their maximum, clamped at -50, then the p = 1 + covariates weighted least-squares
+        coefficients at the maximum (signed log)."""
+        mode = self.config.sufficient
+        n = n_j.clamp_min(1.0)
+        design_only = set(self.config.design_only)
+        products = [c for c in range(1, mean_j.shape[-1]) if c not in design_only]
+        if mode in ("poisson", "binomial"):
+            s = (mean_j[..., 0] * self.row_scale[0] * n).clamp_min(0.0)  # sum of the raw response (loc is 0)
+            if mode == "poisson":
+                est, base = torch.log((s + 0.5) / n), 1.0 / (s + 0.5)
+            else:
+                if design_only:
+                    c = min(design_only)
+                    raw = packed[:, c] * self.row_scale[c] + self.row_loc[c]
+                    if c in self.log_inputs:
+                        raw = torch.sign(raw) * torch.expm1(raw.abs())
+                    trials = raw.new_zeros(n.numel()).index_add_(0, owner, raw).reshape(n.shape)
+                else:
+                    trials = n
+                f = (trials - s).clamp_min(0.0)
+                est, base = torch.log((s + 0.5) / (f + 0.5)), 1.0 / (s + 0.5) + 1.0 / (f + 0.5)
+            grid = torch.logspace(-2, math.log10(5.0), _PROFILE_POINTS, dtype=packed.dtype, device=packed.device)
+            var = grid**2 + base[..., None]  # (B, J, K)
+        else:
+            grid = torch.logspace(-2, math.log10(30.0), _PROFILE_POINTS, dtype=packed.dtype, device=packed.device)
+            est = mean_j[..., 0]
+            var = residual.clamp_min(1e-6)[:, None, None] * (grid**2 + 1.0 / n[..., None])
+        x = torch.cat([torch.ones_like(est)[..., None], mean_j[..., products]], -1)  # (B, J, p)
+        w = real[..., None] / var
+        xtwx = torch.einsum("bjp,bjk,bjq->bkpq", x, w, x)
+        xtwx = xtwx + 1e-4 * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        beta = torch.linalg.solve(xtwx, torch.einsum("bjp,bjk,bj->bkp", x, w, est)[..., None])[..., 0]
+        r = est[..., None] - torch.einsum("bjp,bkp->bjk", x, beta)
+        ll = -0.5 * ((real[..., None] * torch.log(var)).sum(1) + (w * r * r).sum(1) + torch.logdet(xtwx))
+        best = ll.argmax(-1)  # the coefficients at the best sd: on the link scale for counts and proportions
+        coef = beta[torch.arange(beta.shape[0], device=beta.device), best]
+        return torch.cat([(ll - ll.amax(-1, keepdim=True)).clamp_min(-50.0), _signed_log(coef)], -1)
 
     @staticmethod
     def _regress(cov: Tensor, dof: Tensor) -> tuple[Tensor, Tensor]:

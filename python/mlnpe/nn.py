@@ -4,6 +4,8 @@ Summary-network interface (any ``nn.Module`` that follows it plugs in):
 
 - ``forward(x: (sets, items, features), mask: (sets, items)) -> (sets, out_features)``, where every set has at
   least one real item, and the module has an integer attribute ``out_features``.
+- Optional: ``forward_packed(rows: (items, features), owner: (items,), sets: int)``, the same from the real
+  items only (the estimator then skips the padding).
 
 The local summary sees one set per real group (its rows); the global summary sees one set per dataset (its
 groups' local summaries). Outputs must not depend on padded items, and for exchangeable data not on their

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,7 +142,7 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     assert float(feats[7]) == pytest.approx(math.log1p(dof)) and float(feats[8]) == pytest.approx(math.log(3))
     # between groups: [signed-log covariance of the group means (3), signed-log slope (1), log residual, log noise,
     # signed-log (residual - noise)]
-    assert feats.shape == (9 + 3 + 1 + 3,)
+    assert feats.shape == (9 + 3 + 1 + 3 + 16 + 2,)
     my = torch.stack([yi.mean() for yi in y])
     mx = torch.stack([xi.mean() for xi in x])
     byy, bxy, bxx = float(my.var()), float(((my - my.mean()) * (mx - mx.mean())).sum() / 2), float(mx.var())
@@ -151,4 +152,18 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     signed_log = lambda v: math.copysign(math.log1p(abs(v)), v)
     expected = [signed_log(byy), signed_log(bxy), signed_log(bxx), signed_log(b_slope), math.log(b_resid + 1e-4),
                 math.log(noise + 1e-4), signed_log(b_resid - noise)]
-    assert feats[9:].tolist() == pytest.approx(expected, abs=1e-5)
+    assert feats[9:16].tolist() == pytest.approx(expected, abs=1e-5)
+    # the REML profile of a random-intercept model for the group means, at tau / sigma from 0.01 to 30
+    design = torch.stack([torch.ones(3, dtype=torch.float64), mx], 1)
+    ll, coefs = [], []
+    for rho in np.logspace(-2, np.log10(30.0), 16):
+        var = resid * (rho**2 + 1.0 / torch.tensor(n, dtype=torch.float64))
+        xtwx = design.T @ (design / var[:, None]) + 1e-4 * torch.eye(2, dtype=torch.float64)
+        beta = torch.linalg.solve(xtwx, design.T @ (my / var))
+        r = my - design @ beta
+        ll.append(float(-0.5 * (torch.log(var).sum() + (r * r / var).sum() + torch.logdet(xtwx))))
+        coefs.append(beta)
+    best = coefs[int(np.argmax(ll))]
+    ll = np.maximum(np.array(ll) - max(ll), -50.0)
+    assert feats[16:32].tolist() == pytest.approx(ll.tolist(), abs=1e-4)
+    assert feats[32:].tolist() == pytest.approx((torch.sign(best) * torch.log1p(best.abs())).tolist(), abs=1e-4)

@@ -64,7 +64,9 @@ def test_focus_rounds_region_and_save_load(tmp_path):
     data = _data()
     model = _model(data)
     model.train(TrainConfig(steps=200, batch_size=32, learning_rate=2e-3, progress=False), focus=1)
-    assert len(model.rounds) == 2 and model.rounds[0]["region"] == {}
+    assert len(model.rounds) == 2
+    first = model.rounds[0]["region"]  # the regression box (`regression_region`)
+    assert first["Intercept"][0] < data["y"].mean() < first["Intercept"][1]
     assert model.rounds[0]["datasets"] == 80 * 32 and model.rounds[1]["datasets"] == 120 * 32
     region = model.region
     assert set(region) == {"Intercept", "sd_g__Intercept", "sigma"}
@@ -81,6 +83,24 @@ def test_focus_rounds_region_and_save_load(tmp_path):
     assert model.spec_hash(focus=0) != model.spec_hash(focus=1)
     # the cache key is the specification's: the same before and after training (the R bridge recomputes it)
     assert model.spec_hash(focus=1) == _model(data).spec_hash(focus=1)
+
+
+def test_regression_region_narrows_a_wide_prior_around_the_posterior():
+    """Intercept prior normal(0, 100), sd and sigma normal+(0, 5): regression on the pooled statistics alone
+    (no training) boxes every parameter around its posterior, far inside the prior. A box that missed the
+    posterior (wrong sign, wrong features, a regression on the wrong parameters) fails this."""
+    data = _data(seed=2)
+    model = _model(data, seed=1)
+    region = model.regression_region(seed=0)
+    assert model.region == {}  # the model's own region is left as it was
+    ref_mean, ref_sd = float(data["y"].mean()), math.sqrt(4.0 / 10 + 1.0 / 200)
+    lo, hi = region["Intercept"]
+    assert lo < ref_mean - 2 * ref_sd and ref_mean + 2 * ref_sd < hi
+    assert hi - lo < 40 * ref_sd  # the prior's central 95 % is 400 wide, 600 posterior sds
+    sd_lo, sd_hi = region["sd_g__Intercept"]
+    assert sd_lo < 1.0 and 3.5 < sd_hi < 12.0  # truth 2 (10 groups: a wide posterior)
+    s_lo, s_hi = region["sigma"]
+    assert 0.6 < s_lo < 0.95 and 1.05 < s_hi < 1.6  # truth 1, 200 rows
 
 
 def test_fit_warns_when_the_posterior_reaches_the_edge_of_the_region():

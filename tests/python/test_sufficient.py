@@ -72,9 +72,9 @@ def test_summary_ignores_padding_and_design_only_products():
 
 def test_network_config_checks_sufficient():
     with pytest.raises(ConfigError, match="sufficient"):
-        NetworkConfig(sufficient="poisson")
+        NetworkConfig(sufficient="linear")
     with pytest.raises(ConfigError, match="log_inputs"):
-        NetworkConfig(sufficient="linear", log_inputs=(0,))
+        NetworkConfig(sufficient="poisson", log_inputs=(0,))
     assert NetworkConfig.from_saved({}).sufficient == "none"
 
 
@@ -92,7 +92,7 @@ def test_formula_models_of_canonical_families_get_the_same_draws_for_the_same_st
     priors = [prior("normal(0, 2)", "Intercept"), prior("normal(0, 1)", "b"), prior("normal(0, 1)", "sd")]
     first, second = _counts([1, 0, 1]), _counts([0, 2, 0])
     model = FormulaNPE("y ~ x + (1 | g)", first, "poisson", priors, seed=0)
-    assert model.network.sufficient == "linear" and 0 not in model.network.log_inputs
+    assert model.network.sufficient == "poisson" and 0 not in model.network.log_inputs
     with pytest.warns(UserWarning, match="not been trained"):
         a = model.fit(first, n_draws=50, seed=3, psis=False).draws
     with pytest.warns(UserWarning, match="not been trained"):
@@ -118,7 +118,7 @@ def test_gaussian_formula_model_uses_sum_y_squared_and_binomial_keeps_trials_as_
     gaussian = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", seed=0)
     assert gaussian.network.sufficient == "gaussian" and gaussian.network.log_inputs == ()
     binomial = FormulaNPE("y | trials(n) ~ x + (1 | g)", data.assign(y=np.tile([1, 2, 3, 4], 3)), "binomial", seed=0)
-    assert binomial.network.sufficient == "linear"
+    assert binomial.network.sufficient == "binomial"
     assert binomial.network.design_only == binomial.network.log_inputs and len(binomial.network.design_only) == 1
     # a user's choice wins
     custom = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", network={"sufficient": "none"}, seed=0)
