@@ -28,10 +28,12 @@
 #'   `NetworkConfig`).
 #' @param train Training settings (Python's `TrainConfig`): `steps`, `batch_size`, `learning_rate`,
 #'   `time_limit` (seconds), `seed`, `progress`, ...
-#' @param focus Focusing rounds of training. `1` (the default) trains in two rounds on the same budget: an
-#'   amortizer over the whole prior (40 %), then a fresh one (60 %) on simulations whose population-level
-#'   parameters are drawn from the prior truncated to a wide box around the first round's posterior for `data`
-#'   (quartiles -/+ 4 interquartile ranges of each intercept, coefficient, sd and family parameter). The
+#' @param focus Focusing rounds of training. `1` (the default) first boxes the parameters without training
+#'   (a linear regression of each parameter on pooled statistics of simulated datasets, prediction for `data`
+#'   -/+ 6 residual sds), then trains in two rounds on the same budget: an amortizer in that box (40 %), then a
+#'   fresh one (60 %) on simulations whose population-level parameters are drawn from the prior truncated to a
+#'   wide box around the first round's posterior for `data` (quartiles -/+ 4 interquartile ranges of each
+#'   intercept, coefficient, sd and family parameter). The
 #'   result is far more accurate for `data` and for data like it ([update()][update.mlnpefit] with new data of
 #'   the same design, [logo()]); a fit whose posterior reaches the edge of the box warns. `0` amortizes over
 #'   the whole prior: use it for simulation studies over the prior. `2` to `5` repeat the focusing.

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .data import GroupedBatch
 from .errors import ConfigError
-from .nn import MLP, ConditionalFlow, SufficientSummary, build_summary
+from .nn import MLP, ConditionalFlow, DeepSet, SufficientSummary, build_summary
 from .supports import Bijector
 
 __all__ = ["NetworkConfig", "MultilevelEstimator"]
@@ -76,6 +76,10 @@ class NetworkConfig:
             This is what the data say about a group-level sd, which otherwise must be learned from a few percent
             of the spread of hundreds of group summaries, and about the intercept on the link scale. Saved models
             without the key load with False.
+        group_moments: when the global summary is not a deep set (which appends them itself), append the mean
+            and variance over groups of the local summaries to its output. Hyper-means and hyper-sds are close to
+            these moments of per-group estimates (the AR(1) summary's least-squares fits), which attention
+            blocks otherwise learn to compute slowly. Saved models without the key load with False.
     """
 
     local_summary: str = "deepset"
@@ -99,6 +103,7 @@ class NetworkConfig:
     sufficient: str = "none"
     design_only: tuple[int, ...] = ()
     profile: bool = True
+    group_moments: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_inputs", tuple(int(i) for i in self.log_inputs))
@@ -141,7 +146,7 @@ class NetworkConfig:
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "NetworkConfig":
         """The config of a saved model: keys added since it was saved take the value that reproduces it."""
-        added = ("pooled_moments", "between_moments", "profile")
+        added = ("pooled_moments", "between_moments", "profile", "group_moments")
         return cls.from_dict({**{key: False for key in added}, **d})
 
 
@@ -219,9 +224,15 @@ class MultilevelEstimator(nn.Module):
         if self.between:
             pooled_dim += pairs.shape[1] + row_features - 1 + 3
         self.profile = self.pooled and config.profile
+        self._slope_columns = [c for c in range(1, row_features) if c not in set(config.design_only)]
         if self.profile:
             pooled_dim += _PROFILE_POINTS + row_features - len(set(config.design_only))
-        h_global = self.global_summary.out_features + pooled_dim
+            if config.sufficient not in ("poisson", "binomial"):
+                pooled_dim += (_PROFILE_POINTS + 1) * len(self._slope_columns)
+        self.group_moments = config.group_moments and not (
+            isinstance(self.global_summary, DeepSet) and self.global_summary.moments != "none"
+        )
+        h_global = self.global_summary.out_features + pooled_dim + (2 * h_local if self.group_moments else 0)
         self.global_embed = MLP(h_global, [c.summary_hidden], c.global_context) if c.global_context else nn.Identity()
         self.global_flow = ConditionalFlow(
             g, c.global_context or h_global, c.global_transforms, c.global_hidden, c.bins, c.affine
@@ -295,6 +306,12 @@ class MultilevelEstimator(nn.Module):
         h_local = packed.new_zeros(*real.shape, h_real.shape[-1])
         h_local[real] = h_real
         h_global = self.global_summary(h_local, real)
+        if self.group_moments:
+            w = real.to(h_local.dtype)[..., None]
+            count = w.sum(1).clamp_min(1.0)
+            mean = (h_local * w).sum(1) / count
+            var = (((h_local - mean[:, None]) * w) ** 2).sum(1) / count
+            h_global = torch.cat([h_global, mean, var], -1)
         if self.pooled:
             h_global = torch.cat([h_global, self._pooled_packed(packed, group_of_row, b, j)], -1)
         return h_local, self.global_embed(h_global)
@@ -349,7 +366,11 @@ class MultilevelEstimator(nn.Module):
             cov[:, 0, cols] = 0.0
             cov[:, cols, 0] = 0.0
         slopes, residual = self._regress(cov, dof)
-        profile = self._profile(packed, owner, mean_j, n_j[..., 0], real, residual) if self.profile else None
+        profile = None
+        if self.profile:
+            profile = self._profile(packed, owner, mean_j, n_j[..., 0], real, residual)
+            if not self.linear_response and self._slope_columns:
+                profile = torch.cat([profile, self._slope_profile(dev, owner, real, residual)], -1)
         if self.linear_response:  # terms with sum y^2 are not sufficient statistics: leave them out
             cov = cov.clone()
             cov[:, 0, 0] = 0.0
@@ -413,6 +434,31 @@ class MultilevelEstimator(nn.Module):
         best = ll.argmax(-1)  # the coefficients at the best sd: on the link scale for counts and proportions
         coef = beta[torch.arange(beta.shape[0], device=beta.device), best]
         return torch.cat([(ll - ll.amax(-1, keepdim=True)).clamp_min(-50.0), _signed_log(coef)], -1)
+
+    def _slope_profile(self, dev: Tensor, owner: Tensor, real: Tensor, residual: Tensor) -> Tensor:
+        """For each covariate, the REML profile of a group-level sd of its slope: every group's least-squares
+        slope of the response on it (within the group), with sampling variance sigma^2 / S_xx, at sd / sigma ratios
+        of 0.01 to 30; then the weighted mean slope at the best ratio (signed log). Groups in which the covariate
+        does not vary carry no information and are left out. (B, (`_PROFILE_POINTS` + 1) * covariates)."""
+        b, j = real.shape
+        cols = self._slope_columns
+        sums = dev.new_zeros(b * j, 2 * len(cols)).index_add_(
+            0, owner, torch.cat([dev[:, cols] ** 2, dev[:, cols] * dev[:, :1]], -1)
+        ).reshape(b, j, 2, len(cols))
+        sxx, sxy = sums[:, :, 0], sums[:, :, 1]  # (B, J, C)
+        informative = real[..., None] * (sxx > 1e-6).to(dev.dtype)
+        slope = sxy / sxx.clamp_min(1e-6)
+        grid = torch.logspace(-2, math.log10(30.0), _PROFILE_POINTS, dtype=dev.dtype, device=dev.device)
+        sigma2 = residual.clamp_min(1e-6)[:, None, None, None]
+        var = sigma2 * (grid**2 + 1.0 / sxx.clamp_min(1e-6)[..., None])  # (B, J, C, K)
+        w = informative[..., None] / var
+        total = w.sum(1).clamp_min(1e-12)  # (B, C, K)
+        mean = (w * slope[..., None]).sum(1) / total
+        r = slope[..., None] - mean[:, None]
+        ll = -0.5 * ((informative[..., None] * torch.log(var)).sum(1) + (w * r * r).sum(1) + torch.log(total))
+        best = ll.argmax(-1, keepdim=True)
+        out = torch.cat([(ll - ll.amax(-1, keepdim=True)).clamp_min(-50.0), _signed_log(mean.gather(-1, best))], -1)
+        return out.flatten(1)
 
     @staticmethod
     def _regress(cov: Tensor, dof: Tensor) -> tuple[Tensor, Tensor]:

@@ -167,3 +167,19 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     ll = np.maximum(np.array(ll) - max(ll), -50.0)
     assert feats[16:32].tolist() == pytest.approx(ll.tolist(), abs=1e-4)
     assert feats[32:].tolist() == pytest.approx((torch.sign(best) * torch.log1p(best.abs())).tolist(), abs=1e-4)
+    # with x as a slope column: the REML profile of the sd of the groups' within slopes, then their mean at the best
+    est._slope_columns = [1]
+    feats = est._pooled_features(rows, mask)[0]
+    assert feats.shape == (34 + 17,)
+    sxx = torch.stack([((xi - xi.mean()) ** 2).sum() for xi in x])
+    b_j = torch.stack([((xi - xi.mean()) * (yi - yi.mean())).sum() for xi, yi in zip(x, y)]) / sxx
+    ll, means = [], []
+    for rho in np.logspace(-2, np.log10(30.0), 16):
+        var = resid * (rho**2 + 1.0 / sxx)
+        mean = (b_j / var).sum() / (1 / var).sum()
+        ll.append(float(-0.5 * (torch.log(var).sum() + ((b_j - mean) ** 2 / var).sum() + torch.log((1 / var).sum()))))
+        means.append(float(mean))
+    best_mean = means[int(np.argmax(ll))]
+    ll = np.maximum(np.array(ll) - max(ll), -50.0)
+    assert feats[34:50].tolist() == pytest.approx(ll.tolist(), abs=1e-4)
+    assert float(feats[50]) == pytest.approx(math.copysign(math.log1p(abs(best_mean)), best_mean), abs=1e-5)
