@@ -348,9 +348,12 @@ class FormulaNPE:
         scalar global parameter (on the flow's unconstrained scale) on the pooled statistics of the data
         (`MultilevelEstimator.pooled_statistics`: moments, between-group fits and the profile of the group-level
         sd), and keeps prediction -+ `reach` residual sds for the training data (the spread among the quarter of
-        held-out simulations whose prediction is nearest), intersected with the current box. It stops when no width shrinks by more than a quarter. This is the regression adjustment of
-        approximate Bayesian computation (Beaumont et al. 2002) used only to choose where to simulate: the first
-        focusing round then trains inside this box, not on a prior that may be hundreds of posterior sds wide.
+        held-out simulations whose prediction is nearest), intersected with the current box. It stops when no
+        width shrinks by more than a quarter. The data's statistics are clipped to 10 sds of the simulated ones, so
+        a statistic the simulations barely vary cannot throw the prediction far out. This is the regression
+        adjustment of approximate Bayesian computation (Beaumont et al. 2002) used only to choose where to
+        simulate: the first focusing round then trains inside this box, not on a prior that may be hundreds of
+        posterior sds wide.
 
         Returns:
             {scalar name: (low, high)} on the natural scale, or {} when the model has no pooled statistics.
@@ -375,7 +378,8 @@ class FormulaNPE:
                 features, theta = features[ok], theta[ok]
                 loc, scale = features.mean(0), features.std(0).clamp_min(1e-8)
                 x = torch.cat([torch.ones(len(features), 1, dtype=torch.float64), (features - loc) / scale], 1)
-                x_obs = torch.cat([torch.ones(1, dtype=torch.float64), (target[0].double() - loc) / scale])
+                z_obs = ((target[0].double() - loc) / scale).clamp(-10.0, 10.0)
+                x_obs = torch.cat([torch.ones(1, dtype=torch.float64), z_obs])
                 half = len(x) // 2
                 shrunk = False
                 new_region = dict(region)
