@@ -262,15 +262,24 @@ class MultilevelEstimator(nn.Module):
 
     def _rows(self, batch: GroupedBatch) -> Tensor:
         """(B, J, N, d) rows as the networks see them, before standardization."""
-        rows = batch.rows()
+        return self._log_columns(batch.rows())
+
+    def _log_columns(self, rows: Tensor) -> Tensor:
+        """sign(v) log(1 + |v|) of the `log_inputs` columns (the last dimension), on a copy."""
         if not self.log_inputs:
             return rows
         cols = self.log_inputs
         rows = rows.clone()
-        rows[..., cols] = torch.sign(rows[..., cols]) * torch.log1p(rows[..., cols].abs())
+        rows[..., cols] = _signed_log(rows[..., cols])
         return rows
 
     # ---- networks -------------------------------------------------------------------------------------------
+    def _packed(self, batch: GroupedBatch) -> tuple[Tensor, Tensor]:
+        """The R real rows, standardized (R, d), and each one's group among the B * J (R,)."""
+        flat = batch.row_mask.reshape(-1).nonzero().squeeze(1)
+        group_of_row = torch.div(flat, batch.row_mask.shape[-1], rounding_mode="floor")
+        return self._packed_rows(batch, flat), group_of_row
+
     def _packed_rows(self, batch: GroupedBatch, flat: Tensor) -> Tensor:
         """(R, d) standardized real rows, in the order of `flat` (indices into the flattened row mask)."""
         if batch.y is None:
@@ -280,11 +289,7 @@ class MultilevelEstimator(nn.Module):
         if batch.x is not None and batch.x.shape[-1]:
             parts.append(batch.x.reshape(slots, batch.x.shape[-1]).index_select(0, flat))
         rows = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-        if self.log_inputs:
-            cols = self.log_inputs
-            rows = rows.clone()
-            rows[:, cols] = torch.sign(rows[:, cols]) * torch.log1p(rows[:, cols].abs())
-        return (rows - self.row_loc) / self.row_scale
+        return (self._log_columns(rows) - self.row_loc) / self.row_scale
 
     def summarize(self, batch: GroupedBatch) -> tuple[Tensor, Tensor]:
         """Returns h_local (B, J, h_l) (zeros for padded groups) and h_global (B, h_g), embedded once here.
@@ -293,10 +298,8 @@ class MultilevelEstimator(nn.Module):
         get each group's padded rows and mask.
         """
         real = batch.group_mask
-        b, j, n = batch.row_mask.shape
-        flat = batch.row_mask.reshape(-1).nonzero().squeeze(1)
-        group_of_row = torch.div(flat, n, rounding_mode="floor")  # index into the B * J groups
-        packed = self._packed_rows(batch, flat)
+        b, j, _ = batch.row_mask.shape
+        packed, group_of_row = self._packed(batch)
         if hasattr(self.local_summary, "forward_packed") and getattr(self.local_summary, "scores", None) is None:
             slot = torch.cumsum(real.reshape(-1).long(), 0) - 1  # a real group's position among the real groups
             h_real = self.local_summary.forward_packed(packed, slot[group_of_row], int(real.sum()))
@@ -322,10 +325,8 @@ class MultilevelEstimator(nn.Module):
         are too wide): functions of the data alone, used for regression focusing (`FormulaNPE.train`)."""
         if not self.pooled:
             return None
-        b, j, n = batch.row_mask.shape
-        flat = batch.row_mask.reshape(-1).nonzero().squeeze(1)
-        packed = self._packed_rows(batch, flat)
-        return self._pooled_packed(packed, torch.div(flat, n, rounding_mode="floor"), b, j)
+        b, j, _ = batch.row_mask.shape
+        return self._pooled_packed(*self._packed(batch), b, j)
 
     def _pooled_features(self, rows: Tensor, row_mask: Tensor) -> Tensor:
         """Pooled within- and between-group statistics of standardized rows (see `NetworkConfig.pooled_moments`

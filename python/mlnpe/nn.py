@@ -47,6 +47,14 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def _pack(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(sets, items, d), (sets, items) -> the real items (R, d) and the set of each (R,)."""
+    sets, items, d = x.shape
+    flat_mask = mask.reshape(-1)
+    owner = torch.arange(sets, device=x.device).repeat_interleave(items)[flat_mask]
+    return x.reshape(-1, d)[flat_mask], owner
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """(sets, items, d), (sets, items) -> (sets, d): mean over real items only."""
     weights = mask.to(values.dtype)[..., None]
@@ -109,12 +117,8 @@ class DeepSet(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
-        sets, items, d = x.shape
-        flat_mask = mask.reshape(-1)
-        rows = x.reshape(-1, d)[flat_mask]
-        owner = torch.arange(sets, device=x.device).repeat_interleave(items)[flat_mask]
         pools = self._attention_pools(x, mask) if self.scores is not None else None
-        return self._summarize(rows, owner, sets, pools)
+        return self._summarize(*_pack(x, mask), x.shape[0], pools)
 
     def forward_packed(self, rows: Tensor, owner: Tensor, sets: int) -> Tensor:
         """The same from the real items only: rows (items, d), owner (items,) the set of each -> (sets, out)."""
@@ -227,10 +231,7 @@ class SufficientSummary(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
-        sets, items, d = x.shape
-        flat_mask = mask.reshape(-1)
-        owner = torch.arange(sets, device=x.device).repeat_interleave(items)[flat_mask]
-        return self.forward_packed(x.reshape(-1, d)[flat_mask], owner, sets)
+        return self.forward_packed(*_pack(x, mask), x.shape[0])
 
     def forward_packed(self, rows: Tensor, owner: Tensor, sets: int) -> Tensor:
         """The same from the real rows only: rows (items, d), owner (items,) the group of each -> (sets, out).

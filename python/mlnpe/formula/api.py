@@ -381,13 +381,13 @@ class FormulaNPE:
                 z_obs = ((target[0].double() - loc) / scale).clamp(-10.0, 10.0)
                 x_obs = torch.cat([torch.ones(1, dtype=torch.float64), z_obs])
                 half = len(x) // 2
+                gram = x[:half].T @ x[:half] + 1e-3 * torch.eye(x.shape[1], dtype=torch.float64)
                 shrunk = False
                 new_region = dict(region)
                 for i in slots:
                     slot = self.slots[i]
                     support = get_support(slot.support)
                     u = support.inverse(theta[:, self.model._offsets[i], None])[:, 0]
-                    gram = x[:half].T @ x[:half] + 1e-3 * torch.eye(x.shape[1], dtype=torch.float64)
                     beta = torch.linalg.solve(gram, x[:half].T @ u[:half])
                     centre = float(x_obs @ beta)
                     predicted = x[half:] @ beta
