@@ -241,14 +241,14 @@ class MultilevelNPE:
         g = torch.as_tensor(np.asarray(global_draws), dtype=torch.float32)
         h_local, _ = est.summarize(collate([group]))  # (1, 1, h)
         gu = est.global_bijector.inverse(g)[:, None]  # (S, 1, G)
-        context = est._local_context(h_local, gu).expand(n_local, -1, -1, -1, -1)  # (M, S, 1, 1, h + G)
-        flow_u = est.local_flow.sample(context, generator)
+        gu = gu.expand(n_local, -1, -1, -1)  # (M, S, 1, G)
+        flow_u = est.local_sample(h_local, gu, generator)  # (M, S, 1, 1, L)
         g_full = g.double()[None].expand(n_local, -1, -1)  # (M, S, G)
         prior = model.sample_local(g.double(), n_local, generator).permute(1, 0, 2)  # (M, S, L)
         use_flow = torch.rand(n_local, g.shape[0], 1, generator=generator) < flow_fraction
         lam = torch.where(use_flow, est.local_bijector.forward(flow_u)[:, :, 0, 0].double(), prior)
         lu = est.local_bijector.inverse(lam.float())[:, :, None, None]
-        log_q = est.local_flow.log_prob(lu, context) - est.local_bijector.log_abs_det_jacobian(lu)  # (M, S, 1, 1)
+        log_q = est.local_log_prob(lu, h_local, gu) - est.local_bijector.log_abs_det_jacobian(lu)  # (M, S, 1, 1)
         log_prior = model.log_prior_local(lam[:, :, None], g_full)[..., 0].double()  # (M, S)
         log_mix = torch.logaddexp(
             log_q[..., 0, 0].double() + math.log(flow_fraction), log_prior + math.log1p(-flow_fraction)

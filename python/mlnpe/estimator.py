@@ -80,6 +80,22 @@ class NetworkConfig:
             and variance over groups of the local summaries to its output. Hyper-means and hyper-sds are close to
             these moments of per-group estimates (the AR(1) summary's least-squares fits), which attention
             blocks otherwise learn to compute slowly. Saved models without the key load with False.
+        log_response: the networks see log y instead of the response y (row column 0; positive responses, for
+            which a non-positive value, such as padding, is seen as 0). With `sufficient="gaussian"` the summaries
+            are then the sufficient statistics of a lognormal model (sum log y x, sum (log y)^2).
+        regression_shift: with `pooled_moments`, the global flow models each unconstrained global parameter
+            minus its linear prediction from the pooled statistics, in units of the prediction's residual sd.
+            The prediction is a ridge regression, fitted once to the pilot simulations,
+            (`set_standardization`) on the pooled statistics and the moments over groups of the local summary's
+            fixed features (`fixed_features` in mlnpe.nn: the AR(1) summary's least-squares fits): the regression
+            adjustment of approximate Bayesian computation (Beaumont et
+            al. 2002). The flow then starts near the posterior and only learns the residual, which can be much
+            narrower than the prior: a group-level covariate's coefficient, for example. Parameters that the
+            statistics do not predict (held-out R^2 under 0.1) keep the prior's standardization. The statistics
+            are clipped to 10 pilot sds first, so data far from the simulations cannot throw the shift far out.
+            When the local summary has fixed features, the local flow is shifted the same way, by a regression
+            of each group's locals on its features, the globals and their products. Saved models without the key
+            load with False.
     """
 
     local_summary: str = "deepset"
@@ -104,6 +120,8 @@ class NetworkConfig:
     design_only: tuple[int, ...] = ()
     profile: bool = True
     group_moments: bool = True
+    log_response: bool = False
+    regression_shift: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_inputs", tuple(int(i) for i in self.log_inputs))
@@ -117,6 +135,11 @@ class NetworkConfig:
             raise ConfigError(
                 "NetworkConfig `log_inputs` must not include the response (column 0) with `sufficient`: its "
                 "statistics must stay linear in y. Drop 0 from `log_inputs`."
+            )
+        if self.log_response and 0 in self.log_inputs:
+            raise ConfigError(
+                "NetworkConfig `log_response` and `log_inputs` both transform the response (column 0): drop 0 from "
+                "`log_inputs`."
             )
         object.__setattr__(self, "global_hidden", tuple(int(h) for h in self.global_hidden))
         object.__setattr__(self, "local_hidden", tuple(int(h) for h in self.local_hidden))
@@ -146,7 +169,7 @@ class NetworkConfig:
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "NetworkConfig":
         """The config of a saved model: keys added since it was saved take the value that reproduces it."""
-        added = ("pooled_moments", "between_moments", "profile", "group_moments")
+        added = ("pooled_moments", "between_moments", "profile", "group_moments", "regression_shift")
         return cls.from_dict({**{key: False for key in added}, **d})
 
 
@@ -155,6 +178,41 @@ _PROFILE_POINTS = 16
 
 def _signed_log(v: Tensor) -> Tensor:
     return torch.sign(v) * torch.log1p(v.abs())
+
+
+def _fixed_columns(summary: nn.Module, width: int) -> list[int]:
+    """The columns of a local summary's output that are fixed functions of the rows (see mlnpe.nn):
+    `fixed_columns` if it has them, else its last `fixed_features` columns, else none."""
+    columns = getattr(summary, "fixed_columns", None)
+    if columns is not None:
+        return [int(c) for c in columns]
+    k = int(getattr(summary, "fixed_features", 0))
+    return list(range(width - k, width))
+
+
+def _ridge_fit(x: Tensor, y: Tensor, loc: Tensor, scale: Tensor, ridge: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Ridge regression of targets y (P, K) on a design x (P, 1 + F) whose column 0 is the (unpenalized)
+    intercept. Returns the coefficients (1 + F, K) and each target's residual sd on held-out rows (fitted on the
+    first half, measured on the second). A target the design predicts poorly (held-out residual variance above
+    0.9 of its variance `scale`^2) gets coefficients that predict its mean `loc` and keeps `scale`."""
+    penalty = ridge * torch.eye(x.shape[1], dtype=x.dtype)
+    penalty[0, 0] = 0.0
+    half = len(x) // 2
+    coef_half = torch.linalg.solve(x[:half].T @ x[:half] + penalty, x[:half].T @ y[:half])
+    held_out = (y[half:] - x[half:] @ coef_half).std(0)
+    coef = torch.linalg.solve(x.T @ x + penalty, x.T @ y)
+    useful = held_out**2 < 0.9 * scale.double() ** 2
+    coef[:, ~useful] = 0.0
+    coef[0, ~useful] = loc.double()[~useful]
+    return coef, torch.where(useful, held_out.to(scale.dtype), scale).clamp_min(1e-6)
+
+
+def _group_moments(h: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance over the real groups: h (B, J, k), real (B, J) -> (B, k), (B, k)."""
+    w = real.to(h.dtype)[..., None]
+    count = w.sum(1).clamp_min(1.0)
+    mean = (h * w).sum(1) / count
+    return mean, (((h - mean[:, None]) * w) ** 2).sum(1) / count
 
 
 def _masked_moments(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -233,6 +291,21 @@ class MultilevelEstimator(nn.Module):
             isinstance(self.global_summary, DeepSet) and self.global_summary.moments != "none"
         )
         h_global = self.global_summary.out_features + pooled_dim + (2 * h_local if self.group_moments else 0)
+        self.regression_shift = self.pooled and config.regression_shift
+        self._fixed_cols = _fixed_columns(self.local_summary, h_local) if self.regression_shift else []
+        if self.regression_shift:  # fixed by `set_standardization`; the defaults give a zero shift
+            n_stats = pooled_dim + 2 * len(self._fixed_cols)
+            self.register_buffer("stat_loc", torch.zeros(n_stats))
+            self.register_buffer("stat_scale", torch.ones(n_stats))
+            self.register_buffer("shift_coef", torch.zeros(n_stats + 1, g))
+            self.register_buffer("context_loc", torch.zeros(g))  # the prior's moments, for the local context
+            self.register_buffer("context_scale", torch.ones(g))
+        self.local_shift = bool(self._fixed_cols)
+        if self.local_shift:  # the local flow's shift: see `_local_inputs`
+            k = len(self._fixed_cols)
+            self.register_buffer("local_stat_loc", torch.zeros(k))
+            self.register_buffer("local_stat_scale", torch.ones(k))
+            self.register_buffer("local_shift_coef", torch.zeros(1 + k + g + k * g, l))
         self.global_embed = MLP(h_global, [c.summary_hidden], c.global_context) if c.global_context else nn.Identity()
         self.global_flow = ConditionalFlow(
             g, c.global_context or h_global, c.global_transforms, c.global_hidden, c.bins, c.affine
@@ -256,21 +329,79 @@ class MultilevelEstimator(nn.Module):
         self.row_loc.copy_(loc)
         self.row_scale.copy_(scale)
         gu = self.global_bijector.inverse(global_params)
-        self.global_flow.set_standardization(*_masked_moments(gu, torch.ones(gu.shape[0], dtype=torch.bool)))
+        loc, scale = _masked_moments(gu, torch.ones(gu.shape[0], dtype=torch.bool))
+        if self.regression_shift:
+            self.context_loc.copy_(loc)
+            self.context_scale.copy_(scale.clamp_min(1e-6))
+            h_local, packed, group_of_row = self._local(batch)
+            stats = self._pooled_packed(packed, group_of_row, *batch.row_mask.shape[:2])
+            scale = self._fit_shift(self._shift_statistics(stats, h_local, batch.group_mask), gu, loc, scale)
+            loc = torch.zeros_like(loc)
+        self.global_flow.set_standardization(loc, scale)
         lu = self.local_bijector.inverse(local_params)
-        self.local_flow.set_standardization(*_masked_moments(lu, batch.group_mask))
+        loc, scale = _masked_moments(lu, batch.group_mask)
+        if self.local_shift:
+            real = batch.group_mask
+            fixed = h_local[..., self._fixed_cols][real].double()
+            self.local_stat_loc.copy_(fixed.mean(0))
+            self.local_stat_scale.copy_(fixed.std(0).clamp_min(1e-6))
+            g = ((gu - self.context_loc) / self.context_scale)[:, None].expand(*real.shape, gu.shape[-1])[real]
+            design = self._local_design(h_local[real], g).double()
+            coef, scale = _ridge_fit(design, lu[real].double(), loc, scale)
+            self.local_shift_coef.copy_(coef)
+            loc = torch.zeros_like(loc)
+        self.local_flow.set_standardization(loc, scale)
+
+    def _fit_shift(self, stats: Tensor, gu: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        """Fits the `regression_shift` regression of the pilot's unconstrained globals gu (P, G) on their statistics
+        (P, F) (`_shift_statistics`) and returns the global flow's scale (see `_ridge_fit`)."""
+        stats, gu = stats.double(), gu.double()
+        ok = torch.isfinite(stats).all(1) & torch.isfinite(gu).all(1)
+        stats, gu = stats[ok], gu[ok]
+        self.stat_loc.copy_(stats.mean(0))
+        self.stat_scale.copy_(stats.std(0).clamp_min(1e-6))
+        coef, flow_scale = _ridge_fit(self._shift_design(stats), gu, loc, scale)
+        self.shift_coef.copy_(coef)
+        return flow_scale
+
+    def _shift_design(self, stats: Tensor) -> Tensor:
+        """(B, F) pooled statistics -> (B, 1 + F) standardized, clipped regressors of the shift."""
+        z = ((stats - self.stat_loc.to(stats.dtype)) / self.stat_scale.to(stats.dtype)).nan_to_num(0.0)
+        return torch.cat([torch.ones_like(z[:, :1]), z.clamp(-10.0, 10.0)], 1)
+
+    def _split_global(self, h_global: Tensor) -> tuple[Tensor, Tensor | None]:
+        """`summarize`'s h_global -> the global flow's context and its shift (None without `regression_shift`)."""
+        if not self.regression_shift:
+            return h_global, None
+        g = self.global_flow.features
+        return h_global[..., :-g], h_global[..., -g:]
+
+    def global_log_prob(self, gu: Tensor, h_global: Tensor) -> Tensor:
+        """log q(gu | x) of unconstrained globals gu (..., B, G) given `summarize`'s h_global (B, ...)."""
+        context, shift = self._split_global(h_global)
+        return self.global_flow.log_prob(gu if shift is None else gu - shift, context)
+
+    def global_sample(self, n: int, h_global: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """n unconstrained global draws (n, B, G) given `summarize`'s h_global (B, ...)."""
+        context, shift = self._split_global(h_global)
+        gu = self.global_flow.sample(context.expand(n, *context.shape), generator)
+        return gu if shift is None else gu + shift
 
     def _rows(self, batch: GroupedBatch) -> Tensor:
         """(B, J, N, d) rows as the networks see them, before standardization."""
         return self._log_columns(batch.rows())
 
     def _log_columns(self, rows: Tensor) -> Tensor:
-        """sign(v) log(1 + |v|) of the `log_inputs` columns (the last dimension), on a copy."""
-        if not self.log_inputs:
+        """sign(v) log(1 + |v|) of the `log_inputs` columns (the last dimension) and log y of the response with
+        `log_response`, on a copy."""
+        if not self.log_inputs and not self.config.log_response:
             return rows
-        cols = self.log_inputs
         rows = rows.clone()
-        rows[..., cols] = _signed_log(rows[..., cols])
+        if self.log_inputs:
+            rows[..., self.log_inputs] = _signed_log(rows[..., self.log_inputs])
+        if self.config.log_response:
+            y = rows[..., 0]
+            rows[..., 0] = torch.where(y > 0, torch.log(y.clamp_min(1e-30)), 0.0)
         return rows
 
     # ---- networks -------------------------------------------------------------------------------------------
@@ -291,14 +422,13 @@ class MultilevelEstimator(nn.Module):
         rows = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
         return (self._log_columns(rows) - self.row_loc) / self.row_scale
 
-    def summarize(self, batch: GroupedBatch) -> tuple[Tensor, Tensor]:
-        """Returns h_local (B, J, h_l) (zeros for padded groups) and h_global (B, h_g), embedded once here.
+    def _local(self, batch: GroupedBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """h_local (B, J, h_l) (zeros for padded groups), the packed standardized rows and each row's group.
 
         Summaries that can (`forward_packed`: deep sets, sufficient statistics) see the real rows only; others
         get each group's padded rows and mask.
         """
         real = batch.group_mask
-        b, j, _ = batch.row_mask.shape
         packed, group_of_row = self._packed(batch)
         if hasattr(self.local_summary, "forward_packed") and getattr(self.local_summary, "scores", None) is None:
             slot = torch.cumsum(real.reshape(-1).long(), 0) - 1  # a real group's position among the real groups
@@ -308,16 +438,33 @@ class MultilevelEstimator(nn.Module):
             h_real = self.local_summary(rows[real], batch.row_mask[real])
         h_local = packed.new_zeros(*real.shape, h_real.shape[-1])
         h_local[real] = h_real
+        return h_local, packed, group_of_row
+
+    def summarize(self, batch: GroupedBatch) -> tuple[Tensor, Tensor]:
+        """Returns h_local (B, J, h_l) (zeros for padded groups) and h_global (B, h_g), embedded once here (with
+        `regression_shift`, its last G columns are the global flow's shift: use `global_log_prob`)."""
+        real = batch.group_mask
+        b, j, _ = batch.row_mask.shape
+        h_local, packed, group_of_row = self._local(batch)
         h_global = self.global_summary(h_local, real)
         if self.group_moments:
-            w = real.to(h_local.dtype)[..., None]
-            count = w.sum(1).clamp_min(1.0)
-            mean = (h_local * w).sum(1) / count
-            var = (((h_local - mean[:, None]) * w) ** 2).sum(1) / count
-            h_global = torch.cat([h_global, mean, var], -1)
-        if self.pooled:
-            h_global = torch.cat([h_global, self._pooled_packed(packed, group_of_row, b, j)], -1)
-        return h_local, self.global_embed(h_global)
+            h_global = torch.cat([h_global, *_group_moments(h_local, real)], -1)
+        if not self.pooled:
+            return h_local, self.global_embed(h_global)
+        stats = self._pooled_packed(packed, group_of_row, b, j)
+        h_global = self.global_embed(torch.cat([h_global, stats], -1))
+        if self.regression_shift:  # the flow's shift rides along in the last G columns (`_split_global`)
+            design = self._shift_design(self._shift_statistics(stats, h_local, real).double())
+            h_global = torch.cat([h_global, (design @ self.shift_coef.double()).to(h_global.dtype)], -1)
+        return h_local, h_global
+
+    def _shift_statistics(self, stats: Tensor, h_local: Tensor, real: Tensor) -> Tensor:
+        """The regressors of `regression_shift`: the pooled statistics, then the mean and log variance over groups
+        of the local summary's fixed features (its last `fixed_features` outputs, see mlnpe.nn)."""
+        if not self._fixed_cols:
+            return stats
+        mean, var = _group_moments(h_local[..., self._fixed_cols], real)
+        return torch.cat([stats, mean, torch.log(var + 1e-4)], -1)
 
     @torch.no_grad()
     def pooled_statistics(self, batch: GroupedBatch) -> Tensor | None:
@@ -478,9 +625,45 @@ class MultilevelEstimator(nn.Module):
 
     def _local_context(self, h_local: Tensor, global_u: Tensor) -> Tensor:
         """h_local (B, J, h), global_u (..., B, G) -> (..., B, J, h + G), globals standardized."""
-        g = (global_u - self.global_flow.loc) / self.global_flow.scale
+        return self._local_inputs(h_local, global_u)[0]
+
+    def _local_inputs(self, h_local: Tensor, global_u: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The local flow's context (..., B, J, h + G) and shift (..., B, J, L) (None without a local shift).
+
+        With `regression_shift` and a local summary with fixed features (mlnpe.nn), the local flow models each
+        group's unconstrained locals minus a ridge regression on those features, the standardized globals and
+        their products (fitted to the pilot by `set_standardization`): the products let the prediction weigh a
+        group's own estimate against the hyper-mean by the group-level sd, as shrinkage does.
+        """
+        if self.regression_shift:
+            g = (global_u - self.context_loc) / self.context_scale
+        else:
+            g = (global_u - self.global_flow.loc) / self.global_flow.scale
         g = g.unsqueeze(-2).expand(*g.shape[:-1], h_local.shape[-2], g.shape[-1])
-        return torch.cat([h_local.expand(*g.shape[:-1], h_local.shape[-1]), g], -1)
+        h = h_local.expand(*g.shape[:-1], h_local.shape[-1])
+        context = torch.cat([h, g], -1)
+        if not self.local_shift:
+            return context, None
+        return context, (self._local_design(h, g) @ self.local_shift_coef.to(g.dtype))
+
+    def _local_design(self, h_local: Tensor, g: Tensor) -> Tensor:
+        """(..., h) local summaries and (..., G) standardized globals -> (..., 1 + k + G + k G) regressors."""
+        f = h_local[..., self._fixed_cols]
+        z = ((f - self.local_stat_loc.to(f.dtype)) / self.local_stat_scale.to(f.dtype)).nan_to_num(0.0)
+        z = z.clamp(-10.0, 10.0).to(g.dtype)
+        products = (z[..., :, None] * g[..., None, :]).flatten(-2)
+        return torch.cat([torch.ones_like(g[..., :1]), z, g, products], -1)
+
+    def local_log_prob(self, lu: Tensor, h_local: Tensor, gu: Tensor) -> Tensor:
+        """log q(lu_j | gu, x_j) (..., B, J) of unconstrained locals lu (..., B, J, L) given globals gu (..., B, G)."""
+        context, shift = self._local_inputs(h_local, gu)
+        return self.local_flow.log_prob(lu if shift is None else lu - shift, context)
+
+    def local_sample(self, h_local: Tensor, gu: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One unconstrained local draw per group and global draw: gu (..., B, G) -> (..., B, J, L)."""
+        context, shift = self._local_inputs(h_local, gu)
+        lu = self.local_flow.sample(context, generator)
+        return lu if shift is None else lu + shift
 
     # ---- densities ------------------------------------------------------------------------------------------
     def loss(self, global_params: Tensor, local_params: Tensor, batch: GroupedBatch) -> Tensor:
@@ -495,8 +678,8 @@ class MultilevelEstimator(nn.Module):
         h_local, h_global = self.summarize(batch)
         gu = self.global_bijector.inverse(global_params)
         lu = self.local_bijector.inverse(local_params)
-        lp_global = self.global_flow.log_prob(gu, h_global)
-        lp_local = self.local_flow.log_prob(lu, self._local_context(h_local, gu))
+        lp_global = self.global_log_prob(gu, h_global)
+        lp_local = self.local_log_prob(lu, h_local, gu)
         return -(lp_global + torch.where(batch.group_mask, lp_local, 0.0).sum(-1))
 
     def log_prob(
@@ -519,8 +702,8 @@ class MultilevelEstimator(nn.Module):
         self, gu: Tensor, lu: Tensor, h_local: Tensor, h_global: Tensor, group_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Constrained-scale log densities from unconstrained draws (flow density minus log-Jacobian)."""
-        lp_global = self.global_flow.log_prob(gu, h_global) - self.global_bijector.log_abs_det_jacobian(gu)
-        lp_local = self.local_flow.log_prob(lu, self._local_context(h_local, gu))
+        lp_global = self.global_log_prob(gu, h_global) - self.global_bijector.log_abs_det_jacobian(gu)
+        lp_local = self.local_log_prob(lu, h_local, gu)
         lp_local = torch.where(group_mask, lp_local - self.local_bijector.log_abs_det_jacobian(lu), 0.0)
         return lp_global, lp_local
 
@@ -535,8 +718,8 @@ class MultilevelEstimator(nn.Module):
             `return_log_prob` also the log densities of `log_prob`.
         """
         h_local, h_global = self.summarize(batch)
-        gu = self.global_flow.sample(h_global.expand(n, *h_global.shape), generator)
-        lu = self.local_flow.sample(self._local_context(h_local, gu), generator)
+        gu = self.global_sample(n, h_global, generator)
+        lu = self.local_sample(h_local, gu, generator)
         g, l = self.global_bijector.forward(gu), self.local_bijector.forward(lu)
         if not return_log_prob:
             return g, l

@@ -6,6 +6,11 @@ Summary-network interface (any ``nn.Module`` that follows it plugs in):
   least one real item, and the module has an integer attribute ``out_features``.
 - Optional: ``forward_packed(rows: (items, features), owner: (items,), sets: int)``, the same from the real
   items only (the estimator then skips the padding).
+- Optional: an integer attribute ``fixed_features``, or a list ``fixed_columns``: the last ``fixed_features``
+  outputs (or those columns) of a local summary are fixed functions of the rows (no trained weights), such as
+  per-group least-squares estimates. The estimator's `regression_shift` then also regresses the global
+  parameters on their mean and log variance over groups, and each group's local parameters on them, the
+  globals and their products (`MultilevelEstimator._local_inputs`).
 
 The local summary sees one set per real group (its rows); the global summary sees one set per dataset (its
 groups' local summaries). Outputs must not depend on padded items, and for exchangeable data not on their
@@ -114,6 +119,7 @@ class DeepSet(nn.Module):
         pools = 2 * in_features * attention
         self.rho = MLP(item_hidden + extra + pools, [hidden] * depth, summary_dim)
         self.out_features = summary_dim + extra + pools
+        self.fixed_columns = list(range(summary_dim, summary_dim + extra))  # the moments and log n (not the pools)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
@@ -228,6 +234,7 @@ class SufficientSummary(nn.Module):
         design_out = self.design.out_features if self.design is not None else 0
         self.rho = MLP(n_stats + design_out, [hidden] * depth, summary_dim)
         self.out_features = summary_dim + n_stats + design_out
+        self.fixed_columns = list(range(summary_dim, summary_dim + n_stats))  # the statistics (see the module doc)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""

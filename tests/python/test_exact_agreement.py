@@ -62,10 +62,10 @@ def test_local_flow_ignoring_globals_fails_the_same_check(setup):
     h_local, h_global = est.summarize(sims.batch)
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        gu = est.global_flow.sample(h_global.expand(1000, *h_global.shape), gen)
+        gu = est.global_sample(1000, h_global, gen)
         # The local flow sees one fixed global value instead of each global draw.
         fixed = est.global_bijector.inverse(torch.tensor([0.0, 1.0])).expand_as(gu)
-        lu = est.local_flow.sample(est._local_context(h_local, fixed), gen)
+        lu = est.local_sample(h_local, fixed, gen)
     g, l = est.global_bijector.forward(gu).numpy(), est.local_bijector.forward(lu).numpy()
     alpha = [l[:, i, : d.n_groups, 0] for i, d in enumerate(datasets)]
     errors = _errors(exact, [g[:, i, 0] for i in range(12)], [g[:, i, 1] for i in range(12)], alpha)

@@ -15,7 +15,7 @@ import torch
 from mlnpe.errors import ConfigError
 from mlnpe.estimator import NetworkConfig
 from mlnpe.formula import FormulaNPE, prior
-from mlnpe.nn import SufficientSummary
+from mlnpe.nn import DeepSet, SufficientSummary
 
 
 def _same_statistics(y: torch.Tensor, x: torch.Tensor, square: bool, seed: int = 0) -> torch.Tensor:
@@ -123,3 +123,39 @@ def test_gaussian_formula_model_uses_sum_y_squared_and_binomial_keeps_trials_as_
     # a user's choice wins
     custom = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", network={"sufficient": "none"}, seed=0)
     assert custom.network.sufficient == "none"
+
+
+def test_lognormal_formula_model_summarizes_log_y_by_its_gaussian_statistics():
+    """log y of a lognormal model is gaussian: a group whose log responses are a reflection of another's about
+    their mean, with x constant, has the same sum log y, sum log y x and sum (log y)^2, so the same draws; a
+    rescaled response (log y shifted) does not."""
+    base = pd.DataFrame({"g": np.repeat(["a", "b", "c", "d"], 3), "x": np.repeat([0.0, 1.0, 2.0, 3.0], 3),
+                         "y": np.exp(np.tile([0.1, 0.5, 1.2], 4))})
+    mirrored = base.copy()
+    mirrored.loc[:2, "y"] = np.exp(np.array([1.2, 0.5, 0.1]) * -1 + 2 * 0.6)  # log y -> 1.2 - log y: same sums
+    model = FormulaNPE("y ~ x + (1 | g)", base, "lognormal", seed=0)
+    assert model.network.sufficient == "gaussian" and model.network.log_response
+    with pytest.warns(UserWarning, match="not been trained"):
+        a = model.fit(base, n_draws=50, seed=3, psis=False).draws
+    with pytest.warns(UserWarning, match="not been trained"):
+        b = model.fit(mirrored, n_draws=50, seed=3, psis=False).draws
+    pd.testing.assert_frame_equal(a, b, atol=1e-4)
+    with pytest.warns(UserWarning, match="not been trained"):
+        c = model.fit(base.assign(y=base.y * 2.0), n_draws=50, seed=3, psis=False).draws
+    assert not np.allclose(a.to_numpy(), c.to_numpy(), atol=1e-3)
+    with pytest.raises(ConfigError, match="log_response"):
+        NetworkConfig(log_response=True, log_inputs=(0,))
+
+
+def test_fixed_columns_of_the_summaries_are_weight_free():
+    """`fixed_columns` (used by the estimator's regression shift) mark outputs that do not depend on the weights."""
+    torch.manual_seed(0)
+    x, mask = torch.randn(4, 7, 3), torch.arange(7)[None] < torch.tensor([7, 3, 5, 1])[:, None]
+    for build in (lambda: SufficientSummary(3, 4, 8, 1, 8), lambda: DeepSet(3, 4, 8, 1, "full", item_hidden=8)):
+        first, second = build(), build()
+        cols = first.fixed_columns
+        assert cols and cols == second.fixed_columns and max(cols) < first.out_features
+        out1, out2 = first(x, mask), second(x, mask)
+        assert torch.allclose(out1[:, cols], out2[:, cols], atol=1e-6)
+        rest = [c for c in range(first.out_features) if c not in cols]
+        assert not torch.allclose(out1[:, rest], out2[:, rest], atol=1e-3)

@@ -362,6 +362,8 @@ class AR1Summary(nn.Module):
     are the estimates a posterior of (alpha_j, beta_j, gamma_j, delta_j, sigma_j) shrinks; an MLP finds them
     from the moments (a matrix inverse) only after long training. Everything is signed-log compressed
     (sign(v) log(1 + |v|)), so explosive simulated series (|beta_j| > 1, legal under the prior) stay bounded.
+    These moments and fits are the summary's `fixed_features` (mlnpe.nn): the estimator's regression shift
+    regresses the hyperparameters on their mean and variance over series.
 
     Arguments:
         in_features: row dimension (3: y, u, v; standardized by the estimator).
@@ -376,7 +378,8 @@ class AR1Summary(nn.Module):
         pairs = torch.triu_indices(in_features + 1, in_features + 1)
         self.register_buffer("pair_a", pairs[0], persistent=False)
         self.register_buffer("pair_b", pairs[1], persistent=False)
-        self.out_features = self.rnn.out_features + in_features + 1 + pairs.shape[1] + in_features + 3
+        self.fixed_features = in_features + 1 + pairs.shape[1] + in_features + 3  # everything after the network
+        self.out_features = self.rnn.out_features + self.fixed_features
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, steps, d), mask: (sets, steps), real steps first -> (sets, out_features)."""

@@ -42,8 +42,10 @@ __all__ = ["FormulaNPE", "FormulaFit", "check_focus", "default_ranges", "cache_d
 
 _FORMULA_FILE, _POOL_FILE, _AMORTIZER_DIR = "formula.json", "pool.pt", "amortizer"
 
-# Families whose likelihood depends on y only through sum y x (and sum y^2): see `NetworkConfig.sufficient`.
-_SUFFICIENT = {"gaussian": "gaussian", "poisson": "poisson", "bernoulli": "binomial", "binomial": "binomial"}
+# Families whose likelihood depends on y only through sum y x (and sum y^2; lognormal: of log y): see
+# `NetworkConfig.sufficient` and `log_response`.
+_SUFFICIENT = {"gaussian": "gaussian", "lognormal": "gaussian", "poisson": "poisson", "bernoulli": "binomial",
+               "binomial": "binomial"}
 
 
 def default_ranges(n_groups: int, n_rows: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -224,6 +226,8 @@ class FormulaNPE:
             config["sufficient"] = _SUFFICIENT.get(self.family.name, "none")
             if config["sufficient"] != "none" and "design_only" not in config:
                 config["design_only"] = tuple(trials)
+            if self.family.name == "lognormal" and "log_response" not in config:
+                config["log_response"] = True  # log y is gaussian: its sufficient statistics
         if "log_inputs" not in config:
             logged = [] if config["sufficient"] != "none" else (
                 [0] if self.family.link == "log" or self.family.name in ("binomial",) else []
