@@ -52,6 +52,13 @@ def simulate_case(kind: str, seed: int) -> pd.DataFrame:
     elif kind == "poisson":
         a = rng.normal(0, 0.5, J)
         df["y"] = rng.poisson(np.exp(1.0 + 0.4 * x - 0.3 * z + a[g]))
+    elif kind == "lognormal":
+        a = rng.normal(0, 0.5, J)
+        df["y"] = np.exp(1.0 + 0.5 * x + a[g] + rng.normal(0, 0.6, N))
+    elif kind == "negbinomial":
+        a = rng.normal(0, 0.5, J)
+        mu = np.exp(0.8 + 0.3 * x + a[g])
+        df["y"] = rng.negative_binomial(3.0, 3.0 / (3.0 + mu))
     elif kind == "binomial":
         a = rng.normal(0, 0.6, J)
         df["n"] = rng.integers(5, 21, N)
@@ -76,6 +83,13 @@ CASES = {
     "binomial": dict(formula="y | trials(n) ~ x + (1 | g)", family="binomial",
                      data=lambda s: simulate_case("binomial", s),
                      prior=[prior("normal(0, 2)", "b"), prior("normal(0, 2)", "Intercept"), prior("normal(0, 1)", "sd")]),
+    "lognormal": dict(formula="y ~ x + (1 | g)", family="lognormal", data=lambda s: simulate_case("lognormal", s),
+                      prior=[prior("normal(0, 2)", "b"), prior("normal(0, 2)", "Intercept"), prior("normal(0, 1)", "sd"),
+                             prior("normal(0, 1)", "sigma")]),
+    "negbinomial": dict(formula="y ~ x + (1 | g)", family="negbinomial",
+                        data=lambda s: simulate_case("negbinomial", s),
+                        prior=[prior("normal(0, 1)", "b"), prior("normal(0, 2)", "Intercept"),
+                               prior("normal(0, 1)", "sd"), prior("gamma(2, 0.5)", "shape")]),
     "radon_partially_pooled": dict(formula="log_radon ~ 1 + (1 | county)", family="gaussian", data=lambda s: radon(),
                                    prior=[prior("normal(0, 10)", "Intercept"), prior("normal(0, 1)", "sd"),
                                           prior("normal(0, 1)", "sigma")]),

@@ -80,6 +80,13 @@ class NetworkConfig:
             and variance over groups of the local summaries to its output. Hyper-means and hyper-sds are close to
             these moments of per-group estimates (the AR(1) summary's least-squares fits), which attention
             blocks otherwise learn to compute slowly. Saved models without the key load with False.
+        glm_slopes: with `pooled_moments` and `sufficient` "poisson" or "binomial", also append the one-step
+            estimate of the covariates' within-group slopes on the link scale: one Newton step from the model
+            with a free intercept per group and no slopes (score over Fisher information, pooled over groups; log
+            link for counts, logit for proportions, weighted by trials), and the log of that information. The
+            slope of the counts themselves on a covariate is the link-scale slope times the level of the counts,
+            which a network must untangle; this estimate needs no untangling. Saved models without the key load
+            with False.
         log_response: the networks see log y instead of the response y (row column 0; positive responses, for
             which a non-positive value, such as padding, is seen as 0). With `sufficient="gaussian"` the summaries
             are then the sufficient statistics of a lognormal model (sum log y x, sum (log y)^2).
@@ -120,6 +127,7 @@ class NetworkConfig:
     design_only: tuple[int, ...] = ()
     profile: bool = True
     group_moments: bool = True
+    glm_slopes: bool = True
     log_response: bool = False
     regression_shift: bool = True
 
@@ -169,7 +177,7 @@ class NetworkConfig:
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "NetworkConfig":
         """The config of a saved model: keys added since it was saved take the value that reproduces it."""
-        added = ("pooled_moments", "between_moments", "profile", "group_moments", "regression_shift")
+        added = ("pooled_moments", "between_moments", "profile", "group_moments", "regression_shift", "glm_slopes")
         return cls.from_dict({**{key: False for key in added}, **d})
 
 
@@ -287,6 +295,9 @@ class MultilevelEstimator(nn.Module):
             pooled_dim += _PROFILE_POINTS + row_features - len(set(config.design_only))
             if config.sufficient not in ("poisson", "binomial"):
                 pooled_dim += (_PROFILE_POINTS + 1) * len(self._slope_columns)
+        self.glm_slopes = self.pooled and config.glm_slopes and self.linear_response and bool(self._slope_columns)
+        if self.glm_slopes:
+            pooled_dim += 2 * len(self._slope_columns)
         self.group_moments = config.group_moments and not (
             isinstance(self.global_summary, DeepSet) and self.global_summary.moments != "none"
         )
@@ -539,7 +550,45 @@ class MultilevelEstimator(nn.Module):
                          _signed_log(residual_b - noise)[:, None]]
         if profile is not None:
             features.append(profile)
+        if self.glm_slopes:
+            features.append(self._glm_slopes(packed, owner, dataset, b, j))
         return torch.cat(features, -1)
+
+    def _raw_trials(self, packed: Tensor) -> Tensor:
+        """(R,) each row's binomial trials on the data's scale (1 without a trials column)."""
+        if not self.config.design_only:
+            return torch.ones_like(packed[:, 0])
+        c = min(self.config.design_only)
+        raw = packed[:, c] * self.row_scale[c] + self.row_loc[c]
+        if c in self.log_inputs:
+            raw = torch.sign(raw) * torch.expm1(raw.abs())
+        return raw
+
+    def _glm_slopes(self, packed: Tensor, owner: Tensor, dataset: Tensor, b: int, j: int) -> Tensor:
+        """(B, 2 p): the signed-log one-step link-scale slopes of the p = `_slope_columns` and log of the diagonal
+        of their Fisher information (see `NetworkConfig.glm_slopes`)."""
+        y = packed[:, 0] * self.row_scale[0]  # the raw response (its loc is 0)
+        trials = self._raw_trials(packed) if self.config.sufficient == "binomial" else torch.ones_like(y)
+        x = packed[:, self._slope_columns]
+
+        def group_sum(v: Tensor) -> Tensor:
+            return v.new_zeros(b * j, *v.shape[1:]).index_add_(0, owner, v)
+
+        total = group_sum(trials).clamp_min(1e-8)
+        rate = (group_sum(y) / total)[owner]  # the group's fitted mean per trial (no slopes)
+        xc = x - (group_sum(trials[:, None] * x) / total[:, None])[owner]
+        if self.config.sufficient == "binomial":
+            rate = rate.clamp(0.0, 1.0)
+            weight = trials * rate * (1.0 - rate)
+        else:
+            weight = rate
+        score = x.new_zeros(b, x.shape[1]).index_add_(0, dataset, xc * (y - trials * rate)[:, None])
+        info = x.new_zeros(b, x.shape[1], x.shape[1]).index_add_(0, dataset, weight[:, None, None] * xc[:, :, None] * xc[:, None, :])
+        diag = torch.diagonal(info, dim1=-2, dim2=-1)
+        ridge = 1e-6 + 1e-4 * diag.mean(-1)
+        eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        slopes = torch.linalg.solve(info + ridge[:, None, None] * eye, score[..., None])[..., 0]
+        return torch.cat([_signed_log(slopes), torch.log(diag + 1e-6)], -1)
 
     def _profile(
         self, packed: Tensor, owner: Tensor, mean_j: Tensor, n_j: Tensor, real: Tensor, residual: Tensor
@@ -557,10 +606,7 @@ class MultilevelEstimator(nn.Module):
                 est, base = torch.log((s + 0.5) / n), 1.0 / (s + 0.5)
             else:
                 if design_only:
-                    c = min(design_only)
-                    raw = packed[:, c] * self.row_scale[c] + self.row_loc[c]
-                    if c in self.log_inputs:
-                        raw = torch.sign(raw) * torch.expm1(raw.abs())
+                    raw = self._raw_trials(packed)
                     trials = raw.new_zeros(n.numel()).index_add_(0, owner, raw).reshape(n.shape)
                 else:
                     trials = n

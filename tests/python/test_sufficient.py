@@ -159,3 +159,33 @@ def test_fixed_columns_of_the_summaries_are_weight_free():
         assert torch.allclose(out1[:, cols], out2[:, cols], atol=1e-6)
         rest = [c for c in range(first.out_features) if c not in cols]
         assert not torch.allclose(out1[:, rest], out2[:, rest], atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["poisson", "binomial", "bernoulli"])
+def test_glm_slopes_estimate_the_link_scale_slope(family):
+    """The pooled one-step slope of counts and proportions is close to the true link-scale slope (30 groups of
+    40 rows with group intercepts), and a model saved before the option loads without it."""
+    rng = np.random.default_rng(1)
+    for slope in (0.0, 0.5, -0.8):
+        g = np.repeat(np.arange(30), 40)
+        x = rng.normal(size=g.size)
+        eta = 0.3 + slope * x + rng.normal(0, 0.5, 30)[g]
+        df = pd.DataFrame({"g": g.astype(str), "x": x})
+        formula = "y ~ x + (1 | g)"
+        if family == "poisson":
+            df["y"] = rng.poisson(np.exp(eta))
+        elif family == "binomial":
+            df["n"] = rng.integers(5, 20, g.size)
+            df["y"] = rng.binomial(df.n, 1 / (1 + np.exp(-eta)))
+            formula = "y | trials(n) ~ x + (1 | g)"
+        else:
+            df["y"] = rng.binomial(1, 1 / (1 + np.exp(-eta)))
+        model = FormulaNPE(formula, df, family, seed=0)
+        est = model.npe.estimator
+        assert est.glm_slopes
+        with pytest.warns(UserWarning):
+            batch, _ = model.npe._batch(model.grouped_data(df)[0], allow_extrapolation=True)
+        coded = est.pooled_statistics(batch)[0, -2]
+        estimate = float(torch.sign(coded) * torch.expm1(coded.abs())) / float(est.row_scale[1])
+        assert estimate == pytest.approx(slope, abs=0.15 + 0.15 * abs(slope)), (slope, estimate)
+    assert NetworkConfig.from_saved({}).glm_slopes is False
