@@ -99,7 +99,8 @@ class NetworkConfig:
             al. 2002). The flow then starts near the posterior and only learns the residual, which can be much
             narrower than the prior: a group-level covariate's coefficient, for example. Parameters that the
             statistics do not predict (held-out R^2 under 0.1) keep the prior's standardization. The statistics
-            are clipped to 10 pilot sds first, so data far from the simulations cannot throw the shift far out.
+            are clipped to the range of the pilot's, and the prediction to the range of its pilot predictions, so
+            data unlike the simulations (a misspecified model) cannot throw the shift out by linear extrapolation.
             When the local summary has fixed features, the local flow is shifted the same way, by a regression
             of each group's locals on its features, the globals and their products. Saved models without the key
             load with False.
@@ -308,7 +309,9 @@ class MultilevelEstimator(nn.Module):
             n_stats = pooled_dim + 2 * len(self._fixed_cols)
             self.register_buffer("stat_loc", torch.zeros(n_stats))
             self.register_buffer("stat_scale", torch.ones(n_stats))
+            self.register_buffer("stat_range", torch.tensor([-10.0, 10.0]).repeat(n_stats, 1))  # (F, 2) of the pilot
             self.register_buffer("shift_coef", torch.zeros(n_stats + 1, g))
+            self.register_buffer("shift_range", torch.tensor([-1e6, 1e6]).repeat(g, 1))
             self.register_buffer("context_loc", torch.zeros(g))  # the prior's moments, for the local context
             self.register_buffer("context_scale", torch.ones(g))
         self.local_shift = bool(self._fixed_cols)
@@ -316,7 +319,9 @@ class MultilevelEstimator(nn.Module):
             k = len(self._fixed_cols)
             self.register_buffer("local_stat_loc", torch.zeros(k))
             self.register_buffer("local_stat_scale", torch.ones(k))
+            self.register_buffer("local_stat_range", torch.tensor([-10.0, 10.0]).repeat(k, 1))
             self.register_buffer("local_shift_coef", torch.zeros(1 + k + g + k * g, l))
+            self.register_buffer("local_shift_range", torch.tensor([-1e6, 1e6]).repeat(l, 1))
         self.global_embed = MLP(h_global, [c.summary_hidden], c.global_context) if c.global_context else nn.Identity()
         self.global_flow = ConditionalFlow(
             g, c.global_context or h_global, c.global_transforms, c.global_hidden, c.bins, c.affine
@@ -356,10 +361,14 @@ class MultilevelEstimator(nn.Module):
             fixed = h_local[..., self._fixed_cols][real].double()
             self.local_stat_loc.copy_(fixed.mean(0))
             self.local_stat_scale.copy_(fixed.std(0).clamp_min(1e-6))
+            z = (fixed - self.local_stat_loc.double()) / self.local_stat_scale.double()
+            self.local_stat_range.copy_(torch.stack([z.amin(0), z.amax(0)], -1))
             g = ((gu - self.context_loc) / self.context_scale)[:, None].expand(*real.shape, gu.shape[-1])[real]
             design = self._local_design(h_local[real], g).double()
             coef, scale = _ridge_fit(design, lu[real].double(), loc, scale)
             self.local_shift_coef.copy_(coef)
+            fitted = design @ coef
+            self.local_shift_range.copy_(torch.stack([fitted.amin(0), fitted.amax(0)], -1))
             loc = torch.zeros_like(loc)
         self.local_flow.set_standardization(loc, scale)
 
@@ -371,14 +380,20 @@ class MultilevelEstimator(nn.Module):
         stats, gu = stats[ok], gu[ok]
         self.stat_loc.copy_(stats.mean(0))
         self.stat_scale.copy_(stats.std(0).clamp_min(1e-6))
-        coef, flow_scale = _ridge_fit(self._shift_design(stats), gu, loc, scale)
+        z = (stats - self.stat_loc.double()) / self.stat_scale.double()
+        self.stat_range.copy_(torch.stack([z.amin(0), z.amax(0)], -1))
+        design = self._shift_design(stats)
+        coef, flow_scale = _ridge_fit(design, gu, loc, scale)
         self.shift_coef.copy_(coef)
+        fitted = design @ coef
+        self.shift_range.copy_(torch.stack([fitted.amin(0), fitted.amax(0)], -1))
         return flow_scale
 
     def _shift_design(self, stats: Tensor) -> Tensor:
-        """(B, F) pooled statistics -> (B, 1 + F) standardized, clipped regressors of the shift."""
+        """(B, F) pooled statistics -> (B, 1 + F) standardized regressors of the shift, clipped to the pilot's range."""
         z = ((stats - self.stat_loc.to(stats.dtype)) / self.stat_scale.to(stats.dtype)).nan_to_num(0.0)
-        return torch.cat([torch.ones_like(z[:, :1]), z.clamp(-10.0, 10.0)], 1)
+        bounds = self.stat_range.to(stats.dtype)
+        return torch.cat([torch.ones_like(z[:, :1]), torch.clamp(z, bounds[:, 0], bounds[:, 1])], 1)
 
     def _split_global(self, h_global: Tensor) -> tuple[Tensor, Tensor | None]:
         """`summarize`'s h_global -> the global flow's context and its shift (None without `regression_shift`)."""
@@ -466,7 +481,9 @@ class MultilevelEstimator(nn.Module):
         h_global = self.global_embed(torch.cat([h_global, stats], -1))
         if self.regression_shift:  # the flow's shift rides along in the last G columns (`_split_global`)
             design = self._shift_design(self._shift_statistics(stats, h_local, real).double())
-            h_global = torch.cat([h_global, (design @ self.shift_coef.double()).to(h_global.dtype)], -1)
+            bounds = self.shift_range.double()
+            shift = torch.clamp(design @ self.shift_coef.double(), bounds[:, 0], bounds[:, 1])
+            h_global = torch.cat([h_global, shift.to(h_global.dtype)], -1)
         return h_local, h_global
 
     def _shift_statistics(self, stats: Tensor, h_local: Tensor, real: Tensor) -> Tensor:
@@ -690,13 +707,16 @@ class MultilevelEstimator(nn.Module):
         context = torch.cat([h, g], -1)
         if not self.local_shift:
             return context, None
-        return context, (self._local_design(h, g) @ self.local_shift_coef.to(g.dtype))
+        shift = self._local_design(h, g) @ self.local_shift_coef.to(g.dtype)
+        bounds = self.local_shift_range.to(g.dtype)
+        return context, torch.clamp(shift, bounds[:, 0], bounds[:, 1])
 
     def _local_design(self, h_local: Tensor, g: Tensor) -> Tensor:
         """(..., h) local summaries and (..., G) standardized globals -> (..., 1 + k + G + k G) regressors."""
         f = h_local[..., self._fixed_cols]
         z = ((f - self.local_stat_loc.to(f.dtype)) / self.local_stat_scale.to(f.dtype)).nan_to_num(0.0)
-        z = z.clamp(-10.0, 10.0).to(g.dtype)
+        bounds = self.local_stat_range.to(z.dtype)
+        z = torch.clamp(z, bounds[:, 0], bounds[:, 1]).to(g.dtype)
         products = (z[..., :, None] * g[..., None, :]).flatten(-2)
         return torch.cat([torch.ones_like(g[..., :1]), z, g, products], -1)
 
