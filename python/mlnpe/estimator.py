@@ -80,6 +80,9 @@ class NetworkConfig:
             and variance over groups of the local summaries to its output. Hyper-means and hyper-sds are close to
             these moments of per-group estimates (the AR(1) summary's least-squares fits), which attention
             blocks otherwise learn to compute slowly. Saved models without the key load with False.
+        local_extremes: the local deep set also sees each row column's minimum and maximum over the group's rows
+            (`DeepSet(extremes=True)`): for models whose parameters bound the data, such as a diffusion model's
+            non-decision time, which must lie below every reaction time of its subject.
         glm_slopes: with `pooled_moments` and `sufficient` "poisson" or "binomial", also append the one-step
             estimate of the covariates' within-group slopes on the link scale: one Newton step from the model
             with a free intercept per group and no slopes (score over Fisher information, pooled over groups; log
@@ -129,6 +132,7 @@ class NetworkConfig:
     profile: bool = True
     group_moments: bool = True
     glm_slopes: bool = True
+    local_extremes: bool = False
     log_response: bool = False
     regression_shift: bool = True
 
@@ -273,7 +277,7 @@ class MultilevelEstimator(nn.Module):
             )
         self.local_summary = local_summary or build_summary(
             c.local_summary, row_features, c.local_summary_dim, c.summary_hidden, c.summary_depth, c.row_hidden,
-            moments="full" if row_features <= 8 else "diag",
+            moments="full" if row_features <= 8 else "diag", extremes=c.local_extremes,
         )
         self.linear_response = c.sufficient in ("poisson", "binomial")
         h_local = self.local_summary.out_features

@@ -89,6 +89,9 @@ class DeepSet(nn.Module):
         attention: number of attention-weighted pools of the raw moments (0: none). Pool k is
             sum_i softmax_i(a_k(x_i)) [x_i, x_i^2]: a learned weighting of items (e.g. by their precision) that a
             plain mean cannot express. Computed on the padded tensor, so use it for small sets (groups).
+        extremes: also append each column's minimum and maximum over the set's items. A parameter that bounds
+            the data (a non-decision time below every reaction time) is pinned down by an extreme, which no
+            mean of item features approximates well.
     """
 
     def __init__(
@@ -100,8 +103,10 @@ class DeepSet(nn.Module):
         moments: bool | str = True,
         item_hidden: int | None = None,
         attention: int = 0,
+        extremes: bool = False,
     ):
         super().__init__()
+        self.extremes = bool(extremes)
         moments = {True: "diag", False: "none"}.get(moments, moments)
         if moments not in ("diag", "full", "none"):
             raise ConfigError(f"DeepSet `moments` must be 'diag', 'full' or 'none', got {moments!r}.")
@@ -114,7 +119,7 @@ class DeepSet(nn.Module):
         self.phi = MLP(in_features, [item_hidden] * depth, item_hidden)
         n_moments = {"diag": 2 * in_features, "full": 2 * in_features + self.pair_a.numel() + 1, "none": 0}[moments]
         self.in_features = in_features
-        extra = n_moments + 1
+        extra = n_moments + 1 + (2 * in_features if self.extremes else 0)
         self.scores = MLP(in_features, [hidden], attention) if attention else None
         pools = 2 * in_features * attention
         self.rho = MLP(item_hidden + extra + pools, [hidden] * depth, summary_dim)
@@ -138,6 +143,11 @@ class DeepSet(nn.Module):
         features = [torch.log(counts)]
         if self.moments != "none":
             features.insert(0, self._moments(rows, owner, counts, sets))
+        if self.extremes:
+            index = owner[:, None].expand(-1, rows.shape[-1])
+            low = rows.new_full((sets, rows.shape[-1]), math.inf).scatter_reduce(0, index, rows, "amin")
+            high = rows.new_full((sets, rows.shape[-1]), -math.inf).scatter_reduce(0, index, rows, "amax")
+            features += [low, high]
         if pools is not None:
             features.append(pools)
         extra = torch.cat(features, -1)
@@ -394,10 +404,16 @@ def build_summary(
     item_hidden: int | None = None,
     attention: int = 0,
     moments: str = "diag",
+    extremes: bool = False,
 ) -> nn.Module:
     """A summary network by name: "deepset", "set_transformer", "lstm" or "gru"."""
+    if extremes and kind != "deepset":
+        raise ConfigError(f"per-set extremes need a 'deepset' summary, got {kind!r}.")
     if kind == "deepset":
-        return DeepSet(in_features, summary_dim, hidden, depth, moments, item_hidden=item_hidden, attention=attention)
+        return DeepSet(
+            in_features, summary_dim, hidden, depth, moments, item_hidden=item_hidden, attention=attention,
+            extremes=extremes,
+        )
     if kind == "set_transformer":
         return SetTransformer(in_features, summary_dim, hidden, blocks=depth)
     if kind in ("lstm", "gru"):

@@ -167,6 +167,8 @@ def test_tiny_train_sample_and_logo():
     for model in (HierarchicalDDM(), HierarchicalDDMBeta()):
         npe = MultilevelNPE(model, groups=(10, 12), rows=(5, 20), network=ddm_network(summary_hidden=16),
                             pilot_size=32)  # fmt: skip
+        # each subject's fastest response reaches the networks (the non-decision time must stay below it)
+        assert npe.estimator.local_summary.extremes and npe.estimator.local_shift
         npe.train(TrainConfig(steps=3, batch_size=8, progress=False))
         draws = npe.sample(data, n_draws=20, seed=1)
         assert draws.local_draws.shape == (20, 11, len(model.local_names))

@@ -167,3 +167,18 @@ def test_spline_transform_matches_zuko():
     y_ref, ladj_ref = theirs.call_and_ladj(x)
     assert torch.allclose(y, y_ref, atol=1e-5) and torch.allclose(ladj, ladj_ref, atol=1e-4)
     assert torch.allclose(ours.inv(y), theirs.inv(y), atol=1e-3) and torch.allclose(ours.inv(y), x, atol=1e-3)
+
+
+def test_deep_set_extremes_are_the_masked_minimum_and_maximum():
+    torch.manual_seed(0)
+    summary = DeepSet(2, 4, 8, 1, "full", item_hidden=8, extremes=True)
+    x = torch.randn(3, 6, 2)
+    mask = torch.arange(6)[None] < torch.tensor([6, 2, 4])[:, None]
+    out = summary(torch.where(mask[..., None], x, 1e6), mask)  # padding far outside the data is ignored
+    low_high = out[:, summary.fixed_columns[-4:]]
+    for i, n in enumerate([6, 2, 4]):
+        assert torch.allclose(low_high[i], torch.cat([x[i, :n].amin(0), x[i, :n].amax(0)]))
+    packed = summary.forward_packed(x[mask], torch.nonzero(mask)[:, 0], 3)
+    assert torch.allclose(packed, out, atol=1e-6)
+    with pytest.raises(ConfigError, match="extremes"):
+        build_summary("set_transformer", 2, 4, 8, 1, extremes=True)

@@ -472,10 +472,12 @@ class HierarchicalDDMBeta(HierarchicalDDM):
 
 
 def ddm_network(**overrides: Any) -> NetworkConfig:
-    """Network sizes that train in minutes on a CPU: deep sets over trials and subjects, rt seen on log scale."""
+    """Network sizes that train in minutes on a CPU: deep sets over trials and subjects, rt seen on log scale, and
+    each subject's fastest and slowest response (`local_extremes`): the non-decision time must lie below the
+    fastest, which no average of trials pins down."""
     base = dict(local_summary="deepset", global_summary="deepset", summary_hidden=64, row_hidden=32,
                 local_summary_dim=16, global_summary_dim=32, global_transforms=4, local_transforms=3,
-                local_hidden=(64, 64), log_inputs=(0,))  # fmt: skip
+                local_hidden=(64, 64), log_inputs=(0,), local_extremes=True)  # fmt: skip
     return NetworkConfig(**{**base, **overrides})
 
 
