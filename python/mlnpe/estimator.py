@@ -94,18 +94,18 @@ class NetworkConfig:
             which a non-positive value, such as padding, is seen as 0). With `sufficient="gaussian"` the summaries
             are then the sufficient statistics of a lognormal model (sum log y x, sum (log y)^2).
         regression_shift: with `pooled_moments`, the global flow models each unconstrained global parameter
-            minus its linear prediction from the pooled statistics, in units of the prediction's residual sd.
-            The prediction is a ridge regression, fitted once to the pilot simulations,
-            (`set_standardization`) on the pooled statistics and the moments over groups of the local summary's
-            fixed features (`fixed_features` in mlnpe.nn: the AR(1) summary's least-squares fits): the regression
-            adjustment of approximate Bayesian computation (Beaumont et
-            al. 2002). The flow then starts near the posterior and only learns the residual, which can be much
-            narrower than the prior: a group-level covariate's coefficient, for example. Parameters that the
-            statistics do not predict (held-out R^2 under 0.1) keep the prior's standardization. The statistics
-            are clipped to the range of the pilot's, and the prediction to the range of its pilot predictions, so
-            data unlike the simulations (a misspecified model) cannot throw the shift out by linear extrapolation.
-            When the local summary has fixed features, the local flow is shifted the same way, by a regression
-            of each group's locals on its features, the globals and their products. Saved models without the key
+            minus its linear prediction, in units of the prediction's held-out residual sd. The prediction is a
+            ridge regression, fitted once to the pilot simulations (`set_standardization`), on the pooled
+            statistics and on the mean and log variance over groups of the local summary's fixed features
+            (`fixed_features` / `fixed_columns` in mlnpe.nn: moments, least-squares fits, sufficient statistics):
+            the regression adjustment of approximate Bayesian computation (Beaumont et al. 2002). The flow then
+            starts near the posterior and learns the residual, which can be much narrower than the prior (a
+            group-level covariate's coefficient, for example). Parameters that the statistics predict poorly
+            (held-out R^2 under 0.1) keep the prior's standardization. The statistics are clipped to the range
+            of the pilot's and the prediction to the range of the pilot's predictions, so data unlike the
+            simulations (a misspecified model) cannot throw the shift out by linear extrapolation. When the local
+            summary has fixed features, the local flow is shifted the same way, by a regression of each group's
+            locals on its features, the standardized globals and their products. Saved models without the key
             load with False.
     """
 
