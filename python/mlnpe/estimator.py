@@ -220,6 +220,19 @@ def _ridge_fit(x: Tensor, y: Tensor, loc: Tensor, scale: Tensor, ridge: float = 
     return coef, torch.where(useful, held_out.to(scale.dtype), scale).clamp_min(1e-6)
 
 
+def _fit_regressors(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, sd (floored at 1e-6) and the (F, 2) range of the standardized values (P, F), for a shift's regressors."""
+    loc, scale = values.mean(0), values.std(0).clamp_min(1e-6)
+    z = (values - loc) / scale
+    return loc, scale, torch.stack([z.amin(0), z.amax(0)], -1)
+
+
+def _fitted_range(design: Tensor, coef: Tensor) -> Tensor:
+    """(K, 2) range of a regression's fitted values over its design rows."""
+    fitted = design @ coef
+    return torch.stack([fitted.amin(0), fitted.amax(0)], -1)
+
+
 def _group_moments(h: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and variance over the real groups: h (B, J, k), real (B, J) -> (B, k), (B, k)."""
     w = real.to(h.dtype)[..., None]
@@ -362,17 +375,13 @@ class MultilevelEstimator(nn.Module):
         loc, scale = _masked_moments(lu, batch.group_mask)
         if self.local_shift:
             real = batch.group_mask
-            fixed = h_local[..., self._fixed_cols][real].double()
-            self.local_stat_loc.copy_(fixed.mean(0))
-            self.local_stat_scale.copy_(fixed.std(0).clamp_min(1e-6))
-            z = (fixed - self.local_stat_loc.double()) / self.local_stat_scale.double()
-            self.local_stat_range.copy_(torch.stack([z.amin(0), z.amax(0)], -1))
+            for buffer, value in zip(("loc", "scale", "range"), _fit_regressors(h_local[..., self._fixed_cols][real].double())):
+                getattr(self, f"local_stat_{buffer}").copy_(value)
             g = ((gu - self.context_loc) / self.context_scale)[:, None].expand(*real.shape, gu.shape[-1])[real]
             design = self._local_design(h_local[real], g).double()
             coef, scale = _ridge_fit(design, lu[real].double(), loc, scale)
             self.local_shift_coef.copy_(coef)
-            fitted = design @ coef
-            self.local_shift_range.copy_(torch.stack([fitted.amin(0), fitted.amax(0)], -1))
+            self.local_shift_range.copy_(_fitted_range(design, coef))
             loc = torch.zeros_like(loc)
         self.local_flow.set_standardization(loc, scale)
 
@@ -382,15 +391,12 @@ class MultilevelEstimator(nn.Module):
         stats, gu = stats.double(), gu.double()
         ok = torch.isfinite(stats).all(1) & torch.isfinite(gu).all(1)
         stats, gu = stats[ok], gu[ok]
-        self.stat_loc.copy_(stats.mean(0))
-        self.stat_scale.copy_(stats.std(0).clamp_min(1e-6))
-        z = (stats - self.stat_loc.double()) / self.stat_scale.double()
-        self.stat_range.copy_(torch.stack([z.amin(0), z.amax(0)], -1))
+        for buffer, value in zip(("loc", "scale", "range"), _fit_regressors(stats)):
+            getattr(self, f"stat_{buffer}").copy_(value)
         design = self._shift_design(stats)
         coef, flow_scale = _ridge_fit(design, gu, loc, scale)
         self.shift_coef.copy_(coef)
-        fitted = design @ coef
-        self.shift_range.copy_(torch.stack([fitted.amin(0), fitted.amax(0)], -1))
+        self.shift_range.copy_(_fitted_range(design, coef))
         return flow_scale
 
     def _shift_design(self, stats: Tensor) -> Tensor:
@@ -690,10 +696,6 @@ class MultilevelEstimator(nn.Module):
         residual = (cov[:, 0, 0] - (cx0[..., 0] * slopes).sum(-1)).clamp_min(0.0)
         return slopes, residual * dof / (dof - (d - 1)).clamp_min(1.0)
 
-    def _local_context(self, h_local: Tensor, global_u: Tensor) -> Tensor:
-        """h_local (B, J, h), global_u (..., B, G) -> (..., B, J, h + G), globals standardized."""
-        return self._local_inputs(h_local, global_u)[0]
-
     def _local_inputs(self, h_local: Tensor, global_u: Tensor) -> tuple[Tensor, Tensor | None]:
         """The local flow's context (..., B, J, h + G) and shift (..., B, J, L) (None without a local shift).
 
@@ -711,16 +713,26 @@ class MultilevelEstimator(nn.Module):
         context = torch.cat([h, g], -1)
         if not self.local_shift:
             return context, None
-        shift = self._local_design(h, g) @ self.local_shift_coef.to(g.dtype)
+        # design @ coef = (c0 + z Cz) + g (Cg + z Cgz): the group's terms once per group, not once per draw
+        z = self._local_regressors(h_local).to(g.dtype)  # (B, J, k)
+        k, n_g = z.shape[-1], g.shape[-1]
+        coef = self.local_shift_coef.to(g.dtype)
+        base = coef[0] + z @ coef[1 : 1 + k]  # (B, J, L)
+        slope = coef[1 + k : 1 + k + n_g] + torch.einsum("bjk,kgl->bjgl", z, coef[1 + k + n_g :].reshape(k, n_g, -1))
+        shift = base + torch.einsum("...g,...gl->...l", g, slope.expand(*g.shape, slope.shape[-1]))
         bounds = self.local_shift_range.to(g.dtype)
         return context, torch.clamp(shift, bounds[:, 0], bounds[:, 1])
 
-    def _local_design(self, h_local: Tensor, g: Tensor) -> Tensor:
-        """(..., h) local summaries and (..., G) standardized globals -> (..., 1 + k + G + k G) regressors."""
+    def _local_regressors(self, h_local: Tensor) -> Tensor:
+        """(..., h) local summaries -> (..., k) their fixed features, standardized and clipped to the pilot's range."""
         f = h_local[..., self._fixed_cols]
         z = ((f - self.local_stat_loc.to(f.dtype)) / self.local_stat_scale.to(f.dtype)).nan_to_num(0.0)
         bounds = self.local_stat_range.to(z.dtype)
-        z = torch.clamp(z, bounds[:, 0], bounds[:, 1]).to(g.dtype)
+        return torch.clamp(z, bounds[:, 0], bounds[:, 1])
+
+    def _local_design(self, h_local: Tensor, g: Tensor) -> Tensor:
+        """(..., h) local summaries and (..., G) standardized globals -> (..., 1 + k + G + k G) regressors."""
+        z = self._local_regressors(h_local).to(g.dtype)
         products = (z[..., :, None] * g[..., None, :]).flatten(-2)
         return torch.cat([torch.ones_like(g[..., :1]), z, g, products], -1)
 
