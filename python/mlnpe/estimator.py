@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .data import GroupedBatch
 from .errors import ConfigError
 from .nn import MLP, ConditionalFlow, DeepSet, SufficientSummary, build_summary
-from .supports import Bijector
+from .supports import Bijector, Positive
 
 __all__ = ["NetworkConfig", "MultilevelEstimator"]
 
@@ -107,6 +107,21 @@ class NetworkConfig:
             summary has fixed features, the local flow is shifted the same way, by a regression of each group's
             locals on its features, the standardized globals and their products. Saved models without the key
             load with False.
+        log_scale_shift: with `regression_shift`, positive global parameters (sds, sigma, shapes) are regressed
+            on the log scale, where a scale parameter is close to linear in the log variance statistics over a
+            prior that spans orders of magnitude, and the global flow models (u - shift(x)) / scale(x) with the
+            log-scale prediction and its held-out residual sd carried to the flow's softplus scale u by the local
+            derivative of u in log theta: a per-dataset affine map whose width follows the parameter's size. Saved
+            models without the key load with False.
+        scale_statistics: the variance statistics keep small scales: log variances are floored at 1e-8 of the
+            pilot's squared row scale (1e-4 before; a vague prior's pilot can be several times wider than a dataset,
+            so the old floor masked residual sds below a tenth of the data's sd); the pooled statistics gain the log
+            residual variance of separate least-squares fits per group (sum of residual sums of squares over their
+            degrees of freedom: the estimate of sigma under random slopes, which the common-slope fit inflates by
+            the slopes' variance) and moment estimates of the group-level variance of each coefficient of those
+            fits (`_group_fits`); and the sufficient-statistic summary places each group's intercept at the
+            covariates' origin on the data's scale, where brms's group-level intercepts are, instead of at their
+            pilot median. Saved models without the key load with False.
     """
 
     local_summary: str = "deepset"
@@ -135,6 +150,8 @@ class NetworkConfig:
     local_extremes: bool = False
     log_response: bool = False
     regression_shift: bool = True
+    log_scale_shift: bool = True
+    scale_statistics: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_inputs", tuple(int(i) for i in self.log_inputs))
@@ -182,7 +199,8 @@ class NetworkConfig:
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "NetworkConfig":
         """The config of a saved model: keys added since it was saved take the value that reproduces it."""
-        added = ("pooled_moments", "between_moments", "profile", "group_moments", "regression_shift", "glm_slopes")
+        added = ("pooled_moments", "between_moments", "profile", "group_moments", "regression_shift", "glm_slopes",
+                 "log_scale_shift", "scale_statistics")
         return cls.from_dict({**{key: False for key in added}, **d})
 
 
@@ -218,6 +236,19 @@ def _ridge_fit(x: Tensor, y: Tensor, loc: Tensor, scale: Tensor, ridge: float = 
     coef[:, ~useful] = 0.0
     coef[0, ~useful] = loc.double()[~useful]
     return coef, torch.where(useful, held_out.to(scale.dtype), scale).clamp_min(1e-6)
+
+
+def _positive_columns(bijector: Bijector) -> Tensor:
+    """(G,) bool: the unconstrained columns of a bijector's positive (softplus) scalars."""
+    return torch.tensor(
+        [isinstance(s, Positive) for s in bijector.supports for _ in range(s.unconstrained_dim())], dtype=torch.bool
+    )
+
+
+def _log_view(gu: Tensor, columns: Tensor) -> Tensor:
+    """Unconstrained globals (..., G) with the positive `columns` replaced by log(softplus(u)) = log theta."""
+    log_theta = torch.nn.functional.softplus(gu).clamp_min(torch.finfo(gu.dtype).tiny).log()
+    return torch.where(columns.to(gu.device), log_theta, gu)
 
 
 def _fit_regressors(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -287,6 +318,7 @@ class MultilevelEstimator(nn.Module):
             local_summary = SufficientSummary(
                 row_features, c.local_summary_dim, c.summary_hidden, c.summary_depth, c.row_hidden,
                 square=c.sufficient == "gaussian", design_only=c.design_only,
+                floor=1e-6 if c.scale_statistics else 1e-3, origin=c.scale_statistics,
             )
         self.local_summary = local_summary or build_summary(
             c.local_summary, row_features, c.local_summary_dim, c.summary_hidden, c.summary_depth, c.row_hidden,
@@ -316,6 +348,10 @@ class MultilevelEstimator(nn.Module):
         self.glm_slopes = self.pooled and config.glm_slopes and self.linear_response and bool(self._slope_columns)
         if self.glm_slopes:
             pooled_dim += 2 * len(self._slope_columns)
+        self._floor = 1e-8 if config.scale_statistics else 1e-4  # of the log variances (see `scale_statistics`)
+        self.group_fits = self.pooled and config.scale_statistics and not self.linear_response and row_features > 1
+        if self.group_fits:
+            pooled_dim += 3 + 2 * len(self._slope_columns)
         self.group_moments = config.group_moments and not (
             isinstance(self.global_summary, DeepSet) and self.global_summary.moments != "none"
         )
@@ -331,6 +367,10 @@ class MultilevelEstimator(nn.Module):
             self.register_buffer("shift_range", torch.tensor([-1e6, 1e6]).repeat(g, 1))
             self.register_buffer("context_loc", torch.zeros(g))  # the prior's moments, for the local context
             self.register_buffer("context_scale", torch.ones(g))
+        self.log_shift = self.regression_shift and config.log_scale_shift
+        if self.log_shift:  # see `_global_shift`
+            self.register_buffer("shift_log", _positive_columns(global_bijector))
+            self.register_buffer("shift_sd", torch.ones(g))
         self.local_shift = bool(self._fixed_cols)
         if self.local_shift:  # the local flow's shift: see `_local_inputs`
             k = len(self._fixed_cols)
@@ -361,6 +401,9 @@ class MultilevelEstimator(nn.Module):
             loc[0] = 0.0
         self.row_loc.copy_(loc)
         self.row_scale.copy_(scale)
+        if getattr(self.local_summary, "origin", None) is not None:  # the data's zero, standardized
+            columns = self.local_summary.products
+            self.local_summary.set_origin(-loc[columns] / scale[columns])
         gu = self.global_bijector.inverse(global_params)
         loc, scale = _masked_moments(gu, torch.ones(gu.shape[0], dtype=torch.bool))
         if self.regression_shift:
@@ -368,8 +411,15 @@ class MultilevelEstimator(nn.Module):
             self.context_scale.copy_(scale.clamp_min(1e-6))
             h_local, packed, group_of_row = self._local(batch)
             stats = self._pooled_packed(packed, group_of_row, *batch.row_mask.shape[:2])
-            scale = self._fit_shift(self._shift_statistics(stats, h_local, batch.group_mask), gu, loc, scale)
+            target = gu
+            if self.log_shift:  # positive parameters on the log scale, with that scale's prior moments
+                target = _log_view(gu, self.shift_log)
+                loc, scale = _masked_moments(target, torch.ones(gu.shape[0], dtype=torch.bool))
+            scale = self._fit_shift(self._shift_statistics(stats, h_local, batch.group_mask), target, loc, scale)
             loc = torch.zeros_like(loc)
+            if self.log_shift:  # the width travels with the shift (`_global_shift`); the flow's own map is the identity
+                self.shift_sd.copy_(scale)
+                scale = torch.ones_like(scale)
         self.global_flow.set_standardization(loc, scale)
         lu = self.local_bijector.inverse(local_params)
         loc, scale = _masked_moments(lu, batch.group_mask)
@@ -405,22 +455,30 @@ class MultilevelEstimator(nn.Module):
         bounds = self.stat_range.to(stats.dtype)
         return torch.cat([torch.ones_like(z[:, :1]), torch.clamp(z, bounds[:, 0], bounds[:, 1])], 1)
 
-    def _split_global(self, h_global: Tensor) -> tuple[Tensor, Tensor | None]:
-        """`summarize`'s h_global -> the global flow's context and its shift (None without `regression_shift`)."""
+    def _split_global(self, h_global: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """`summarize`'s h_global -> the global flow's context, its shift and its log scale (None when absent)."""
         if not self.regression_shift:
-            return h_global, None
+            return h_global, None, None
         g = self.global_flow.features
-        return h_global[..., :-g], h_global[..., -g:]
+        if not self.log_shift:
+            return h_global[..., :-g], h_global[..., -g:], None
+        return h_global[..., : -2 * g], h_global[..., -2 * g : -g], h_global[..., -g:]
 
     def global_log_prob(self, gu: Tensor, h_global: Tensor) -> Tensor:
         """log q(gu | x) of unconstrained globals gu (..., B, G) given `summarize`'s h_global (B, ...)."""
-        context, shift = self._split_global(h_global)
-        return self.global_flow.log_prob(gu if shift is None else gu - shift, context)
+        context, shift, log_scale = self._split_global(h_global)
+        if shift is None:
+            return self.global_flow.log_prob(gu, context)
+        if log_scale is None:
+            return self.global_flow.log_prob(gu - shift, context)
+        return self.global_flow.log_prob((gu - shift) * torch.exp(-log_scale), context) - log_scale.sum(-1)
 
     def global_sample(self, n: int, h_global: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """n unconstrained global draws (n, B, G) given `summarize`'s h_global (B, ...)."""
-        context, shift = self._split_global(h_global)
+        """n draws of unconstrained globals (n, B, G) given `summarize`'s h_global (B, ...)."""
+        context, shift, log_scale = self._split_global(h_global)
         gu = self.global_flow.sample(context.expand(n, *context.shape), generator)
+        if log_scale is not None:
+            gu = gu * torch.exp(log_scale)
         return gu if shift is None else gu + shift
 
     def _rows(self, batch: GroupedBatch) -> Tensor:
@@ -489,12 +547,27 @@ class MultilevelEstimator(nn.Module):
             return h_local, self.global_embed(h_global)
         stats = self._pooled_packed(packed, group_of_row, b, j)
         h_global = self.global_embed(torch.cat([h_global, stats], -1))
-        if self.regression_shift:  # the flow's shift rides along in the last G columns (`_split_global`)
-            design = self._shift_design(self._shift_statistics(stats, h_local, real).double())
-            bounds = self.shift_range.double()
-            shift = torch.clamp(design @ self.shift_coef.double(), bounds[:, 0], bounds[:, 1])
+        if self.regression_shift:  # the flow's shift rides along in the last columns (`_split_global`)
+            shift = self._global_shift(self._shift_statistics(stats, h_local, real))
             h_global = torch.cat([h_global, shift.to(h_global.dtype)], -1)
         return h_local, h_global
+
+    def _global_shift(self, stats: Tensor) -> Tensor:
+        """(B, F) shift statistics -> (B, G) shift, and with `log_shift` also (B, G) log scales beside it.
+
+        A positive parameter's prediction m of log theta, with held-out residual sd s, becomes the shift
+        softplus^-1(e^m) and the scale s * d u / d log theta = s * theta / (1 - e^-theta) at theta = e^m."""
+        design = self._shift_design(stats.double())
+        bounds = self.shift_range.double()
+        shift = torch.clamp(design @ self.shift_coef.double(), bounds[:, 0], bounds[:, 1])
+        if not self.log_shift:
+            return shift
+        columns = self.shift_log
+        theta = shift.exp()
+        to_u = theta + torch.log(-torch.expm1(-theta))
+        log_slope = torch.log(theta) - torch.log(-torch.expm1(-theta))
+        sd = self.shift_sd.double().log()
+        return torch.cat([torch.where(columns, to_u, shift), torch.where(columns, sd + log_slope, sd)], -1)
 
     def _shift_statistics(self, stats: Tensor, h_local: Tensor, real: Tensor) -> Tensor:
         """The regressors of `regression_shift`: the pooled statistics, then the mean and log variance over groups
@@ -512,6 +585,18 @@ class MultilevelEstimator(nn.Module):
             return None
         b, j, _ = batch.row_mask.shape
         return self._pooled_packed(*self._packed(batch), b, j)
+
+    @torch.no_grad()
+    def shift_statistics(self, batch: GroupedBatch) -> Tensor | None:
+        """(B, F) the regressors of `regression_shift` (the pooled statistics, then the mean and log variance over
+        groups of the local summary's fixed features), or the pooled statistics alone without fixed features; None
+        when `pooled_moments` is off. Functions of the data alone (the fixed features have no weights)."""
+        if not self.pooled:
+            return None
+        b, j, _ = batch.row_mask.shape
+        h_local, packed, owner = self._local(batch)
+        stats = self._pooled_packed(packed, owner, b, j)
+        return self._shift_statistics(stats, h_local, batch.group_mask) if self._fixed_cols else stats
 
     def _pooled_features(self, rows: Tensor, row_mask: Tensor) -> Tensor:
         """Pooled within- and between-group statistics of standardized rows (see `NetworkConfig.pooled_moments`
@@ -562,7 +647,8 @@ class MultilevelEstimator(nn.Module):
             cov[:, 0, 0] = 0.0
             residual = torch.zeros_like(residual)
         upper = cov[:, self._pair_a, self._pair_b]
-        features = [grand, _signed_log(upper), _signed_log(slopes), torch.log(residual + 1e-4)[:, None],
+        floor = self._floor
+        features = [grand, _signed_log(upper), _signed_log(slopes), torch.log(residual + floor)[:, None],
                     torch.log1p(dof.clamp_min(0.0))[:, None], torch.log(n_groups.clamp_min(1.0))[:, None]]
         if self.between:
             centre = (mean_j * real[..., None]).sum(1) / n_groups.clamp_min(1.0)[:, None]
@@ -573,13 +659,50 @@ class MultilevelEstimator(nn.Module):
             inv_n = (real / n_j[..., 0].clamp_min(1.0)).sum(1) / n_groups.clamp_min(1.0)
             noise = residual * inv_n  # 0 for a linear response: its noise follows from the mean instead
             features += [_signed_log(cov_b[:, self._pair_a, self._pair_b]), _signed_log(slopes_b),
-                         torch.log(residual_b + 1e-4)[:, None], torch.log(noise + 1e-4)[:, None],
+                         torch.log(residual_b + floor)[:, None], torch.log(noise + floor)[:, None],
                          _signed_log(residual_b - noise)[:, None]]
         if profile is not None:
             features.append(profile)
         if self.glm_slopes:
             features.append(self._glm_slopes(packed, owner, dataset, b, j))
-        return torch.cat(features, -1)
+        if self.group_fits:
+            features.append(self._group_fits(dev, owner, mean_j, n_j, b, j))
+        # a statistic of a degenerate design (no within-group spread at all, say) must not reach the networks as NaN
+        return torch.nan_to_num(torch.cat(features, -1), nan=0.0, posinf=50.0, neginf=-50.0)
+
+    def _group_fits(self, dev: Tensor, owner: Tensor, mean_j: Tensor, n_j: Tensor, b: int, j: int) -> Tensor:
+        """Separate least-squares fits of column 0 on the covariates in every group with more rows than
+        coefficients (ridge 1e-6 on the within-group covariance; intercepts at the data's zero of the covariates,
+        where brms's group-level intercepts are). (B, 1 + 2 (1 + p)): the log residual variance pooled over these
+        groups (sum of residual sums of squares over the sum of N_j - 1 - p), then per coefficient the signed log
+        of its variance over groups minus its mean sampling variance (a moment estimate of the group-level
+        variance under random slopes, which the group means mix up with the slopes) and the log of that variance.
+        """
+        cols = self._slope_columns
+        p, d = len(cols), mean_j.shape[-1]
+        v = torch.cat([dev[:, :1], dev[:, cols]], -1)
+        cross = v.new_zeros(b * j, p + 1, p + 1).index_add_(0, owner, v[:, :, None] * v[:, None, :])
+        n = n_j.reshape(-1)
+        eye = torch.eye(p, dtype=v.dtype, device=v.device)
+        inverse = torch.linalg.inv(cross[:, 1:, 1:] + 1e-6 * n.clamp_min(1.0)[:, None, None] * eye)
+        slopes = (inverse @ cross[:, 1:, :1])[..., 0]  # (BJ, p)
+        sse = (cross[:, 0, 0] - (cross[:, 1:, 0] * slopes).sum(-1)).clamp_min(0.0)
+        dof = (n - 1.0 - p).clamp_min(0.0)
+        fitted = (dof > 0).to(v.dtype).reshape(b, j)
+        sigma2 = (sse * fitted.reshape(-1)).reshape(b, j).sum(1) / dof.reshape(b, j).sum(1).clamp_min(1.0)
+        origin = -(self.row_loc / self.row_scale)[cols].to(v.dtype)
+        at = mean_j.reshape(-1, d)[:, cols] - origin  # (BJ, p) the group's covariate means from the data's zero
+        intercept = mean_j.reshape(-1, d)[:, 0] - (slopes * at).sum(-1)
+        unit_var = torch.cat([(1.0 / n.clamp_min(1.0) + torch.einsum("rp,rpq,rq->r", at, inverse, at))[:, None],
+                              torch.diagonal(inverse, dim1=-2, dim2=-1)], -1).reshape(b, j, p + 1)
+        coef = torch.cat([intercept[:, None], slopes], -1).reshape(b, j, p + 1)
+        w = fitted[..., None]
+        count = fitted.sum(1)[:, None]
+        centre = (w * coef).sum(1) / count.clamp_min(1.0)
+        spread = (w * (coef - centre[:, None]) ** 2).sum(1) / (count - 1.0).clamp_min(1.0)
+        noise = sigma2[:, None] * (w * unit_var).sum(1) / count.clamp_min(1.0)
+        floor = self._floor
+        return torch.cat([torch.log(sigma2 + floor)[:, None], _signed_log(spread - noise), torch.log(spread + floor)], -1)
 
     def _raw_trials(self, packed: Tensor) -> Tensor:
         """(R,) each row's binomial trials on the data's scale (1 without a trials column)."""
@@ -648,7 +771,10 @@ class MultilevelEstimator(nn.Module):
         x = torch.cat([torch.ones_like(est)[..., None], mean_j[..., products]], -1)  # (B, J, p)
         w = real[..., None] / var
         xtwx = torch.einsum("bjp,bjk,bjq->bkpq", x, w, x)
-        xtwx = xtwx + 1e-4 * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        # a ridge relative to the information too: covariates whose group means coincide in every group (the same
+        # design per group) leave xtwx singular, and float32 cancellation would make its determinant negative
+        ridge = 1e-4 + 1e-5 * torch.diagonal(xtwx, dim1=-2, dim2=-1).mean(-1)
+        xtwx = xtwx + ridge[..., None, None] * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
         beta = torch.linalg.solve(xtwx, torch.einsum("bjp,bjk,bj->bkp", x, w, est)[..., None])[..., 0]
         r = est[..., None] - torch.einsum("bjp,bkp->bjk", x, beta)
         ll = -0.5 * ((real[..., None] * torch.log(var)).sum(1) + (w * r * r).sum(1) + torch.logdet(xtwx))

@@ -216,6 +216,8 @@ class SufficientSummary(nn.Module):
         square: whether sum y^2 is a sufficient statistic (gaussian) or not (poisson, bernoulli, binomial).
         design_only: covariate columns (>= 1) that are not in the linear predictor (binomial trials): the
             summary uses them as design but never multiplies them with y.
+        floor: added to the variances before their log (on the scale the summary sees).
+        origin: take the intercept at covariate values set by `set_origin` (a buffer) instead of at 0.
     """
 
     def __init__(
@@ -227,8 +229,11 @@ class SufficientSummary(nn.Module):
         item_hidden: int | None = None,
         square: bool = True,
         design_only: Sequence[int] = (),
+        floor: float = 1e-3,
+        origin: bool = False,
     ):
         super().__init__()
+        self.floor = float(floor)
         if any(not 1 <= c < in_features for c in design_only):
             raise ConfigError(f"`design_only` columns {list(design_only)} must index covariates 1..{in_features - 1}.")
         self.square = bool(square)
@@ -245,6 +250,18 @@ class SufficientSummary(nn.Module):
         self.rho = MLP(n_stats + design_out, [hidden] * depth, summary_dim)
         self.out_features = summary_dim + n_stats + design_out
         self.fixed_columns = list(range(summary_dim, summary_dim + n_stats))  # the statistics (see the module doc)
+        if origin:  # where the intercept is taken, in the covariates' coordinates: see `set_origin`
+            self.register_buffer("origin", torch.zeros(k))
+        else:
+            self.origin = None
+
+    def set_origin(self, origin: Tensor) -> None:
+        """Takes each group's intercept at covariates `origin` (one value per column in the linear predictor, on
+        the scale the summary sees), instead of at 0: the standardized image of the data's zero, where brms places
+        group-level intercepts. Needs `origin=True`."""
+        if self.origin is None:
+            raise ConfigError("this SufficientSummary was built without `origin=True`.")
+        self.origin.copy_(origin.to(self.origin.dtype))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, items, d), mask: (sets, items) -> (sets, out_features)."""
@@ -269,7 +286,8 @@ class SufficientSummary(nn.Module):
             cov_xx = group_sum(xc[:, :, None] * xc[:, None, :]) / n[:, None, None]
             eye = torch.eye(len(self.products), dtype=rows.dtype, device=rows.device)
             slopes = torch.linalg.solve(cov_xx + 1e-2 * eye, cov_xy[..., None])[..., 0]
-            intercept = mean_y - (slopes * mean_x).sum(-1)
+            at = mean_x if self.origin is None else mean_x - self.origin.to(mean_x.dtype)
+            intercept = mean_y - (slopes * at).sum(-1)
         else:
             cov_xy = slopes = rows.new_zeros(sets, 0)
             intercept = mean_y
@@ -278,7 +296,7 @@ class SufficientSummary(nn.Module):
         if self.square:
             var_y = group_sum(yc * yc) / n
             residual = (var_y - (cov_xy * slopes).sum(-1)).clamp_min(0.0)
-            stats.append(torch.log(torch.stack([var_y, residual], -1) + 1e-3))
+            stats.append(torch.log(torch.stack([var_y, residual], -1) + self.floor))
         else:
             stats.append(torch.log(mean_y.clamp_min(0.0) + 1e-3)[:, None])
         stats.append(torch.log(n)[:, None])

@@ -266,7 +266,7 @@ def test_regression_shift_uses_the_series_fits():
     assert len(est._fixed_cols) == est.local_summary.fixed_features == 20
     sims = simulate_batch(npe.model, 300, npe.groups, npe.rows, gen(8))
     with torch.no_grad():
-        _, shift = est._split_global(est.summarize(sims.batch)[1])
+        _, shift, _ = est._split_global(est.summarize(sims.batch)[1])
     gu = est.global_bijector.inverse(sims.global_params)
     r2 = 1.0 - ((gu - shift) ** 2).mean(0) / gu.var(0)
     names = list(ar1.GLOBAL_NAMES)

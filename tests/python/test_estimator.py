@@ -138,7 +138,8 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     assert abs(slope - sxy / sxx) < 0.02  # the ridge barely moves the slope
     # [grand mean (2), signed-log within covariance (3), signed-log slope (1), log residual, log1p dof, log J]
     assert float(feats[5]) == pytest.approx(math.copysign(math.log1p(abs(slope)), slope), abs=1e-5)
-    assert float(feats[6]) == pytest.approx(math.log(resid + 1e-4), abs=1e-5)
+    floor = est._floor  # of the log variances: 1e-8 with `scale_statistics`
+    assert float(feats[6]) == pytest.approx(math.log(resid + floor), abs=1e-5)
     assert float(feats[7]) == pytest.approx(math.log1p(dof)) and float(feats[8]) == pytest.approx(math.log(3))
     # between groups: [signed-log covariance of the group means (3), signed-log slope (1), log residual, log noise,
     # signed-log (residual - noise)]
@@ -150,15 +151,16 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     b_resid = (byy - bxy * b_slope) * 2 / 1
     noise = resid * sum(1 / k for k in n) / 3
     signed_log = lambda v: math.copysign(math.log1p(abs(v)), v)
-    expected = [signed_log(byy), signed_log(bxy), signed_log(bxx), signed_log(b_slope), math.log(b_resid + 1e-4),
-                math.log(noise + 1e-4), signed_log(b_resid - noise)]
+    expected = [signed_log(byy), signed_log(bxy), signed_log(bxx), signed_log(b_slope), math.log(b_resid + floor),
+                math.log(noise + floor), signed_log(b_resid - noise)]
     assert feats[9:16].tolist() == pytest.approx(expected, abs=1e-5)
     # the REML profile of a random-intercept model for the group means, at tau / sigma from 0.01 to 30
     design = torch.stack([torch.ones(3, dtype=torch.float64), mx], 1)
     ll, coefs = [], []
     for rho in np.logspace(-2, np.log10(30.0), 16):
         var = resid * (rho**2 + 1.0 / torch.tensor(n, dtype=torch.float64))
-        xtwx = design.T @ (design / var[:, None]) + 1e-4 * torch.eye(2, dtype=torch.float64)
+        xtwx = design.T @ (design / var[:, None])
+        xtwx = xtwx + (1e-4 + 1e-5 * torch.diagonal(xtwx).mean()) * torch.eye(2, dtype=torch.float64)
         beta = torch.linalg.solve(xtwx, design.T @ (my / var))
         r = my - design @ beta
         ll.append(float(-0.5 * (torch.log(var).sum() + (r * r / var).sum() + torch.logdet(xtwx))))
@@ -194,13 +196,17 @@ def test_regression_shift_predicts_the_globals_and_old_saves_load_without_it():
     assert est.regression_shift
     sims = simulate_batch(npe.model, 400, (5, 20), (5, 20), torch.Generator().manual_seed(9))
     _, h_global = est.summarize(sims.batch)
-    _, shift = est._split_global(h_global)
+    _, shift, log_scale = est._split_global(h_global)
     gu = est.global_bijector.inverse(sims.global_params)
     r2 = 1.0 - ((gu - shift) ** 2).mean(0) / gu.var(0)
     assert r2[0] > 0.8 and r2[1] > 0.3, r2  # mu from the grand mean; log tau from the between-group statistics
-    residual_sd = (gu - shift).std(0)
-    assert torch.allclose(est.global_flow.scale, residual_sd, rtol=0.25), (est.global_flow.scale, residual_sd)
-    assert torch.allclose(est.global_flow.loc, torch.zeros(2))
+    # the flow sees residuals in units of the per-dataset scale: tau's (a positive parameter, regressed on the log
+    # scale) follows its size, mu's is constant
+    assert est.log_shift and est.shift_log.tolist() == [False, True]
+    assert torch.allclose(log_scale[:, 0], log_scale[0, 0]) and log_scale[:, 1].std() > 0.1
+    z_sd = ((gu - shift) / log_scale.exp()).std(0)
+    assert ((z_sd > 0.7) & (z_sd < 1.4)).all(), z_sd
+    assert torch.allclose(est.global_flow.scale, torch.ones(2)) and torch.allclose(est.global_flow.loc, torch.zeros(2))
     # the local flow's shift: alpha_j from the group's moments (fixed deep-set features), the globals, products
     assert est.local_shift and est._fixed_cols == est.local_summary.fixed_columns
     h_local, _ = est.summarize(sims.batch)
@@ -213,8 +219,10 @@ def test_regression_shift_predicts_the_globals_and_old_saves_load_without_it():
     lp_g2, lp_l2 = est.log_prob(g, l, sims.batch)
     assert torch.allclose(lp_g, lp_g2, atol=1e-3) and torch.allclose(lp_l, lp_l2, atol=1e-3)
     saved = NetworkConfig().to_dict()
-    del saved["regression_shift"]
-    assert NetworkConfig.from_saved(saved).regression_shift is False
+    for key in ("regression_shift", "log_scale_shift", "scale_statistics"):
+        del saved[key]
+    old = NetworkConfig.from_saved(saved)
+    assert not (old.regression_shift or old.log_scale_shift or old.scale_statistics)
     plain = MultilevelNPE(NormalHierarchical(), groups=(5, 20), rows=(5, 20),
                           network=NetworkConfig.from_dict({**SMALL.to_dict(), "regression_shift": False}), pilot_size=64)
     assert not plain.estimator.regression_shift and not plain.estimator.local_shift

@@ -141,3 +141,47 @@ def test_check_focus():
     for bad in (-1, 6, 1.5, "1", None):
         with pytest.raises(ConfigError, match="`focus` must be a whole number"):
             check_focus(bad)
+
+
+def _slopes_data(seed: int = 3, n_groups: int = 40, n_rows: int = 12) -> pd.DataFrame:
+    """Random intercepts (sd 25) and slopes (sd 6) on x = 0..11, sigma 10: the design of a sleep study."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), n_rows)
+    x = np.tile(np.arange(n_rows, dtype=float), n_groups)
+    a, b = rng.normal(0.0, 25.0, n_groups), rng.normal(0.0, 6.0, n_groups)
+    y = 250.0 + a[g] + (10.0 + b[g]) * x + rng.normal(0.0, 10.0, len(g))
+    return pd.DataFrame({"g": [f"s{j}" for j in g], "x": x, "y": y})
+
+
+def test_group_fits_estimate_sigma_and_the_group_level_sds_under_random_slopes():
+    """The pooled statistics of `scale_statistics`: per-group least-squares fits give sigma (which the common-slope
+    fit inflates by the slopes' spread) and moment estimates of the sds of intercepts at x = 0 (not at the
+    covariate's pilot median) and of slopes."""
+    data = _slopes_data()
+    model = FormulaNPE("y ~ x + (1 + x | g)", data, "gaussian", seed=0)
+    est = model.npe.estimator
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        batch, _ = model.npe._batch(model.grouped_data(data)[0], allow_extrapolation=True)
+    stats = est.pooled_statistics(batch)[0].double()
+    log_sigma2, excess, log_spread = stats[-5], stats[-4:-2], stats[-2:]
+    sy, sx = float(est.row_scale[0]), float(est.row_scale[1])
+    sigma = math.sqrt(math.exp(float(log_sigma2))) * sy
+    assert sigma == pytest.approx(10.0, rel=0.1)
+    common_slope = math.sqrt(math.exp(float(stats[8]))) * sy  # the pooled common-slope residual sd
+    assert common_slope > 1.5 * sigma
+    variance = torch.sign(excess) * torch.expm1(excess.abs())
+    sd_intercept = math.sqrt(float(variance[0])) * sy
+    sd_slope = math.sqrt(float(variance[1])) * sy / sx
+    assert sd_intercept == pytest.approx(25.0, rel=0.35) and sd_slope == pytest.approx(6.0, rel=0.35)
+    assert float(log_spread[0]) > float(torch.log(variance[0]))  # the raw spread includes the sampling noise
+
+
+def test_regression_region_brackets_sigma_on_the_log_scale():
+    """Before any training, the regression region of a random-slope model puts sigma in a box a few times its
+    value wide, around the truth (positive parameters are regressed on the log scale)."""
+    model = FormulaNPE("y ~ x + (1 + x | g)", _slopes_data(), "gaussian", seed=0)
+    region = model.regression_region(seed=1, n_sims=1000)
+    low, high = region["sigma"]
+    assert low < 10.0 < high and high / low < 4.0, region
+    assert region["sd_g__x"][0] < 6.0 < region["sd_g__x"][1]

@@ -30,7 +30,7 @@ from ..data import GroupedData
 from ..draws import PosteriorDraws
 from ..errors import ConfigError, DataError, LoadError, RangeWarning, SpecError
 from ..estimator import NetworkConfig
-from ..supports import get_support
+from ..supports import Positive, get_support
 from ..train import TrainConfig
 from .design import Design, DesignInfo, _brms_rename, build_design
 from .families import get_family
@@ -349,9 +349,9 @@ class FormulaNPE:
         """A box around the training data's posterior from linear regression on pooled statistics (no training).
 
         Each iteration simulates `n_sims` datasets from the prior truncated to the current box, regresses every
-        scalar global parameter (on the flow's unconstrained scale) on the pooled statistics of the data
-        (`MultilevelEstimator.pooled_statistics`: moments, between-group fits and the profile of the group-level
-        sd), and keeps prediction -+ `reach` residual sds for the training data (the spread among the quarter of
+        scalar global parameter (positive ones on the log scale, others on the flow's unconstrained scale) on the
+        statistics of the data (`MultilevelEstimator.shift_statistics`: pooled moments, between-group fits, the
+        profile of the group-level sd, and the spread over groups of per-group fits), and keeps prediction -+ `reach` residual sds for the training data (the spread among the quarter of
         held-out simulations whose prediction is nearest), intersected with the current box. It stops when no
         width shrinks by more than a quarter. The data's statistics are clipped to 10 sds of the simulated ones, so
         a statistic the simulations barely vary cannot throw the prediction far out. This is the regression
@@ -366,7 +366,7 @@ class FormulaNPE:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # an untrained estimator's batch: only its inputs matter
             observed, _ = self.npe._batch(self.grouped_data(self.data)[0], allow_extrapolation=True)
-        target = estimator.pooled_statistics(observed)
+        target = estimator.shift_statistics(observed)
         if target is None:
             return {}
         slots = [i for i, slot in enumerate(self.slots) if slot.kind != "cor"]
@@ -376,7 +376,7 @@ class FormulaNPE:
         try:
             for _ in range(max_iterations):
                 chunks = [self.npe.simulate(min(250, n_sims - k), generator) for k in range(0, n_sims, 250)]
-                features = torch.cat([estimator.pooled_statistics(c.batch) for c in chunks]).double()
+                features = torch.cat([estimator.shift_statistics(c.batch) for c in chunks]).double()
                 theta = torch.cat([c.global_params for c in chunks]).double()
                 ok = torch.isfinite(features).all(1)
                 features, theta = features[ok], theta[ok]
@@ -391,7 +391,10 @@ class FormulaNPE:
                 for i in slots:
                     slot = self.slots[i]
                     support = get_support(slot.support)
-                    u = support.inverse(theta[:, self.model._offsets[i], None])[:, 0]
+                    # positive parameters on the log scale, where they are close to linear in log variances
+                    log_scale = isinstance(support, Positive)
+                    value = theta[:, self.model._offsets[i], None]
+                    u = (torch.log(value) if log_scale else support.inverse(value))[:, 0]
                     beta = torch.linalg.solve(gram, x[:half].T @ u[:half])
                     centre = float(x_obs @ beta)
                     predicted = x[half:] @ beta
@@ -400,7 +403,8 @@ class FormulaNPE:
                     near = torch.argsort((predicted - centre).abs())[: max(100, len(predicted) // 4)]
                     spread = float((u[half:][near] - predicted[near]).std())
                     lo_u, hi_u = centre - reach * spread, centre + reach * spread
-                    box = support.forward(torch.tensor([[lo_u], [hi_u]], dtype=torch.float64))[:, 0].tolist()
+                    ends = torch.tensor([[lo_u], [hi_u]], dtype=torch.float64)
+                    box = (torch.exp(ends) if log_scale else support.forward(ends))[:, 0].tolist()
                     previous = region.get(slot.labels[0])
                     if previous is not None:
                         box = [max(box[0], previous[0]), min(box[1], previous[1])]
