@@ -358,8 +358,11 @@ class MultilevelEstimator(nn.Module):
         h_global = self.global_summary.out_features + pooled_dim + (2 * h_local if self.group_moments else 0)
         self.regression_shift = self.pooled and config.regression_shift
         self._fixed_cols = _fixed_columns(self.local_summary, h_local) if self.regression_shift else []
+        self._estimate_pairs = [(int(e), int(v)) for e, v in getattr(self.local_summary, "group_estimates", [])]
+        if not self._fixed_cols:
+            self._estimate_pairs = []
         if self.regression_shift:  # fixed by `set_standardization`; the defaults give a zero shift
-            n_stats = pooled_dim + 2 * len(self._fixed_cols)
+            n_stats = pooled_dim + 2 * len(self._fixed_cols) + 2 * len(self._estimate_pairs)
             self.register_buffer("stat_loc", torch.zeros(n_stats))
             self.register_buffer("stat_scale", torch.ones(n_stats))
             self.register_buffer("stat_range", torch.tensor([-10.0, 10.0]).repeat(n_stats, 1))  # (F, 2) of the pilot
@@ -575,7 +578,14 @@ class MultilevelEstimator(nn.Module):
         if not self._fixed_cols:
             return stats
         mean, var = _group_moments(h_local[..., self._fixed_cols], real)
-        return torch.cat([stats, mean, torch.log(var + 1e-4)], -1)
+        out = [stats, mean, torch.log(var + 1e-4)]
+        if self._estimate_pairs:  # moment estimates of the group-level variances (`group_estimates`, mlnpe.nn)
+            est, log_var = (h_local[..., [p[i] for p in self._estimate_pairs]] for i in (0, 1))
+            count = real.sum(1, keepdim=True).to(h_local.dtype)
+            spread = _group_moments(est, real)[1] * count / (count - 1.0).clamp_min(1.0)
+            noise = _group_moments(log_var.exp(), real)[0]
+            out += [_signed_log(spread - noise), torch.log(noise + 1e-8)]
+        return torch.cat(out, -1)
 
     @torch.no_grad()
     def pooled_statistics(self, batch: GroupedBatch) -> Tensor | None:
@@ -672,34 +682,49 @@ class MultilevelEstimator(nn.Module):
 
     def _group_fits(self, dev: Tensor, owner: Tensor, mean_j: Tensor, n_j: Tensor, b: int, j: int) -> Tensor:
         """Separate least-squares fits of column 0 on the covariates in every group with more rows than
-        coefficients (ridge 1e-6 on the within-group covariance; intercepts at the data's zero of the covariates,
-        where brms's group-level intercepts are). (B, 1 + 2 (1 + p)): the log residual variance pooled over these
-        groups (sum of residual sums of squares over the sum of N_j - 1 - p), then per coefficient the signed log
-        of its variance over groups minus its mean sampling variance (a moment estimate of the group-level
-        variance under random slopes, which the group means mix up with the slopes) and the log of that variance.
+        coefficients. A covariate without spread within a group (a group-level covariate) is left out of that
+        group's fit; intercepts are taken at the data's zero of the covariates, where brms's group-level intercepts
+        are. (B, 1 + 2 (1 + p)): the log residual variance pooled over these groups (the sum of residual sums of
+        squares over the sum of their degrees of freedom), then per coefficient the signed log of its variance over
+        groups (after a ridge regression on the groups' covariate means, which takes out group-level covariates)
+        minus its mean sampling variance, a moment estimate of the group-level variance under random slopes, which
+        the group means mix up with the slopes; and the log of that variance.
         """
         cols = self._slope_columns
         p, d = len(cols), mean_j.shape[-1]
         v = torch.cat([dev[:, :1], dev[:, cols]], -1)
         cross = v.new_zeros(b * j, p + 1, p + 1).index_add_(0, owner, v[:, :, None] * v[:, None, :])
-        n = n_j.reshape(-1)
+        n = n_j.reshape(-1).clamp_min(1.0)
+        sxx = cross[:, 1:, 1:]
+        varies = (torch.diagonal(sxx, dim1=-2, dim2=-1) > 1e-8 * n[:, None]).to(v.dtype)  # (BJ, p)
         eye = torch.eye(p, dtype=v.dtype, device=v.device)
-        inverse = torch.linalg.inv(cross[:, 1:, 1:] + 1e-6 * n.clamp_min(1.0)[:, None, None] * eye)
+        # covariates without spread: an identity block, so their slope is 0 and they add no sampling variance
+        kept = sxx * varies[:, :, None] * varies[:, None, :] + torch.diag_embed(1.0 - varies)
+        inverse = torch.linalg.inv(kept + 1e-6 * n[:, None, None] * eye) * varies[:, :, None] * varies[:, None, :]
         slopes = (inverse @ cross[:, 1:, :1])[..., 0]  # (BJ, p)
         sse = (cross[:, 0, 0] - (cross[:, 1:, 0] * slopes).sum(-1)).clamp_min(0.0)
-        dof = (n - 1.0 - p).clamp_min(0.0)
-        fitted = (dof > 0).to(v.dtype).reshape(b, j)
-        sigma2 = (sse * fitted.reshape(-1)).reshape(b, j).sum(1) / dof.reshape(b, j).sum(1).clamp_min(1.0)
+        dof = (n_j.reshape(-1) - 1.0 - varies.sum(-1)).clamp_min(0.0)
+        fitted = (dof > 0).to(v.dtype)
+        sigma2 = (sse * fitted).reshape(b, j).sum(1) / dof.reshape(b, j).sum(1).clamp_min(1.0)
         origin = -(self.row_loc / self.row_scale)[cols].to(v.dtype)
-        at = mean_j.reshape(-1, d)[:, cols] - origin  # (BJ, p) the group's covariate means from the data's zero
+        means = mean_j.reshape(-1, d)[:, cols]
+        at = (means - origin) * varies  # (BJ, p) the group's covariate means from the data's zero
         intercept = mean_j.reshape(-1, d)[:, 0] - (slopes * at).sum(-1)
-        unit_var = torch.cat([(1.0 / n.clamp_min(1.0) + torch.einsum("rp,rpq,rq->r", at, inverse, at))[:, None],
+        unit_var = torch.cat([(1.0 / n + torch.einsum("rp,rpq,rq->r", at, inverse, at))[:, None],
                               torch.diagonal(inverse, dim1=-2, dim2=-1)], -1).reshape(b, j, p + 1)
         coef = torch.cat([intercept[:, None], slopes], -1).reshape(b, j, p + 1)
-        w = fitted[..., None]
-        count = fitted.sum(1)[:, None]
+        w = (fitted[:, None] * torch.cat([torch.ones_like(varies[:, :1]), varies], -1)).reshape(b, j, p + 1)
+        count = w.sum(1)  # (B, p + 1)
+        # the coefficients' spread after a ridge regression on the covariates' group means, per coefficient
+        x = means.reshape(b, j, p)
+        rows = w[..., :1]  # the groups with a fit
+        x = x - (rows * x).sum(1, keepdim=True) / rows.sum(1, keepdim=True).clamp_min(1.0)
+        gram = torch.einsum("bjp,bjq->bpq", rows * x, x) + (1e-2 * rows.sum(1)[..., None] + 1e-6) * eye  # no fit: 0
         centre = (w * coef).sum(1) / count.clamp_min(1.0)
-        spread = (w * (coef - centre[:, None]) ** 2).sum(1) / (count - 1.0).clamp_min(1.0)
+        centred = (coef - centre[:, None]) * w
+        beta = torch.linalg.solve(gram, torch.einsum("bjp,bjk->bpk", rows * x, centred))
+        residual = (centred - torch.einsum("bjp,bpk->bjk", x, beta)) * w
+        spread = (residual**2).sum(1) / (count - 1.0 - p).clamp_min(1.0)
         noise = sigma2[:, None] * (w * unit_var).sum(1) / count.clamp_min(1.0)
         floor = self._floor
         return torch.cat([torch.log(sigma2 + floor)[:, None], _signed_log(spread - noise), torch.log(spread + floor)], -1)

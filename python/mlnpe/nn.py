@@ -11,6 +11,10 @@ Summary-network interface (any ``nn.Module`` that follows it plugs in):
   per-group least-squares estimates. The estimator's `regression_shift` then also regresses the global
   parameters on their mean and log variance over groups, and each group's local parameters on them, the
   globals and their products (`MultilevelEstimator._local_inputs`).
+- Optional: a list ``group_estimates`` of (estimate column, log sampling variance column) pairs among the fixed
+  outputs: a per-group estimate of a local parameter on a linear scale and the log of its sampling variance. The
+  regression shift then also uses, per pair, the estimate's variance over groups minus the mean sampling
+  variance (signed log; a moment estimate of the group-level variance) and the log of that mean.
 
 The local summary sees one set per real group (its rows); the global summary sees one set per dataset (its
 groups' local summaries). Outputs must not depend on padded items, and for exchangeable data not on their

@@ -162,8 +162,8 @@ class PsisResult:
         return (
             f"Bad: Pareto k-hat = {k:.2f} > {_K_BAD} means the importance weights have a very heavy tail, so the "
             "amortized draws are not a reliable approximation for this dataset and weighted estimates are "
-            "unreliable; train longer, widen the trained ranges, use more draws, or check the model for "
-            "misspecification and use MCMC."
+            "unreliable; train longer or with more focusing rounds (formula models: `focus=2`), widen the trained "
+            "ranges, use more draws, or check the model for misspecification and use MCMC."
         )
 
 

@@ -233,7 +233,7 @@ def test_summary_is_the_recurrent_net_beside_moments_and_ignores_padding():
     mask = torch.arange(9)[None, :] < torch.tensor([9, 2, 5, 7, 3])[:, None]
     n_rnn = summary.rnn.out_features
     out = summary(x, mask)
-    assert out.shape == (5, summary.out_features) and summary.out_features == n_rnn + 4 + 10 + 6
+    assert out.shape == (5, summary.out_features) and summary.out_features == n_rnn + 4 + 10 + 6 + 8
     # the series' least-squares fit of y_t+1 on (1, y_t, u_t, v_t): series 0 has 8 transitions
     design = torch.cat([torch.ones(8, 1), x[0, :-1]], 1).double()
     coef = torch.linalg.lstsq(design, x[0, 1:, :1].double()).solution[:, 0]
@@ -241,6 +241,11 @@ def test_summary_is_the_recurrent_net_beside_moments_and_ignores_padding():
     fit = out[0, n_rnn + 14:].double()
     assert torch.allclose(fit[:4], torch.sign(coef) * torch.log1p(coef.abs()), atol=0.03)
     assert float(fit[4]) == pytest.approx(math.log(resid + 1e-4), abs=0.05) and float(fit[5]) == pytest.approx(math.log(8))
+    # then the raw coefficients and the log of their sampling variances, resid * diag((X'X)^-1)
+    assert torch.allclose(fit[6:10], coef, atol=0.05)
+    sampling = resid * torch.diagonal(torch.linalg.inv(design.T @ design))
+    assert torch.allclose(fit[10:14], torch.log(sampling), atol=0.4), (fit[10:14], torch.log(sampling))  # ridge 1e-2, 8 rows
+    assert summary.group_estimates == [(summary.out_features - 8 + i, summary.out_features - 4 + i) for i in range(4)]
     assert torch.allclose(out[:, :n_rnn], summary.rnn(torch.sign(x) * torch.log1p(x.abs()), mask), atol=1e-5)
     junk = torch.where(mask[..., None], x, torch.randn(5, 9, 3) * 100)
     longer = torch.cat([junk, torch.randn(5, 4, 3)], 1)
@@ -263,7 +268,7 @@ def test_regression_shift_uses_the_series_fits():
     series' coefficients."""
     npe = ar1_estimator(network=ar1_network(**TINY), pilot_size=1024, seed=1)
     est = npe.estimator.eval()
-    assert len(est._fixed_cols) == est.local_summary.fixed_features == 20
+    assert len(est._fixed_cols) == est.local_summary.fixed_features == 28 and len(est._estimate_pairs) == 4
     sims = simulate_batch(npe.model, 300, npe.groups, npe.rows, gen(8))
     with torch.no_grad():
         _, shift, _ = est._split_global(est.summarize(sims.batch)[1])

@@ -177,6 +177,27 @@ def test_group_fits_estimate_sigma_and_the_group_level_sds_under_random_slopes()
     assert float(log_spread[0]) > float(torch.log(variance[0]))  # the raw spread includes the sampling noise
 
 
+def test_group_fits_leave_out_group_level_covariates():
+    """A covariate constant within groups (a county's uranium level) has no within-group slope: it is left out of
+    each group's fit, and its effect on the intercepts is regressed out of their spread."""
+    data = _slopes_data()
+    z = np.random.default_rng(9).normal(0.0, 1.0, 40)
+    data["z"] = z[data["g"].str[1:].astype(int)]
+    data["y"] = data["y"] + 40.0 * data["z"]
+    model = FormulaNPE("y ~ x + z + (1 + x | g)", data, "gaussian", seed=0)
+    est = model.npe.estimator
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        batch, _ = model.npe._batch(model.grouped_data(data)[0], allow_extrapolation=True)
+    stats = est.pooled_statistics(batch)[0].double()
+    excess = stats[-6:-3]  # [log sigma^2, excess (intercept, x, z), log spread (intercept, x, z)]
+    sy = float(est.row_scale[0])
+    assert math.sqrt(math.exp(float(stats[-7]))) * sy == pytest.approx(10.0, rel=0.1)
+    variance = torch.sign(excess) * torch.expm1(excess.abs())
+    assert math.sqrt(float(variance[0])) * sy == pytest.approx(25.0, rel=0.35)  # without 40 z's spread
+    assert float(excess[2]) == 0.0  # z has no within-group slope to spread
+
+
 def test_regression_region_brackets_sigma_on_the_log_scale():
     """Before any training, the regression region of a random-slope model puts sigma in a box a few times its
     value wide, around the truth (positive parameters are regressed on the log scale)."""

@@ -363,7 +363,10 @@ class AR1Summary(nn.Module):
     from the moments (a matrix inverse) only after long training. Everything is signed-log compressed
     (sign(v) log(1 + |v|)), so explosive simulated series (|beta_j| > 1, legal under the prior) stay bounded.
     These moments and fits are the summary's `fixed_features` (mlnpe.nn): the estimator's regression shift
-    regresses the hyperparameters on their mean and variance over series.
+    regresses the hyperparameters on their mean and variance over series. The last 2 x 4 outputs are the
+    coefficients unclipped but bounded to [-10, 10], then the log of their sampling variances (`group_estimates`):
+    the estimator turns their spread over series minus the mean sampling variance into a moment estimate of each
+    group-level variance, which the spread alone overstates for short series.
 
     Arguments:
         in_features: row dimension (3: y, u, v; standardized by the estimator).
@@ -378,8 +381,12 @@ class AR1Summary(nn.Module):
         pairs = torch.triu_indices(in_features + 1, in_features + 1)
         self.register_buffer("pair_a", pairs[0], persistent=False)
         self.register_buffer("pair_b", pairs[1], persistent=False)
-        self.fixed_features = in_features + 1 + pairs.shape[1] + in_features + 3  # everything after the network
+        k = in_features + 1  # coefficients of the series' regression: intercept and slopes
+        self.fixed_features = k + pairs.shape[1] + k + 2 + 2 * k  # everything after the network
         self.out_features = self.rnn.out_features + self.fixed_features
+        # the raw coefficients (the last 2k outputs but k) beside their log sampling variances (the last k)
+        first = self.out_features - 2 * k
+        self.group_estimates = [(first + i, first + k + i) for i in range(k)]
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (sets, steps, d), mask: (sets, steps), real steps first -> (sets, out_features)."""
@@ -393,12 +400,21 @@ class AR1Summary(nn.Module):
         full = torch.einsum("snd,sne->sde", dev, dev) / n[..., None]
         d = full.shape[-1] - 1
         cxx = full[:, 1:, 1:] + 1e-2 * torch.eye(d, dtype=x.dtype, device=x.device)
-        slopes = torch.linalg.solve(cxx, full[:, 1:, :1])[..., 0]
+        inverse = torch.linalg.inv(cxx)
+        slopes = (inverse @ full[:, 1:, :1])[..., 0]
         intercept = mean[:, :1] - (slopes * mean[:, 1:]).sum(-1, keepdim=True)
         residual = (full[:, 0, 0] - (full[:, 0, 1:] * slopes).sum(-1)).clamp_min(0.0)
         residual = residual * n[:, 0] / (n[:, 0] - d - 1).clamp_min(1.0)
         fit = [intercept, slopes, torch.log(residual + 1e-4)[:, None], torch.log(n)]
-        return torch.cat([h, _signed_log(torch.cat([mean, cov], -1)), _signed_log(torch.cat(fit[:2], -1)), *fit[2:]], -1)
+        # sampling variances of the coefficients (residual variance times the diagonal of (X'X)^-1), for the
+        # estimator's moment estimates of the group-level variances (`group_estimates`, mlnpe.nn)
+        x_mean = mean[:, 1:]
+        unit = torch.cat([(1.0 + torch.einsum("sd,sde,se->s", x_mean, inverse, x_mean))[:, None],
+                          torch.diagonal(inverse, dim1=-2, dim2=-1)], -1) / n
+        raw = torch.cat(fit[:2], -1).clamp(-10.0, 10.0)
+        log_var = torch.log(residual[:, None] * unit + 1e-6)
+        return torch.cat([h, _signed_log(torch.cat([mean, cov], -1)), _signed_log(torch.cat(fit[:2], -1)), *fit[2:],
+                          raw, log_var], -1)
 
 
 def ar1_network(**overrides: Any) -> NetworkConfig:
