@@ -153,6 +153,14 @@ def _slopes_data(seed: int = 3, n_groups: int = 40, n_rows: int = 12) -> pd.Data
     return pd.DataFrame({"g": [f"s{j}" for j in g], "x": x, "y": y})
 
 
+def _pooled_statistics(model: FormulaNPE, data: pd.DataFrame) -> torch.Tensor:
+    """The data's pooled statistics under the (untrained) model's standardization."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # an untrained estimator's batch: only its inputs matter
+        batch, _ = model.npe._batch(model.grouped_data(data)[0], allow_extrapolation=True)
+    return model.npe.estimator.pooled_statistics(batch)[0].double()
+
+
 def test_group_fits_estimate_sigma_and_the_group_level_sds_under_random_slopes():
     """The pooled statistics of `scale_statistics`: per-group least-squares fits give sigma (which the common-slope
     fit inflates by the slopes' spread) and moment estimates of the sds of intercepts at x = 0 (not at the
@@ -160,10 +168,7 @@ def test_group_fits_estimate_sigma_and_the_group_level_sds_under_random_slopes()
     data = _slopes_data()
     model = FormulaNPE("y ~ x + (1 + x | g)", data, "gaussian", seed=0)
     est = model.npe.estimator
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        batch, _ = model.npe._batch(model.grouped_data(data)[0], allow_extrapolation=True)
-    stats = est.pooled_statistics(batch)[0].double()
+    stats = _pooled_statistics(model, data)
     log_sigma2, excess, log_spread = stats[-5], stats[-4:-2], stats[-2:]
     sy, sx = float(est.row_scale[0]), float(est.row_scale[1])
     sigma = math.sqrt(math.exp(float(log_sigma2))) * sy
@@ -186,10 +191,7 @@ def test_group_fits_leave_out_group_level_covariates():
     data["y"] = data["y"] + 40.0 * data["z"]
     model = FormulaNPE("y ~ x + z + (1 + x | g)", data, "gaussian", seed=0)
     est = model.npe.estimator
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        batch, _ = model.npe._batch(model.grouped_data(data)[0], allow_extrapolation=True)
-    stats = est.pooled_statistics(batch)[0].double()
+    stats = _pooled_statistics(model, data)
     excess = stats[-6:-3]  # [log sigma^2, excess (intercept, x, z), log spread (intercept, x, z)]
     sy = float(est.row_scale[0])
     assert math.sqrt(math.exp(float(stats[-7]))) * sy == pytest.approx(10.0, rel=0.1)
