@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -404,9 +404,8 @@ class MultilevelEstimator(nn.Module):
             loc[0] = 0.0
         self.row_loc.copy_(loc)
         self.row_scale.copy_(scale)
-        if getattr(self.local_summary, "origin", None) is not None:  # the data's zero, standardized
-            columns = self.local_summary.products
-            self.local_summary.set_origin(-loc[columns] / scale[columns])
+        if getattr(self.local_summary, "origin", None) is not None:
+            self.local_summary.set_origin(self._data_zero(self.local_summary.products))
         gu = self.global_bijector.inverse(global_params)
         loc, scale = _masked_moments(gu, torch.ones(gu.shape[0], dtype=torch.bool))
         if self.regression_shift:
@@ -567,10 +566,9 @@ class MultilevelEstimator(nn.Module):
             return shift
         columns = self.shift_log
         theta = shift.exp()
-        to_u = theta + torch.log(-torch.expm1(-theta))
-        log_slope = torch.log(theta) - torch.log(-torch.expm1(-theta))
+        gap = torch.log(-torch.expm1(-theta))  # softplus^-1(theta) = theta + gap (`Positive.inverse`)
         sd = self.shift_sd.double().log()
-        return torch.cat([torch.where(columns, to_u, shift), torch.where(columns, sd + log_slope, sd)], -1)
+        return torch.cat([torch.where(columns, theta + gap, shift), torch.where(columns, sd + shift - gap, sd)], -1)
 
     def _shift_statistics(self, stats: Tensor, h_local: Tensor, real: Tensor) -> Tensor:
         """The regressors of `regression_shift`: the pooled statistics, then the mean and log variance over groups
@@ -606,7 +604,7 @@ class MultilevelEstimator(nn.Module):
         b, j, _ = batch.row_mask.shape
         h_local, packed, owner = self._local(batch)
         stats = self._pooled_packed(packed, owner, b, j)
-        return self._shift_statistics(stats, h_local, batch.group_mask) if self._fixed_cols else stats
+        return self._shift_statistics(stats, h_local, batch.group_mask)
 
     def _pooled_features(self, rows: Tensor, row_mask: Tensor) -> Tensor:
         """Pooled within- and between-group statistics of standardized rows (see `NetworkConfig.pooled_moments`
@@ -706,7 +704,7 @@ class MultilevelEstimator(nn.Module):
         dof = (n_j.reshape(-1) - 1.0 - varies.sum(-1)).clamp_min(0.0)
         fitted = (dof > 0).to(v.dtype)
         sigma2 = (sse * fitted).reshape(b, j).sum(1) / dof.reshape(b, j).sum(1).clamp_min(1.0)
-        origin = -(self.row_loc / self.row_scale)[cols].to(v.dtype)
+        origin = self._data_zero(cols).to(v.dtype)
         means = mean_j.reshape(-1, d)[:, cols]
         at = (means - origin) * varies  # (BJ, p) the group's covariate means from the data's zero
         intercept = mean_j.reshape(-1, d)[:, 0] - (slopes * at).sum(-1)
@@ -728,6 +726,10 @@ class MultilevelEstimator(nn.Module):
         noise = sigma2[:, None] * (w * unit_var).sum(1) / count.clamp_min(1.0)
         floor = self._floor
         return torch.cat([torch.log(sigma2 + floor)[:, None], _signed_log(spread - noise), torch.log(spread + floor)], -1)
+
+    def _data_zero(self, columns: Sequence[int]) -> Tensor:
+        """The standardized image of the data's zero in row `columns` (signed-log inputs map 0 to 0 as well)."""
+        return -(self.row_loc / self.row_scale)[list(columns)]
 
     def _raw_trials(self, packed: Tensor) -> Tensor:
         """(R,) each row's binomial trials on the data's scale (1 without a trials column)."""
