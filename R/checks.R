@@ -101,6 +101,12 @@ check_flag <- function(x, arg) {
   invisible(x)
 }
 
+check_auto_flag <- function(x, arg) {
+  if (identical(x, "auto") || (is.logical(x) && length(x) == 1L && !is.na(x))) return(invisible(x))
+  mlnpe_abort(sprintf("`%s` must be TRUE, FALSE or \"auto\", not %s.", arg, describe_value(x)),
+              "mlnpe_argument_error")
+}
+
 check_resample <- function(x) {
   if (identical(x, "auto") || (is.logical(x) && length(x) == 1L && !is.na(x))) return(invisible(x))
   mlnpe_abort(sprintf("`resample` must be TRUE, FALSE or \"auto\", not %s.", describe_value(x)),

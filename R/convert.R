@@ -114,16 +114,17 @@ draws_to_py <- function(draws) {
 py_sitrep <- function() py_call("sitrep")
 
 py_fit <- function(formula, data, family, priors, groups, rows, network, train, cache, ndraws, seed, psis,
-                   resample, save_to, focus = 1L) {
+                   resample, save_to, focus = 1L, refine = "auto", refine_control = list()) {
   py_call("fit_model", formula = formula, data = data, family = family, priors = priors,
           groups = range_to_py(groups), rows = range_to_py(rows), network = network, train = train,
           cache = cache, n_draws = as.integer(ndraws), seed = as.integer(seed), psis = psis,
-          resample = resample, save_to = save_to, focus = as.integer(focus))
+          resample = resample, save_to = save_to, focus = as.integer(focus), refine = refine,
+          refine_control = refine_control)
 }
 
-py_refit <- function(path, data, ndraws, seed, psis, resample) {
+py_refit <- function(path, data, ndraws, seed, psis, resample, refine = "auto", refine_control = list()) {
   py_call("refit", model_path = path, data = data, n_draws = as.integer(ndraws), seed = as.integer(seed),
-          psis = psis, resample = resample)
+          psis = psis, resample = resample, refine = refine, refine_control = refine_control)
 }
 
 py_predict <- function(path, data, draws, kind, newdata, seed, allow_new_levels, include_group_effects) {

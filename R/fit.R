@@ -48,6 +48,15 @@
 #'   inaccurate amortizer: `TRUE`, `FALSE`, or `"auto"` (the default: resample exactly when the Pareto k-hat is
 #'   at most its threshold, i.e. when the reweighted draws are reliable; otherwise return the amortized draws
 #'   and warn). `summary()` says which draws a fit holds.
+#' @param refine Replace the amortized draws by Hamiltonian Monte Carlo draws of the exact posterior, run in
+#'   the amortized posterior's base space (neural transport: the trained networks straighten the posterior's
+#'   geometry, so short chains suffice; seconds to a minute instead of milliseconds): `TRUE`, `FALSE`, or
+#'   `"auto"` (the default: exactly when PSIS finds the amortized draws unreliable, k-hat above 0.7). The
+#'   refined draws come with Stan's diagnostics (R-hat, bulk ESS, divergences; `summary()` prints them), and a
+#'   warning when those object. Use `FALSE` where speed matters more than exactness (simulation studies).
+#' @param refine_control Settings of the refinement: `chains` (32), `warmup` (120 iterations per chain),
+#'   `target_accept` (0.8), `trajectory` (1.5), `max_leapfrog` (24), `pool` (1024 amortized draws to pick
+#'   starting points from).
 #' @return An object of class `mlnpefit`.
 #' @examples
 #' \dontrun{
@@ -59,7 +68,8 @@
 #' @export
 mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups = NULL, rows = NULL,
                   network = list(), train = list(steps = 3000, batch_size = 64), focus = 1, cache = TRUE,
-                  ndraws = 4000, seed = NULL, psis = TRUE, resample = "auto") {
+                  ndraws = 4000, seed = NULL, psis = TRUE, resample = "auto", refine = "auto",
+                  refine_control = list()) {
   call <- match.call()
   data_name <- paste(deparse(substitute(data), width.cutoff = 60L), collapse = " ")
   check_dots(list(...))
@@ -71,7 +81,8 @@ mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups 
   settings <- list(
     groups = check_range(groups, "groups"), rows = check_range(rows, "rows"),
     network = check_settings(network, "network"), train = check_settings(train, "train"),
-    focus = check_focus(focus), cache = check_cache(cache), psis = check_flag(psis, "psis"), resample = check_resample(resample)
+    focus = check_focus(focus), cache = check_cache(cache), psis = check_flag(psis, "psis"), resample = check_resample(resample),
+    refine = check_auto_flag(refine, "refine"), refine_control = check_settings(refine_control, "refine_control")
   )
   ndraws <- check_count(ndraws, "ndraws")
   seed <- check_seed(seed)
@@ -79,7 +90,8 @@ mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups 
   save_to <- if (isFALSE(settings$cache)) tempfile("mlnpe-amortizer-") else NULL
   value <- py_fit(spec$text, encode_data(data, spec$vars, spec$response, fam), unclass(fam), priors,
                   settings$groups, settings$rows, settings$network, settings$train, settings$cache,
-                  ndraws, seed, settings$psis, settings$resample, save_to, settings$focus)
+                  ndraws, seed, settings$psis, settings$resample, save_to, settings$focus, settings$refine,
+                  settings$refine_control)
   if (!isTRUE(value$from_cache)) {
     message(sprintf("Trained the amortizer in %.0f s; stored in %s", value$setup_seconds, value$model_path))
   }
@@ -109,7 +121,7 @@ new_mlnpefit <- function(value, spec, data, data_name, family, prior, settings, 
     diagnostics = list(
       pareto_k = value$pareto_k %||% NA_real_, ess = value$ess %||% NA_real_,
       khat_threshold = value$khat_threshold %||% NA_real_, diagnosis = value$diagnosis %||% NA_character_,
-      resampled = isTRUE(value$resampled)
+      resampled = isTRUE(value$resampled), refined = isTRUE(value$refined), refine = value$refine
     ),
     amortizer = list(
       path = value$model_path, from_cache = isTRUE(value$from_cache),
@@ -162,15 +174,17 @@ prior_table <- function(columns) {
 #' @param formula. A new formula (optional).
 #' @param newdata New data (optional).
 #' @param ... Other arguments of [mlnpe()] to change.
-#' @param ndraws,seed,psis,resample As in [mlnpe()]; `NULL` keeps the fit's `ndraws`.
+#' @param ndraws,seed,psis,resample,refine,refine_control As in [mlnpe()]; `NULL` keeps the fit's settings.
 #' @return A new `mlnpefit`.
 #' @export
 update.mlnpefit <- function(object, formula. = NULL, newdata = NULL, ..., ndraws = NULL, seed = NULL,
-                            psis = NULL, resample = NULL) {
+                            psis = NULL, resample = NULL, refine = NULL, refine_control = NULL) {
   dots <- list(...)
   ndraws <- ndraws %||% object$ndraws
   psis <- psis %||% object$settings$psis
   resample <- resample %||% object$settings$resample
+  refine <- refine %||% object$settings$refine %||% "auto"
+  refine_control <- refine_control %||% object$settings$refine_control %||% list()
   data_name <- if (is.null(newdata)) object$data_name else
     paste(deparse(substitute(newdata), width.cutoff = 60L), collapse = " ")
   data <- newdata %||% object$data
@@ -182,7 +196,7 @@ update.mlnpefit <- function(object, formula. = NULL, newdata = NULL, ..., ndraws
            groups = object$settings$groups, rows = object$settings$rows, network = object$settings$network,
            train = object$settings$train, focus = object$settings$focus %||% 1, cache = object$settings$cache,
            ndraws = ndraws, seed = seed,
-           psis = psis, resample = resample),
+           psis = psis, resample = resample, refine = refine, refine_control = refine_control),
       dots
     )
     fit <- do.call(mlnpe, args)
@@ -190,11 +204,11 @@ update.mlnpefit <- function(object, formula. = NULL, newdata = NULL, ..., ndraws
     return(fit)
   }
   refit_amortizer(object$amortizer$path, object$spec, object$family, object$prior_input, object$settings,
-                  data, data_name, ndraws, seed, psis, resample, match.call())
+                  data, data_name, ndraws, seed, psis, resample, match.call(), refine, refine_control)
 }
 
 refit_amortizer <- function(path, spec, family, prior, settings, data, data_name, ndraws, seed, psis, resample,
-                            call) {
+                            call, refine = "auto", refine_control = list()) {
   check_data(data, "newdata")
   check_columns(data, spec$vars, "newdata")
   check_no_na(data, spec$vars, "newdata")
@@ -202,9 +216,14 @@ refit_amortizer <- function(path, spec, family, prior, settings, data, data_name
   seed <- check_seed(seed)
   check_flag(psis, "psis")
   check_resample(resample)
-  value <- py_refit(path, encode_data(data, spec$vars, spec$response, family), ndraws, seed, psis, resample)
+  check_auto_flag(refine, "refine")
+  refine_control <- check_settings(refine_control, "refine_control")
+  value <- py_refit(path, encode_data(data, spec$vars, spec$response, family), ndraws, seed, psis, resample,
+                    refine, refine_control)
   settings$psis <- psis
   settings$resample <- resample
+  settings$refine <- refine
+  settings$refine_control <- refine_control
   new_mlnpefit(value, spec = spec, data = data[spec$vars], data_name = data_name, family = family,
                prior = prior, settings = settings, seed = seed, call = call)
 }
@@ -263,16 +282,16 @@ amortizer_path <- function(object) {
 
 #' @rdname save_amortizer
 #' @param newdata Data to fit.
-#' @param ndraws,seed,psis,resample As in [mlnpe()].
+#' @param ndraws,seed,psis,resample,refine,refine_control As in [mlnpe()].
 #' @param ... Unused.
 #' @export
 update.mlnpe_amortizer <- function(object, newdata, ..., ndraws = 4000, seed = NULL, psis = TRUE,
-                                   resample = "auto") {
+                                   resample = "auto", refine = "auto", refine_control = list()) {
   data_name <- paste(deparse(substitute(newdata), width.cutoff = 60L), collapse = " ")
   settings <- list(groups = object$groups, rows = object$rows, network = object$info$network, train = list(),
                    cache = TRUE, psis = psis, resample = resample)
   refit_amortizer(object$path, object$spec, object$family, object$prior, settings, newdata, data_name,
-                  ndraws, seed, psis, resample, match.call())
+                  ndraws, seed, psis, resample, match.call(), refine, refine_control)
 }
 
 #' @export

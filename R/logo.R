@@ -8,6 +8,9 @@
 #' unbiased and much less noisy than prior draws alone when groups have many rows. brms needs one MCMC refit
 #' per group for the same quantity (`kfold(fit, group = )`).
 #'
+#' The refits are never refined by HMC (`refine` in [mlnpe()]): that would cost seconds to a minute per group.
+#' Their k-hats (in `diagnostics`) say how far each amortized refit is from its exact posterior.
+#'
 #' The result has loo's shape (`estimates` and `pointwise`, class `c("logo", "loo")`), so
 #' [loo::loo_compare()] compares models fitted to the same data.
 #'

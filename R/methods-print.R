@@ -5,7 +5,8 @@
 #' (mean), `Est.Error` (SD) and a credible interval. Where brms reports MCMC convergence (Rhat, ESS), mlnpe
 #' reports how close the amortized draws are to the exact posterior: the Pareto k-hat of PSIS and the
 #' effective sample size of the importance weights (k-hat at most 0.7 is good; a larger k-hat calls for
-#' more training or MCMC).
+#' `refine = TRUE`, more training or MCMC). Refined fits (see `refine` in [mlnpe()]) report their HMC
+#' diagnostics (R-hat, bulk ESS, divergences) as well.
 #'
 #' @param object,x An `mlnpefit` (or its summary).
 #' @param prob Probability mass of the credible intervals.
@@ -45,6 +46,7 @@ summary.mlnpefit <- function(object, prob = 0.95, robust = FALSE, ...) {
     nobs = object$nobs, ngrps = ngrps.mlnpefit(object), ndraws = object$ndraws,
     pareto_k = object$diagnostics$pareto_k, ess = object$diagnostics$ess,
     khat_threshold = object$diagnostics$khat_threshold, resampled = object$diagnostics$resampled,
+    refined = isTRUE(object$diagnostics$refined), refine = object$diagnostics$refine,
     fixed = fixed, random = random, spec_pars = spec_pars, prior = object$prior
   ), class = "mlnpesummary")
 }
@@ -57,9 +59,17 @@ print.mlnpesummary <- function(x, digits = 2, ...) {
   cat("  Links: ", links, " \n", sep = "")
   cat("Formula: ", x$formula, " \n", sep = "")
   cat("   Data: ", x$data_name, " (Number of observations: ", x$nobs, ") \n", sep = "")
-  cat("  Draws: ", x$ndraws, if (isTRUE(x$resampled)) " importance-resampled" else " independent",
-      " draws from the amortized posterior (NPE)\n", sep = "")
-  cat("   PSIS: ", psis_line(x$pareto_k, x$ess, x$khat_threshold), "\n", sep = "")
+  if (isTRUE(x$refined)) {
+    cat("  Draws: ", x$ndraws, " draws of the exact posterior by HMC through the amortized posterior (refined)\n",
+        sep = "")
+    cat("    HMC: ", refine_line(x$refine), "\n", sep = "")
+    cat("   PSIS: ", psis_line(x$pareto_k, x$ess, x$khat_threshold), " of the amortized draws it replaced\n",
+        sep = "")
+  } else {
+    cat("  Draws: ", x$ndraws, if (isTRUE(x$resampled)) " importance-resampled" else " independent",
+        " draws from the amortized posterior (NPE)\n", sep = "")
+    cat("   PSIS: ", psis_line(x$pareto_k, x$ess, x$khat_threshold), "\n", sep = "")
+  }
   cat("\nGroup-Level Effects: \n")
   for (g in names(x$random)) {
     cat("~", g, " (Number of levels: ", x$ngrps[[g]], ") \n", sep = "")
@@ -74,15 +84,29 @@ print.mlnpesummary <- function(x, digits = 2, ...) {
     print_table(x$spec_pars, digits)
     cat("\n")
   }
-  cat("Draws were sampled by an amortized neural posterior (ML-NPE). Pareto k-hat and the ESS of\n",
-      "Pareto-smoothed importance weights (PSIS) compare them with the exact posterior: k-hat <= 0.7 means\n",
-      "the draws are reliable; larger values call for more training or MCMC (e.g. brms).\n", sep = "")
+  if (isTRUE(x$refined)) {
+    cat("Draws were sampled by Hamiltonian Monte Carlo on the exact posterior, in the base space of an amortized\n",
+        "neural posterior (ML-NPE). R-hat near 1 (at most 1.05 for these many short chains), no divergences and\n",
+        "a bulk ESS above 100 mean the chains have mixed.\n", sep = "")
+  } else {
+    cat("Draws were sampled by an amortized neural posterior (ML-NPE). Pareto k-hat and the ESS of\n",
+        "Pareto-smoothed importance weights (PSIS) compare them with the exact posterior: k-hat <= 0.7 means\n",
+        "the draws are reliable; larger values call for refine = TRUE, more training, or MCMC (e.g. brms).\n",
+        sep = "")
+  }
   invisible(x)
+}
+
+refine_line <- function(r) {
+  if (is.null(r)) return("not run")
+  verdict <- if (length(unlist(r$problems))) "check the chains" else "converged"
+  sprintf("%d chains, max R-hat = %.3f, min bulk ESS = %.0f, %d divergences, %.1f s (%s)", as.integer(r$chains),
+          r$rhat_max, r$ess_bulk_min, as.integer(r$divergences), r$seconds, verdict)
 }
 
 psis_line <- function(k, ess, threshold) {
   if (is.null(k) || is.na(k)) return("not computed")
-  verdict <- if (k <= 0.7) "good" else "bad: train longer or use MCMC"
+  verdict <- if (k <= 0.7) "good" else "bad: refine = TRUE, train longer, or use MCMC"
   sprintf("Pareto k-hat = %s, ESS = %.0f (%s)", format(round(k, 2), nsmall = 2), ess, verdict)
 }
 

@@ -5,7 +5,8 @@ series of T in [5, 30] steps for a wall-clock budget; SBC on simulated datasets 
 ones pooled over groups) with ECDF-difference plots and 99 % simultaneous bands; recovery plots; comparison with
 Stan (4 chains, 1000 warm-up + 1000 draws) on simulated datasets of J = 16 series of T = 16 steps (the size of
 the paper's Eurostat data): per-parameter mean and sd agreement, 95 % interval overlap, pooling factors (eq. 15),
-one-step-ahead posterior predictive intervals; runtime of Stan per fit against mlnpe's training and per-fit time
+one-step-ahead posterior predictive intervals; the same comparison for the fits refined by HMC through the
+amortizer (mlnpe.refine; `--no-refine` skips it); runtime of Stan per fit against mlnpe's training and per-fit time
 with the break-even number of fits.
 
     python benchmarks/ar1.py --quick         # < ~4 minutes when the Stan model is already compiled
@@ -47,7 +48,9 @@ from mlnpe.diagnostics import (
     sbc_check,
     sbc_ranks,
 )
+from mlnpe.draws import PosteriorDraws
 from mlnpe.reference import StanDiagnosticWarning
+from mlnpe.refine import RefineConfig, refine
 from mlnpe.spec import simulate_batch
 
 FIGURES = Path(__file__).resolve().parent / "figures"
@@ -64,7 +67,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fit-draws", type=int, default=4000, help="mlnpe draws per fit in the Stan comparison")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.refine) of each fit")
     args = p.parse_args()
+    args.refine = not args.no_refine
     if args.quick:
         args.sbc_datasets, args.sbc_draws = 100, 200
     args.seconds = args.seconds or (60.0 if args.quick else 420.0)
@@ -163,6 +168,47 @@ def _pooling(draws) -> np.ndarray:
     return pooling_factor(local, draws.global_draws[:, 0::2], draws.global_draws[:, 1::2])
 
 
+def _agreement(ours, stan) -> dict:
+    """Per-block agreement of two sets of draws of one dataset (ours against Stan's)."""
+    a, b = _stats(ours), _stats(stan)
+    inter = np.clip(np.minimum(a["upper"], b["upper"]) - np.maximum(a["lower"], b["lower"]), 0, None)
+    union = np.maximum(a["upper"], b["upper"]) - np.minimum(a["lower"], b["lower"])
+    n_g = len(GLOBAL_NAMES)
+    z = np.abs(a["mean"] - b["mean"]) / b["sd"]
+    ratio = a["sd"] / b["sd"]
+    overlap = inter / union
+    return {
+        "global": {"median_abs_mean_diff_over_stan_sd": round(float(np.median(z[:n_g])), 3),
+                   "max_abs_mean_diff_over_stan_sd": round(float(z[:n_g].max()), 3),
+                   "median_sd_ratio": round(float(np.median(ratio[:n_g])), 3),
+                   "sd_ratio_range": [round(float(ratio[:n_g].min()), 3), round(float(ratio[:n_g].max()), 3)],
+                   "median_interval_overlap": round(float(np.median(overlap[:n_g])), 3)},
+        "local": {"median_abs_mean_diff_over_stan_sd": round(float(np.median(z[n_g:])), 3),
+                  "q90_abs_mean_diff_over_stan_sd": round(float(np.quantile(z[n_g:], 0.9)), 3),
+                  "median_sd_ratio": round(float(np.median(ratio[n_g:])), 3),
+                  "sd_ratio_q10_q90": [round(float(np.quantile(ratio[n_g:], q)), 3) for q in (0.1, 0.9)],
+                  "median_interval_overlap": round(float(np.median(overlap[n_g:])), 3)},
+        "per_global": {name: {"mean_mlnpe": round(float(a["mean"][k]), 3), "mean_stan": round(float(b["mean"][k]), 3),
+                              "sd_mlnpe": round(float(a["sd"][k]), 3), "sd_stan": round(float(b["sd"][k]), 3),
+                              "abs_mean_diff_over_stan_sd": round(float(z[k]), 3),
+                              "sd_ratio": round(float(ratio[k]), 3), "overlap": round(float(overlap[k]), 3)}
+                       for k, name in enumerate(GLOBAL_NAMES)},
+        "pooling_abs_diff_median": round(float(np.median(np.abs(_pooling(ours) - _pooling(stan)))), 3),
+    }  # fmt: skip
+
+
+def _refined(npe, data, n_draws: int, seed: int):
+    """HMC draws of the exact posterior through the amortizer (mlnpe.refine), as PosteriorDraws."""
+    result = refine(npe.estimator, npe.model, data, n_draws, RefineConfig(seed=seed),
+                    labels=(npe.global_names, npe.local_names))
+    draws = PosteriorDraws(result.global_draws[:n_draws], result.local_draws[:n_draws], tuple(npe.global_names),
+                           tuple(npe.local_names), data.levels, None)
+    diagnostics = {"seconds": round(result.seconds, 1), "rhat_max": round(result.max_rhat, 3),
+                   "ess_bulk_min": round(result.min_ess), "divergences": result.divergences,
+                   "accept_rate": round(result.accept_rate, 2)}
+    return draws, diagnostics
+
+
 def compare_with_stan(npe, args: argparse.Namespace) -> tuple[dict, list]:
     sims = simulate_batch(npe.model, args.stan_datasets, (16, 16), (16, 16), torch.Generator().manual_seed(4242))
     datasets = sims.batch.to_datasets()
@@ -175,37 +221,17 @@ def compare_with_stan(npe, args: argparse.Namespace) -> tuple[dict, list]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", StanDiagnosticWarning)
             ref = fit_ar1_stan(data, chains=4, warmup=1000, draws=1000, seed=10 + i, backend="pystan")
-        a, b = _stats(ours), _stats(ref.draws)
-        inter = np.clip(np.minimum(a["upper"], b["upper"]) - np.maximum(a["lower"], b["lower"]), 0, None)
-        union = np.maximum(a["upper"], b["upper"]) - np.minimum(a["lower"], b["lower"])
-        n_g = len(GLOBAL_NAMES)
-        z = np.abs(a["mean"] - b["mean"]) / b["sd"]
-        ratio = a["sd"] / b["sd"]
-        overlap = inter / union
-        kappa_a, kappa_b = _pooling(ours), _pooling(ref.draws)
-        kappas.append((kappa_a, kappa_b))
-        rows.append({
-            "dataset": i,
-            "global": {"median_abs_mean_diff_over_stan_sd": round(float(np.median(z[:n_g])), 3),
-                       "max_abs_mean_diff_over_stan_sd": round(float(z[:n_g].max()), 3),
-                       "median_sd_ratio": round(float(np.median(ratio[:n_g])), 3),
-                       "sd_ratio_range": [round(float(ratio[:n_g].min()), 3), round(float(ratio[:n_g].max()), 3)],
-                       "median_interval_overlap": round(float(np.median(overlap[:n_g])), 3)},
-            "local": {"median_abs_mean_diff_over_stan_sd": round(float(np.median(z[n_g:])), 3),
-                      "q90_abs_mean_diff_over_stan_sd": round(float(np.quantile(z[n_g:], 0.9)), 3),
-                      "median_sd_ratio": round(float(np.median(ratio[n_g:])), 3),
-                      "sd_ratio_q10_q90": [round(float(np.quantile(ratio[n_g:], q)), 3) for q in (0.1, 0.9)],
-                      "median_interval_overlap": round(float(np.median(overlap[n_g:])), 3)},
-            "per_global": {name: {"mean_mlnpe": round(float(a["mean"][k]), 3), "mean_stan": round(float(b["mean"][k]), 3),
-                                  "sd_mlnpe": round(float(a["sd"][k]), 3), "sd_stan": round(float(b["sd"][k]), 3),
-                                  "abs_mean_diff_over_stan_sd": round(float(z[k]), 3),
-                                  "sd_ratio": round(float(ratio[k]), 3), "overlap": round(float(overlap[k]), 3)}
-                           for k, name in enumerate(GLOBAL_NAMES)},
-            "pooling_abs_diff_median": round(float(np.median(np.abs(kappa_a - kappa_b))), 3),
+        kappas.append((_pooling(ours), _pooling(ref.draws)))
+        row = {"dataset": i, **_agreement(ours, ref.draws)}
+        if args.refine:
+            refined, diagnostics = _refined(npe, data, args.fit_draws, seed=100 + i)
+            row["refined"] = {**_agreement(refined, ref.draws), "hmc": diagnostics}
+        row.update({
             "stan": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in ref.diagnostics.items()},
             "stan_warnings": [str(w.message)[:120] for w in caught],
             "mlnpe_fit_seconds": round(ours_s, 3),
         })  # fmt: skip
+        rows.append(row)
         timings.append((ours_s, ref.diagnostics["sample_seconds"], ref.diagnostics["compile_seconds"]))
         fits.append((data, ours, ref.draws))
     ka = np.stack([k[0] for k in kappas])
@@ -268,6 +294,10 @@ def main() -> None:
     for row in stan["datasets"]:
         print(f"Stan dataset {row['dataset']}: global {row['global']}, local {row['local']}, "
               f"pooling |diff| {row['pooling_abs_diff_median']}, Stan {row['stan']}", flush=True)  # fmt: skip
+        if "refined" in row:
+            r = row["refined"]
+            print(f"  refined (HMC {r['hmc']}): global {r['global']}, local {r['local']}, "
+                  f"pooling |diff| {r['pooling_abs_diff_median']}", flush=True)  # fmt: skip
     print(f"pooling: {stan['pooling']}; runtime: {runtime}", flush=True)
     result = {
         "benchmark": "ar1",

@@ -7,6 +7,7 @@ rank uniformity over many datasets (local parameters pooled over groups).
 
     python benchmarks/exact_posterior.py --quick     # < 3 minutes; last line: one JSON object
     python benchmarks/exact_posterior.py             # the full run reported in BENCHMARKS.md
+    python benchmarks/exact_posterior.py --refine 20 # also HMC-refined draws (mlnpe.refine) on 20 datasets
 """
 
 from __future__ import annotations
@@ -24,26 +25,23 @@ from mlnpe import MultilevelNPE, NetworkConfig, TrainConfig
 from mlnpe.diagnostics import pool_local_ranks, sbc_ranks, sbc_uniformity_pvalues
 from mlnpe.exact import normal_model_posterior
 from mlnpe.models import NormalHierarchical
+from mlnpe.refine import RefineConfig, refine
 from mlnpe.spec import simulate_batch
 
 GROUPS, ROWS = (5, 30), (2, 50)
 
 
-def accuracy(npe: MultilevelNPE, n_datasets: int, n_draws: int, seed: int) -> dict[str, dict[str, float]]:
-    """Posterior-mean error (in exact sds) and sd ratio per block, averaged over held-out datasets."""
-    sims = simulate_batch(npe.model, n_datasets, GROUPS, ROWS, torch.Generator().manual_seed(seed))
-    datasets = sims.batch.to_datasets()
-    draws = npe.sample(datasets, n_draws, seed=seed)
+def _errors(datasets, draws) -> dict[str, dict[str, float]]:
+    """Posterior-mean error (in exact sds) and sd ratio per block over datasets; draws: (mu, tau, alpha) each."""
     err = {"mu": [], "tau": [], "alpha": []}
     ratio = {"mu": [], "tau": [], "alpha": []}
-    for data, d in zip(datasets, draws):
+    for data, (mu, tau, alpha) in zip(datasets, draws):
         exact = normal_model_posterior([data.group(j)[0][:, 0] for j in range(data.n_groups)])
-        for name, m, s in (("mu", exact.mu_mean, exact.mu_sd), ("tau", exact.tau_mean, exact.tau_sd)):
-            err[name].append(abs(d[name].mean() - m) / s)
-            ratio[name].append(d[name].std(ddof=1) / s)
-        a = d["alpha"]
-        err["alpha"].extend(np.abs(a.mean(0) - exact.alpha_mean) / exact.alpha_sd)
-        ratio["alpha"].extend(a.std(0, ddof=1) / exact.alpha_sd)
+        for name, d, m, s in (("mu", mu, exact.mu_mean, exact.mu_sd), ("tau", tau, exact.tau_mean, exact.tau_sd)):
+            err[name].append(abs(d.mean() - m) / s)
+            ratio[name].append(d.std(ddof=1) / s)
+        err["alpha"].extend(np.abs(alpha.mean(0) - exact.alpha_mean) / exact.alpha_sd)
+        ratio["alpha"].extend(alpha.std(0, ddof=1) / exact.alpha_sd)
     return {
         k: {
             "mean_err_sd": float(np.mean(err[k])),
@@ -54,6 +52,31 @@ def accuracy(npe: MultilevelNPE, n_datasets: int, n_draws: int, seed: int) -> di
         }
         for k in err
     }
+
+
+def accuracy(
+    npe: MultilevelNPE, n_datasets: int, n_draws: int, seed: int, refined: int = 0
+) -> tuple[dict[str, dict[str, float]], dict | None]:
+    """Errors of the amortized draws over held-out datasets; with `refined` > 0 also, on the first `refined`
+    datasets, those of the amortized and of the HMC-refined draws (mlnpe.refine) side by side."""
+    sims = simulate_batch(npe.model, n_datasets, GROUPS, ROWS, torch.Generator().manual_seed(seed))
+    datasets = sims.batch.to_datasets()
+    draws = [(d["mu"], d["tau"], d["alpha"]) for d in npe.sample(datasets, n_draws, seed=seed)]
+    if not refined:
+        return _errors(datasets, draws), None
+    runs = [refine(npe.estimator, npe.model, data, n_draws, RefineConfig(seed=seed + i),
+                   labels=(npe.global_names, npe.local_names)) for i, data in enumerate(datasets[:refined])]
+    hmc = [(r.global_draws[:, 0], r.global_draws[:, 1], r.local_draws[..., 0]) for r in runs]
+    comparison = {
+        "datasets": refined,
+        "amortized": _errors(datasets[:refined], draws[:refined]),
+        "refined": _errors(datasets[:refined], hmc),
+        "seconds_per_fit": round(float(np.mean([r.seconds for r in runs])), 1),
+        "max_rhat": round(max(r.max_rhat for r in runs), 3),
+        "min_ess_bulk": round(min(r.min_ess for r in runs)),
+        "divergences": int(sum(r.divergences for r in runs)),
+    }
+    return _errors(datasets, draws), comparison
 
 
 def sbc(npe: MultilevelNPE, n_datasets: int, n_draws: int, seed: int) -> dict[str, float]:
@@ -80,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--network", default="{}", help="NetworkConfig overrides as JSON")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--refine", type=int, default=0,
+                        help="also refine the first N held-out fits by HMC (mlnpe.refine) and report both")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seconds = args.seconds or (90.0 if args.quick else 420.0)
@@ -98,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.save:
         npe.save(args.save)
     t0 = time.perf_counter()
-    acc = accuracy(npe, n_heldout, 2000, seed=10_000 + args.seed)
+    acc, refined = accuracy(npe, n_heldout, 2000, seed=10_000 + args.seed, refined=args.refine)
     p = sbc(npe, n_sbc, 100, seed=20_000 + args.seed)
     result = {
         "mean_err_sd": max(v["mean_err_sd"] for v in acc.values()),
@@ -121,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".strip(),
         "command": "python " + " ".join(sys.argv),
     }
+    if refined is not None:
+        result["refined"] = refined
     print(json.dumps(result))
     return result
 

@@ -117,7 +117,9 @@ def _moments(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, flo
     return float(m[0]), float(s[0])
 
 
-def run_case(name: str, seconds: float, seed: int, threads: int, focus: int, network: dict | None = None) -> dict:
+def run_case(
+    name: str, seconds: float, seed: int, threads: int, focus: int, network: dict | None = None, refine: bool = True
+) -> dict:
     spec = CASES[name]
     data = spec["data"]()
     ref = pd.read_csv(DB / spec["reference"]).set_index("variable")
@@ -128,20 +130,27 @@ def run_case(name: str, seconds: float, seed: int, threads: int, focus: int, net
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
         t = time.perf_counter()
-        fit = model.fit(n_draws=4000, seed=seed + 1)
+        fit = model.fit(n_draws=4000, seed=seed + 1, refine=False)
         fit_seconds = time.perf_counter() - t
-    draws = fit.draws
-    values = {k: draws[v].to_numpy() for k, v in spec["globals"].items()}
-    for stem, per_group in spec["locals"](draws, fit.design.levels).items():
-        values.update({f"{stem}[{j}]": v for j, v in per_group.items()})
+    refined = model.fit(n_draws=4000, seed=seed + 1, refine=True) if refine else None
+
+    def values_of(draws: pd.DataFrame) -> dict[str, np.ndarray]:
+        values = {k: draws[v].to_numpy() for k, v in spec["globals"].items()}
+        for stem, per_group in spec["locals"](draws, fit.design.levels).items():
+            values.update({f"{stem}[{j}]": v for j, v in per_group.items()})
+        return values
+
+    arms = [("raw", values_of(fit.draws), None), ("psis", values_of(fit.draws), fit.psis)]
+    if refined is not None:
+        arms.append(("refined", values_of(refined.draws), None))
     rows = []
-    for variable, v in values.items():
+    for variable in arms[0][1]:
         if variable not in ref.index:
             continue
         r_mean, r_sd = float(ref.loc[variable, "mean"]), float(ref.loc[variable, "sd"])
         row = {"variable": variable, "global": variable in spec["globals"]}
-        for label, w in (("raw", None), ("psis", fit.psis)):
-            m, s = _moments(v, w)
+        for label, values, w in arms:
+            m, s = _moments(values[variable], w)
             row[f"{label}_err"], row[f"{label}_ratio"] = abs(m - r_mean) / r_sd, s / r_sd
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -150,7 +159,12 @@ def run_case(name: str, seconds: float, seed: int, threads: int, focus: int, net
            "train_datasets": sum(r["datasets"] for r in model.rounds), "fit_seconds": round(fit_seconds, 2),
            "khat": round(float(fit.pareto_k), 3), "psis_ess": round(float(fit.ess), 1),
            "compared": len(table)}
-    for label in ("raw", "psis"):
+    if refined is not None:
+        r = refined.refinement
+        out["refine"] = {"seconds": round(r.seconds, 1), "chains": r.chains, "rhat_max": round(r.max_rhat, 3),
+                         "ess_bulk_min": round(r.min_ess), "divergences": r.divergences,
+                         "accept_rate": round(r.accept_rate, 2)}
+    for label in [a[0] for a in arms]:
         out[label] = {
             "median_err": round(float(table[f"{label}_err"].median()), 3),
             "max_err": round(float(table[f"{label}_err"].max()), 3),
@@ -171,11 +185,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--focus", type=int, default=1)
     parser.add_argument("--network", type=json.loads, default=None, help="NetworkConfig overrides as JSON")
+    parser.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.refine) arm")
     args = parser.parse_args(argv)
-    results = [run_case(c, args.seconds, args.seed, args.threads, args.focus, args.network) for c in (args.cases or list(CASES))]
-    summary = {r["case"]: {"khat": r["khat"], "median_err_raw": r["raw"]["median_err"],
-                           "median_err_psis": r["psis"]["median_err"], "ratio_range_raw": r["raw"]["ratio_range"],
-                           "ratio_range_psis": r["psis"]["ratio_range"]} for r in results}
+    results = [run_case(c, args.seconds, args.seed, args.threads, args.focus, args.network, not args.no_refine)
+               for c in (args.cases or list(CASES))]
+    summary = {}
+    for r in results:
+        summary[r["case"]] = {"khat": r["khat"], **{f"median_err_{a}": r[a]["median_err"] for a in ("raw", "psis", "refined") if a in r},
+                              **{f"ratio_range_{a}": r[a]["ratio_range"] for a in ("raw", "psis", "refined") if a in r}}
+        if "refine" in r:
+            summary[r["case"]]["refine"] = r["refine"]
     summary["machine"] = f"{platform.machine()}, {args.threads} threads"
     summary["command"] = "python " + " ".join(sys.argv)
     print(json.dumps(summary))

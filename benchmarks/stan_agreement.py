@@ -130,9 +130,9 @@ def run_case(name: str, seconds: float, seed: int, threads: int, focus: int = 0,
                             seed=seed, progress=False), focus=focus)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
-        model.fit(n_draws=4000, seed=seed + 1)  # warm-up
+        model.fit(n_draws=4000, seed=seed + 1, refine=False)  # warm-up
         t = time.perf_counter()
-        fit = model.fit(n_draws=4000, seed=seed + 1)
+        fit = model.fit(n_draws=4000, seed=seed + 1, refine=False)
         fit_seconds = time.perf_counter() - t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StanDiagnosticWarning)

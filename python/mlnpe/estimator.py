@@ -477,8 +477,14 @@ class MultilevelEstimator(nn.Module):
 
     def global_sample(self, n: int, h_global: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """n draws of unconstrained globals (n, B, G) given `summarize`'s h_global (B, ...)."""
+        context = self._split_global(h_global)[0]
+        noise = torch.randn(n, *context.shape[:-1], self.global_flow.features, generator=generator, dtype=context.dtype)
+        return self.global_from_noise(noise, h_global)
+
+    def global_from_noise(self, noise: Tensor, h_global: Tensor) -> Tensor:
+        """The global flow's map from its standard normal base: noise (..., B, G) -> unconstrained globals."""
         context, shift, log_scale = self._split_global(h_global)
-        gu = self.global_flow.sample(context.expand(n, *context.shape), generator)
+        gu = self.global_flow.from_noise(noise, context.expand(*noise.shape[:-1], context.shape[-1]))
         if log_scale is not None:
             gu = gu * torch.exp(log_scale)
         return gu if shift is None else gu + shift
@@ -896,8 +902,14 @@ class MultilevelEstimator(nn.Module):
 
     def local_sample(self, h_local: Tensor, gu: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One unconstrained local draw per group and global draw: gu (..., B, G) -> (..., B, J, L)."""
+        context, _ = self._local_inputs(h_local, gu)
+        noise = torch.randn(*context.shape[:-1], self.local_flow.features, generator=generator, dtype=context.dtype)
+        return self.local_from_noise(noise, h_local, gu)
+
+    def local_from_noise(self, noise: Tensor, h_local: Tensor, gu: Tensor) -> Tensor:
+        """The local flow's map from its standard normal base: noise (..., B, J, L) given globals gu (..., B, G)."""
         context, shift = self._local_inputs(h_local, gu)
-        lu = self.local_flow.sample(context, generator)
+        lu = self.local_flow.from_noise(noise, context)
         return lu if shift is None else lu + shift
 
     # ---- densities ------------------------------------------------------------------------------------------

@@ -235,16 +235,44 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
     }
 
 
-def _resample_flag(resample: Any) -> bool | str:
-    if isinstance(resample, str) and resample == "auto":
+def _auto_flag(value: Any, name: str) -> bool | str:
+    if isinstance(value, str) and value == "auto":
         return "auto"
-    if isinstance(resample, bool):
-        return resample
-    raise ConfigError(f"`resample` must be TRUE, FALSE or \"auto\", got {resample!r}.")
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"`{name}` must be TRUE, FALSE or \"auto\", got {value!r}.")
+
+
+def _resample_flag(resample: Any) -> bool | str:
+    return _auto_flag(resample, "resample")
+
+
+def _refine_flag(refine: Any) -> bool | str:
+    return _auto_flag(refine, "refine")
+
+
+def _refine_config(control: Mapping[str, Any] | None, seed: int | None) -> Any:
+    from .refine import RefineConfig
+
+    values = _coerce_fields(RefineConfig, control, "refine_control")
+    known = [f.name for f in dataclasses.fields(RefineConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"`refine_control` has unknown settings {unknown}; known: {known}.")
+    if values.get("seed") is None:
+        values["seed"] = seed
+    return RefineConfig(**values)
 
 
 def _use_resampling(fit: Any, resample: bool | str) -> bool:
-    """"auto": resample exactly when PSIS says the weights are reliable (k-hat at most its threshold)."""
+    """"auto": resample exactly when PSIS says the weights are reliable (k-hat at most its threshold).
+
+    Refined draws are never resampled: they are HMC draws of the exact posterior, and the PSIS weights belong to
+    the amortized draws they replaced."""
+    if fit.refinement is not None:
+        if resample is True:
+            raise ConfigError("`resample = TRUE` does not apply to refined draws; use `refine = FALSE` to resample.")
+        return False
     if resample != "auto":
         return bool(resample)
     return fit.psis is not None and float(fit.psis.pareto_k) <= float(fit.psis.khat_threshold)
@@ -265,12 +293,27 @@ def _fit_result(
             "khat_threshold": None if fit.psis is None else float(fit.psis.khat_threshold),
             "diagnosis": None if fit.psis is None else fit.psis.diagnosis(),
             "resampled": bool(resample),
+            "refined": fit.refinement is not None,
+            "refine": None if fit.refinement is None else _refine_summary(fit.refinement),
             "seconds": float(fit.seconds),
             "levels": [str(level) for level in fit.design.levels],
             "nobs": int(len(fit.design.y)),
         }
     )
     return result
+
+
+def _refine_summary(result: Any) -> dict[str, Any]:
+    return {
+        "chains": int(result.chains),
+        "rhat_max": _float(result.max_rhat),
+        "ess_bulk_min": _float(result.min_ess),
+        "divergences": int(result.divergences),
+        "accept_rate": _float(result.accept_rate),
+        "step_size": _float(result.step_size),
+        "seconds": float(result.seconds),
+        "problems": list(result.problems()),
+    }
 
 
 # ---- model handles -------------------------------------------------------------------------------------------
@@ -362,6 +405,8 @@ def fit_model(
     resample: bool | str = "auto",
     save_to: str | None = None,
     focus: Any = 1,
+    refine: bool | str = "auto",
+    refine_control: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains (or loads from the cache) the amortizer of a formula model and fits `data`.
 
@@ -380,6 +425,9 @@ def fit_model(
         resample: return draws importance-resampled by their PSIS weights: True, False, or "auto" (resample
             when k-hat is at most its threshold, so the reweighted draws are the better approximation).
         save_to: where to save the amortizer when `cache` is False (the handle R keeps).
+        refine: replace the amortized draws by HMC draws of the exact posterior (`FormulaNPE.fit`): True,
+            False, or "auto" (when k-hat is above 0.7).
+        refine_control: RefineConfig fields (chains, warmup, target_accept, trajectory, max_leapfrog, pool).
         focus: focusing rounds of training (`FormulaNPE.train`): 0 amortizes over the whole prior, k >= 1
             concentrates the simulations on datasets like `data`.
 
@@ -407,7 +455,8 @@ def fit_model(
         root = cache_dir() if cache is True else Path(str(cache))
         path = root / model.spec_hash(config, focus)
     _remember(path, model)
-    fit = model.fit(n_draws=n_draws, seed=seed, psis=bool(psis))
+    fit = model.fit(n_draws=n_draws, seed=seed, psis=bool(psis), refine=_refine_flag(refine),
+                    refine_config=_refine_config(refine_control, seed))
     out = _fit_result(fit, model, path, n_draws, seed, resample)
     out["from_cache"] = bool(from_cache)
     out["setup_seconds"] = float(elapsed)
@@ -424,11 +473,15 @@ def refit(
     seed: int | None = None,
     psis: bool = True,
     resample: bool | str = "auto",
+    refine: bool | str = "auto",
+    refine_control: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Fits new data with a saved amortizer: no training, only a forward pass (R's ``update(fit, newdata =)``)."""
+    """Fits new data with a saved amortizer: no training, a forward pass (and the HMC refinement when `refine`
+    asks for it) (R's ``update(fit, newdata =)``)."""
     model = _load(model_path)
     n_draws, seed = _int(n_draws, "ndraws"), _seed(seed)
-    fit = model.fit(_frame(data, "newdata"), n_draws=n_draws, seed=seed, psis=bool(psis))
+    fit = model.fit(_frame(data, "newdata"), n_draws=n_draws, seed=seed, psis=bool(psis), refine=_refine_flag(refine),
+                    refine_config=_refine_config(refine_control, seed))
     out = _fit_result(fit, model, Path(str(model_path)), n_draws, seed, resample)
     out["from_cache"] = True
     return out
@@ -629,7 +682,7 @@ def logo(
         held = frame.loc[held_rows].reset_index(drop=True)
         with warnings.catch_warnings():  # the k-hat of every refit is returned, not warned about
             warnings.simplefilter("ignore", ParetoKWarning)
-            fit = model.fit(rest, n_draws=n_draws, seed=base + j, psis=n_draws >= 10)
+            fit = model.fit(rest, n_draws=n_draws, seed=base + j, psis=n_draws >= 10, refine=False)
         generator = torch.Generator().manual_seed(base + j + 7919)
         group = GroupedData.from_groups([design.y[held_rows][:, None]], [x[held_rows]], [level])
         r, log_correction = model.npe.local_proposal(group, fit.raw.global_draws, n_local, generator)

@@ -547,6 +547,13 @@ class ConditionalFlow(nn.Module):
     def sample(self, context: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One draw per context row: context (..., context) -> (..., features)."""
         noise = torch.randn(*context.shape[:-1], self.features, generator=generator, dtype=context.dtype)
+        return self.from_noise(noise, context)
+
+    def from_noise(self, noise: Tensor, context: Tensor) -> Tensor:
+        """The flow's map from its standard normal base: noise (..., features), context (..., context) -> theta_u.
+
+        Differentiable in `noise`; `sample` is this map at fresh noise (mlnpe.refine runs HMC through it).
+        """
         z = self.flow(context).transform.inv(noise)
         if self.affine is not None:
             shift, log_scale = self._shift_scale(context)

@@ -40,7 +40,7 @@ def gaussian():
 def test_brms_names_and_order(gaussian):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
-        fit = gaussian.fit(n_draws=50, seed=1)
+        fit = gaussian.fit(n_draws=50, seed=1, refine=False)
     cols = list(fit.draws.columns)
     assert cols[:7] == ["b_Intercept", "b_x", "b_sexMale", "sd_g__Intercept", "sd_g__x", "cor_g__Intercept__x",
                         "sigma"]
@@ -83,7 +83,7 @@ def test_exact_log_density_pieces(gaussian):
 def test_predictions_shapes_and_errors(gaussian):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
-        fit = gaussian.fit(n_draws=40, seed=3)
+        fit = gaussian.fit(n_draws=40, seed=3, refine=False)
     assert fit.posterior_predict(ndraws=10, seed=1).shape == (10, 48)
     assert fit.posterior_epred(ndraws=10, seed=1).shape == (10, 48)
     assert fit.log_lik().shape == (40, 48)
@@ -98,8 +98,8 @@ def test_save_load_and_cache(gaussian, tmp_path, monkeypatch):
     loaded = FormulaNPE.load(tmp_path / "m", data=_df())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
-        a = gaussian.fit(n_draws=20, seed=4).draws
-        b = loaded.fit(n_draws=20, seed=4).draws
+        a = gaussian.fit(n_draws=20, seed=4, refine=False).draws
+        b = loaded.fit(n_draws=20, seed=4, refine=False).draws
     assert a.equals(b)
     monkeypatch.setenv("MLNPE_CACHE_DIR", str(tmp_path / "cache"))
     m1, hit1 = trained_model("y ~ x + (1 | g)", _df(), "gaussian", train=TINY, network=NET)
@@ -121,7 +121,7 @@ def test_families_train_and_fit(formula, family):
     model.train(TINY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
-        fit = model.fit(n_draws=20, seed=0)
+        fit = model.fit(n_draws=20, seed=0, refine=False)
     assert np.isfinite(fit.draws.to_numpy()).all()
     assert np.isfinite(fit.log_lik()).all()
 
@@ -129,7 +129,7 @@ def test_families_train_and_fit(formula, family):
 def test_untrained_model_gets_a_khat_warning():
     model = FormulaNPE("y ~ x + (1 | g)", _df(), "gaussian", network=NET)
     with pytest.warns(ParetoKWarning, match="k-hat"):
-        model.fit(n_draws=100, seed=0)
+        model.fit(n_draws=100, seed=0, refine=False)
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,12 @@ from types import SimpleNamespace
 import pytest
 
 from mlnpe.errors import ConfigError
-from mlnpe.interop import _resample_flag, _use_resampling
+from mlnpe.interop import _refine_config, _refine_flag, _resample_flag, _use_resampling
 
 
-def _fit(khat):
-    return SimpleNamespace(psis=None if khat is None else SimpleNamespace(pareto_k=khat, khat_threshold=0.7))
+def _fit(khat, refinement=None):
+    return SimpleNamespace(psis=None if khat is None else SimpleNamespace(pareto_k=khat, khat_threshold=0.7),
+                           refinement=refinement)
 
 
 def test_auto_resamples_only_when_the_weights_are_reliable():
@@ -19,6 +20,24 @@ def test_auto_resamples_only_when_the_weights_are_reliable():
     assert _use_resampling(_fit(0.71), "auto") is False
     assert _use_resampling(_fit(None), "auto") is False  # no PSIS, no weights
     assert _use_resampling(_fit(2.0), True) is True and _use_resampling(_fit(0.1), False) is False
+
+
+def test_refined_draws_are_never_resampled():
+    refined = _fit(2.0, refinement=object())
+    assert _use_resampling(refined, "auto") is False and _use_resampling(refined, False) is False
+    with pytest.raises(ConfigError, match="refine = FALSE"):
+        _use_resampling(refined, True)
+
+
+def test_refine_flag_and_control():
+    assert _refine_flag("auto") == "auto" and _refine_flag(True) is True and _refine_flag(False) is False
+    with pytest.raises(ConfigError, match="`refine` must be TRUE, FALSE or \"auto\""):
+        _refine_flag("yes")
+    config = _refine_config({"chains": 8.0, "warmup": 50.0, "trajectory": 2}, seed=3)
+    assert (config.chains, config.warmup, config.trajectory, config.seed) == (8, 50, 2.0, 3)
+    assert _refine_config({"seed": 9}, seed=3).seed == 9 and _refine_config([], seed=None).seed is None
+    with pytest.raises(ConfigError, match="unknown settings \\['chainz'\\]"):
+        _refine_config({"chainz": 8}, seed=None)
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
@@ -59,7 +78,7 @@ def test_logo_matches_the_closed_form_predictive_density(tmp_path):
         held = df["y"].to_numpy()[g == j]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit = model.fit(df[g != j].reset_index(drop=True), n_draws=200, seed=5 + j)
+            fit = model.fit(df[g != j].reset_index(drop=True), n_draws=200, seed=5 + j, refine=False)
         draws = fit.draws
         mu, tau, sigma = (draws[k].to_numpy() for k in ("b_Intercept", "sd_g__Intercept", "sigma"))
         n = len(held)

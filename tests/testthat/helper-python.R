@@ -54,7 +54,8 @@ tiny_fit_memo <- new.env()
 tiny_fit <- function() {
   if (is.null(tiny_fit_memo$fit)) {
     tiny_fit_memo$fit <- quietly(mlnpe(y ~ x + (1 + x | g), data = tiny_data(), train = tiny_train,
-                                       network = tiny_network, cache = tiny_cache(), ndraws = 200, seed = 1))
+                                       network = tiny_network, cache = tiny_cache(), ndraws = 200, seed = 1,
+                                       refine = FALSE))
   }
   tiny_fit_memo$fit
 }

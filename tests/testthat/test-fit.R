@@ -19,7 +19,7 @@ test_that("an identical call loads the amortizer from the cache and gives the sa
   skip_if_no_mlnpe_python()
   fit <- tiny_fit()
   again <- quietly(mlnpe(y ~ x + (1 + x | g), data = tiny_data(), train = tiny_train, network = tiny_network,
-                         cache = tiny_cache(), ndraws = 200, seed = 1))
+                         cache = tiny_cache(), ndraws = 200, seed = 1, refine = FALSE))
   expect_true(again$amortizer$from_cache)
   expect_equal(again$amortizer$path, fit$amortizer$path)
   expect_identical(as_draws_matrix(again), as_draws_matrix(fit))
@@ -59,7 +59,7 @@ test_that("save_amortizer() and load_amortizer() round-trip and refit identicall
   amortizer <- load_amortizer(dir)
   expect_s3_class(amortizer, "mlnpe_amortizer")
   expect_output(print(amortizer), "Trained: groups")
-  again <- quietly(update(amortizer, newdata = tiny_data(), ndraws = 200, seed = 1))
+  again <- quietly(update(amortizer, newdata = tiny_data(), ndraws = 200, seed = 1, refine = FALSE))
   expect_identical(as_draws_matrix(again), as_draws_matrix(fit))
   expect_equal(prior_summary(again)$prior, prior_summary(fit)$prior)
 })
@@ -68,7 +68,7 @@ test_that("cache = FALSE trains into a temporary directory", {
   skip_if_no_mlnpe_python()
   d <- tiny_data(J = 5, n = 4)
   fit <- quietly(mlnpe(y ~ 1 + (1 | g), data = d, train = list(steps = 5, batch_size = 4, progress = FALSE),
-                       network = tiny_network, cache = FALSE, ndraws = 20, seed = 1))
+                       network = tiny_network, cache = FALSE, ndraws = 20, seed = 1, refine = FALSE))
   expect_false(fit$amortizer$from_cache)
   expect_true(startsWith(fit$amortizer$path, normalizePath(tempdir())) ||
                 startsWith(fit$amortizer$path, tempdir()))
@@ -81,7 +81,7 @@ test_that("families, priors and factor predictors go through", {
   d$f <- factor(rep(c("lo", "hi"), length.out = nrow(d)), levels = c("lo", "hi"))
   tr <- list(steps = 5, batch_size = 4, progress = FALSE)
   pois <- quietly(mlnpe(count ~ x + f + (1 | g), d, family = poisson(), train = tr, network = tiny_network,
-                        cache = tiny_cache(), ndraws = 20, seed = 1,
+                        cache = tiny_cache(), ndraws = 20, seed = 1, refine = FALSE,
                         prior = mlnpe_prior(normal(0, 1), class = b) + mlnpe_prior(normal(0.3, 1), class = Intercept)))
   expect_equal(variables(pois)[1:4], c("b_Intercept", "b_x", "b_fhi", "sd_g__Intercept"))
   ps <- prior_summary(pois)
@@ -89,8 +89,30 @@ test_that("families, priors and factor predictors go through", {
   expect_equal(family(pois)$family, "poisson")
   skip_if_missing_package("brms")
   nb <- quietly(mlnpe(count ~ x + (1 | g), d, family = brms::negbinomial(), train = tr, network = tiny_network,
-                      cache = tiny_cache(), ndraws = 20, seed = 1,
+                      cache = tiny_cache(), ndraws = 20, seed = 1, refine = FALSE,
                       prior = brms::prior(gamma(2, 0.5), class = shape)))
   expect_true("shape" %in% variables(nb))
   expect_equal(rownames(summary(nb)$spec_pars), "shape")
+})
+
+test_that("refine = TRUE replaces the amortized draws by HMC draws with Stan's diagnostics", {
+  skip_if_no_mlnpe_python()
+  fit <- tiny_fit()
+  expect_false(fit$diagnostics$refined)
+  ref <- suppressWarnings(quietly(update(fit, refine = TRUE, ndraws = 40, seed = 3,
+                                         refine_control = list(chains = 4, warmup = 20, pool = 64))))
+  expect_true(ref$diagnostics$refined)
+  expect_false(ref$diagnostics$resampled)
+  expect_equal(ndraws(ref), 40L)
+  expect_equal(variables(ref), variables(fit))
+  expect_true(all(as_draws_df(ref)$sigma > 0))
+  expect_equal(ref$diagnostics$refine$chains, 4L)
+  expect_true(is.finite(ref$diagnostics$refine$rhat_max))
+  expect_output(print(ref), "HMC: 4 chains, max R-hat")
+  expect_true(is.finite(ref$diagnostics$pareto_k))  # of the amortized draws it replaced
+  expect_error(update(fit, refine = "yes"), "`refine` must be TRUE, FALSE or \"auto\"", class = "mlnpe_argument_error")
+  expect_error(quietly(update(fit, refine = TRUE, refine_control = list(chainz = 4))), "unknown settings",
+               class = "mlnpe_config_error")
+  expect_error(quietly(update(fit, refine = TRUE, refine_control = list(chains = 1))), "`chains`",
+               class = "mlnpe_config_error")
 })

@@ -468,12 +468,26 @@ class FormulaNPE:
         seed: int | None = None,
         psis: bool = True,
         allow_extrapolation: bool = False,
+        refine: bool | str = "auto",
+        refine_config: Any = None,
     ) -> "FormulaFit":
         """Posterior draws for a dataset (the training data when `newdata` is None), brms-named.
 
         With `psis=True` (and at least 10 draws) the draws are reweighted by the exact joint density: the
-        Pareto k-hat and the importance-sampling ESS come with the fit, and a k-hat above 0.7 warns.
+        Pareto k-hat and the importance-sampling ESS come with the fit.
+
+        `refine` replaces the amortized draws by HMC draws of the exact posterior, run in the amortized
+        posterior's base space (mlnpe.refine: neural transport; seconds to a minute instead of milliseconds,
+        diagnosed by R-hat, bulk ESS and divergences like Stan's): True always, "auto" (the default) exactly
+        when PSIS finds the amortized draws unreliable (k-hat above 0.7), False never (a k-hat above 0.7
+        then warns). `refine_config` is a RefineConfig (chains, warm-up, ...); its seed defaults to `seed`.
         """
+        from ..refine import RefineConfig
+
+        if not (refine == "auto" or isinstance(refine, bool)):
+            raise ConfigError(f"`refine` must be True, False or \"auto\", got {refine!r}.")
+        if refine_config is not None and not isinstance(refine_config, RefineConfig):
+            raise ConfigError(f"`refine_config` must be a mlnpe.refine.RefineConfig, got {type(refine_config).__name__}.")
         data = self.data if newdata is None else newdata
         if data is None:
             raise DataError("`newdata` is required: this model was loaded without its training data.")
@@ -491,8 +505,47 @@ class FormulaNPE:
             )
         result = None
         if psis and draws.n_draws >= 10:  # PSIS needs a tail to fit; fewer draws come without a certificate
-            result = self._psis(draws, grouped)
-        return FormulaFit(self, draws, design, result, seconds)
+            result = self._psis(draws, grouped, warn=refine is False)
+        refinement = None
+        if refine is True or (refine == "auto" and result is not None and result.pareto_k > _KHAT_REFINE):
+            try:
+                refinement, draws = self._refine(grouped, draws, n_draws, refine_config, seed)
+            except DataError as error:  # no starting points: "auto" keeps the amortized draws and says why
+                if refine is True:
+                    raise
+                from ..refine import RefineWarning
+
+                warnings.warn(
+                    f"the amortized draws are unreliable for this dataset (Pareto k-hat {result.pareto_k:.2f} > 0.7) "
+                    f"and could not be refined: {error} These are the amortized draws.", RefineWarning, stacklevel=2,
+                )
+        return FormulaFit(self, draws, design, result, seconds, refinement=refinement)
+
+    def _refine(
+        self, grouped: GroupedData, draws: PosteriorDraws, n_draws: int, config: Any, seed: int | None
+    ) -> tuple[Any, PosteriorDraws]:
+        """HMC draws of the exact posterior through the amortized posterior's map (mlnpe.refine)."""
+        from ..refine import RefineConfig, RefineWarning, refine
+
+        if config is None:
+            config = RefineConfig(seed=seed)
+        result = refine(
+            self.npe.estimator, self.model, grouped, n_draws, config, labels=(self.npe.global_names, self.npe.local_names)
+        )
+        problems = result.problems()
+        if problems:
+            warnings.warn(
+                "the HMC refinement of the amortized draws did not converge cleanly: " + "; ".join(problems) + ". "
+                "Its draws may still be closer to the exact posterior than the amortized ones, but check them: "
+                "run it longer (RefineConfig(warmup=..., chains=...); in R `refine_control`), or train the "
+                "amortizer longer or focused on these data (focus=1 or 2) so that it starts closer.",
+                RefineWarning, stacklevel=3,
+            )
+        refined = PosteriorDraws(
+            result.global_draws[:n_draws], result.local_draws[:n_draws], draws.global_names, draws.local_names,
+            draws.levels, None,
+        )
+        return result, refined
 
     def log_joint(self, draws: PosteriorDraws, data: GroupedData) -> np.ndarray:
         """log p(theta, y) of every draw: (draws,)."""
@@ -507,11 +560,11 @@ class FormulaNPE:
             )
         return lp[:, 0].numpy()
 
-    def _psis(self, draws: PosteriorDraws, data: GroupedData):
+    def _psis(self, draws: PosteriorDraws, data: GroupedData, warn: bool = True):
         from ..psis import psis
 
         log_ratio = self.log_joint(draws, data) - draws.log_q
-        return psis(log_ratio)
+        return psis(log_ratio, warn=warn)
 
     # ---- save / load ------------------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -659,8 +712,10 @@ class FormulaFit:
         model: the FormulaNPE that produced it.
         raw: the structured draws (globals on the centred-intercept scale, group-level effects).
         design: the dataset's design.
-        psis: the PsisResult (k-hat, ESS, smoothed weights) or None.
-        seconds: time taken by sampling.
+        psis: the PsisResult (k-hat, ESS, smoothed weights) of the amortized draws, or None.
+        seconds: time taken by sampling (the refinement's time is in `refinement.seconds`).
+        refinement: the mlnpe.refine.RefineResult when the draws were refined by HMC (then `raw` holds the
+            refined draws, and the PSIS result describes the amortized draws they replaced), else None.
     """
 
     model: FormulaNPE
@@ -668,6 +723,7 @@ class FormulaFit:
     design: Design
     psis: Any = None
     seconds: float = 0.0
+    refinement: Any = None
     _draws: Any = field(default=None, repr=False)
 
     @property
@@ -687,6 +743,11 @@ class FormulaFit:
 
     def resampled(self, n: int | None = None, seed: int | None = None) -> Any:
         """Draws resampled by their PSIS weights (importance resampling), as a brms-named DataFrame."""
+        if self.refinement is not None:
+            raise ConfigError(
+                "this fit's draws were refined by HMC: they are exact-posterior draws already, and the PSIS weights "
+                "belong to the amortized draws they replaced; use `draws` (or fit with `refine=False`)."
+            )
         if self.psis is None:
             raise ConfigError("this fit has no PSIS weights; fit with `psis=True`.")
         idx = self.psis.resample(n, rng=np.random.default_rng(seed))
@@ -763,6 +824,9 @@ class FormulaFit:
         for p in probs:
             table[f"Q{100 * p:g}"] = d.quantile(p)
         return pd.DataFrame(table)
+
+
+_KHAT_REFINE = 0.7  # refine="auto" refines above this k-hat (PSIS's "bad" threshold)
 
 
 def brms_names_and_values(model: FormulaNPE, raw: PosteriorDraws, levels: Sequence[str]) -> tuple[list[str], np.ndarray]:
