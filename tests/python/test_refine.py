@@ -158,3 +158,24 @@ def test_formula_fit_refines_on_request_and_when_psis_fails(formula_model):
         formula_model.fit(n_draws=60, refine="yes")
     with pytest.raises(ConfigError, match="RefineConfig"):
         formula_model.fit(n_draws=60, refine=True, refine_config={"chains": 4})
+
+
+def test_refined_fits_do_not_warn_about_the_focusing_box(formula_model):
+    """The refined draws follow the posterior under the full prior: a focusing box they leave does not cut them."""
+    import warnings as _warnings
+
+    from mlnpe import RangeWarning
+    from mlnpe.refine import RefineWarning
+
+    formula_model.model.set_region({"Intercept": (40.0, 60.0)})
+    try:
+        with pytest.warns(RangeWarning, match="edge of the region"):
+            formula_model.fit(n_draws=60, seed=1, psis=False)
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", RefineWarning)
+            _warnings.simplefilter("error", RangeWarning)
+            fit = formula_model.fit(n_draws=60, seed=1, refine=True,
+                                    refine_config=RefineConfig(chains=4, warmup=20, pool=64, seed=1))
+        assert fit.draws["b_Intercept"].mean() < 40.0  # not cut to the box
+    finally:
+        formula_model.model.set_region(None)

@@ -496,13 +496,6 @@ class FormulaNPE:
         draws = self.npe.sample(grouped, n_draws, seed=seed, allow_extrapolation=allow_extrapolation)
         seconds = time.perf_counter() - t
         edges = self.region_edges(draws)
-        if edges:
-            warnings.warn(
-                "the posterior of this dataset reaches the edge of the region the amortizer was focused on: "
-                + "; ".join(edges) + ". Its draws may be cut off there. Train on this dataset (mlnpe() / "
-                "FormulaNPE(..., data=this dataset).train(focus=1)) or train with focus=0 (amortized over the whole "
-                "prior).", RangeWarning, stacklevel=2,
-            )
         result = None
         if psis and draws.n_draws >= 10:  # PSIS needs a tail to fit; fewer draws come without a certificate
             result = self._psis(draws, grouped, warn=refine is False)
@@ -519,6 +512,13 @@ class FormulaNPE:
                     f"the amortized draws are unreliable for this dataset (Pareto k-hat {result.pareto_k:.2f} > 0.7) "
                     f"and could not be refined: {error} These are the amortized draws.", RefineWarning, stacklevel=2,
                 )
+        if edges and refinement is None:  # refined draws follow the exact posterior under the full prior
+            warnings.warn(
+                "the posterior of this dataset reaches the edge of the region the amortizer was focused on: "
+                + "; ".join(edges) + ". Its draws may be cut off there. Refine them (refine=True), train on this "
+                "dataset (mlnpe() / FormulaNPE(..., data=this dataset).train(focus=1)) or train with focus=0 "
+                "(amortized over the whole prior).", RangeWarning, stacklevel=2,
+            )
         return FormulaFit(self, draws, design, result, seconds, refinement=refinement)
 
     def _refine(
