@@ -51,7 +51,8 @@
 #' @param refine Replace the amortized draws by Hamiltonian Monte Carlo draws of the exact posterior, run in
 #'   the amortized posterior's base space (neural transport: the trained networks straighten the posterior's
 #'   geometry, so short chains suffice; seconds to a minute instead of milliseconds): `TRUE`, `FALSE`, or
-#'   `"auto"` (the default: exactly when PSIS finds the amortized draws unreliable, k-hat above 0.7). The
+#'   `"auto"` (the default: exactly when PSIS finds the amortized draws unreliable, k-hat above 0.7, or leaves
+#'   too few effective draws for stable summaries, an ESS below 10 % of `ndraws`). The
 #'   refined draws come with Stan's diagnostics (R-hat, bulk ESS, divergences; `summary()` prints them), and a
 #'   warning when those object. Use `FALSE` where speed matters more than exactness (simulation studies).
 #' @param refine_control Settings of the refinement: `chains` (32), `warmup` (120 iterations per chain),

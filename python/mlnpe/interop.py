@@ -426,7 +426,7 @@ def fit_model(
             when k-hat is at most its threshold, so the reweighted draws are the better approximation).
         save_to: where to save the amortizer when `cache` is False (the handle R keeps).
         refine: replace the amortized draws by HMC draws of the exact posterior (`FormulaNPE.fit`): True,
-            False, or "auto" (when k-hat is above 0.7).
+            False, or "auto" (when k-hat is above 0.7 or the PSIS ESS below 10 % of the draws).
         refine_control: RefineConfig fields (chains, warmup, target_accept, trajectory, max_leapfrog, pool).
         focus: focusing rounds of training (`FormulaNPE.train`): 0 amortizes over the whole prior, k >= 1
             concentrates the simulations on datasets like `data`.

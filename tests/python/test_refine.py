@@ -179,3 +179,18 @@ def test_refined_fits_do_not_warn_about_the_focusing_box(formula_model):
         assert fit.draws["b_Intercept"].mean() < 40.0  # not cut to the box
     finally:
         formula_model.model.set_region(None)
+
+
+def test_auto_refines_on_a_bad_k_hat_or_too_few_effective_draws():
+    from types import SimpleNamespace
+
+    from mlnpe.formula.api import _psis_unreliable
+
+    def psis(k, ess):
+        return SimpleNamespace(pareto_k=k, ess=ess)
+
+    assert not _psis_unreliable(None, 4000)  # no PSIS, no verdict
+    assert not _psis_unreliable(psis(0.3, 1200.0), 4000)
+    assert _psis_unreliable(psis(0.75, 3000.0), 4000)  # k-hat above 0.7
+    assert _psis_unreliable(psis(0.67, 76.0), 4000)  # sleepstudy in the vignette: 76 effective draws of 4000
+    assert not _psis_unreliable(psis(0.67, 76.0), 500)

@@ -479,7 +479,8 @@ class FormulaNPE:
         `refine` replaces the amortized draws by HMC draws of the exact posterior, run in the amortized
         posterior's base space (mlnpe.refine: neural transport; seconds to a minute instead of milliseconds,
         diagnosed by R-hat, bulk ESS and divergences like Stan's): True always, "auto" (the default) exactly
-        when PSIS finds the amortized draws unreliable (k-hat above 0.7), False never (a k-hat above 0.7
+        when PSIS finds the amortized draws unreliable (k-hat above 0.7) or its weights leave too few effective
+        draws for stable summaries (ESS below 10 % of the draws), False never (a k-hat above 0.7
         then warns). `refine_config` is a RefineConfig (chains, warm-up, ...); its seed defaults to `seed`.
         """
         from ..refine import RefineConfig
@@ -500,7 +501,7 @@ class FormulaNPE:
         if psis and draws.n_draws >= 10:  # PSIS needs a tail to fit; fewer draws come without a certificate
             result = self._psis(draws, grouped, warn=refine is False)
         refinement = None
-        if refine is True or (refine == "auto" and result is not None and result.pareto_k > _KHAT_REFINE):
+        if refine is True or (refine == "auto" and _psis_unreliable(result, draws.n_draws)):
             try:
                 refinement, draws = self._refine(grouped, draws, n_draws, refine_config, seed)
             except DataError as error:  # no starting points: "auto" keeps the amortized draws and says why
@@ -509,7 +510,8 @@ class FormulaNPE:
                 from ..refine import RefineWarning
 
                 warnings.warn(
-                    f"the amortized draws are unreliable for this dataset (Pareto k-hat {result.pareto_k:.2f} > 0.7) "
+                    f"the amortized draws are unreliable for this dataset (Pareto k-hat {result.pareto_k:.2f}, PSIS ESS "
+                    f"{result.ess:.0f}) "
                     f"and could not be refined: {error} These are the amortized draws.", RefineWarning, stacklevel=2,
                 )
         if edges and refinement is None:  # refined draws follow the exact posterior under the full prior
@@ -827,6 +829,17 @@ class FormulaFit:
 
 
 _KHAT_REFINE = 0.7  # refine="auto" refines above this k-hat (PSIS's "bad" threshold)
+_ESS_REFINE = 0.1  # ... or when the PSIS weights' ESS is below this share of the draws
+
+
+def _psis_unreliable(result: Any, n_draws: int) -> bool:
+    """refine="auto": PSIS rejects the amortized draws (k-hat > 0.7) or leaves too few effective draws.
+
+    Resampling 4000 draws by weights whose ESS is 76 (sleepstudy at k-hat 0.67) repeats few draws many times:
+    the Monte Carlo error of a mean is then about 0.1 posterior sds, of an sd more than 0.05."""
+    if result is None:
+        return False
+    return bool(result.pareto_k > _KHAT_REFINE or result.ess < _ESS_REFINE * n_draws)
 
 
 def brms_names_and_values(model: FormulaNPE, raw: PosteriorDraws, levels: Sequence[str]) -> tuple[list[str], np.ndarray]:
