@@ -63,8 +63,8 @@ print.mlnpesummary <- function(x, digits = 2, ...) {
     cat("  Draws: ", x$ndraws, " draws of the exact posterior by HMC through the amortized posterior (refined)\n",
         sep = "")
     cat("    HMC: ", refine_line(x$refine), "\n", sep = "")
-    cat("   PSIS: ", psis_line(x$pareto_k, x$ess, x$khat_threshold), " of the amortized draws it replaced\n",
-        sep = "")
+    cat("   PSIS: ", psis_line(x$pareto_k, x$ess, x$khat_threshold, verdict = FALSE),
+        " of the amortized draws it replaced\n", sep = "")
   } else {
     cat("  Draws: ", x$ndraws, if (isTRUE(x$resampled)) " importance-resampled" else " independent",
         " draws from the amortized posterior (NPE)\n", sep = "")
@@ -104,10 +104,11 @@ refine_line <- function(r) {
           r$rhat_max, r$ess_bulk_min, as.integer(r$divergences), r$seconds, verdict)
 }
 
-psis_line <- function(k, ess, threshold) {
+psis_line <- function(k, ess, threshold, verdict = TRUE) {
   if (is.null(k) || is.na(k)) return("not computed")
-  verdict <- if (k <= 0.7) "good" else "bad: refine = TRUE, train longer, or use MCMC"
-  sprintf("Pareto k-hat = %s, ESS = %.0f (%s)", format(round(k, 2), nsmall = 2), ess, verdict)
+  line <- sprintf("Pareto k-hat = %s, ESS = %.0f", format(round(k, 2), nsmall = 2), ess)
+  if (!verdict) return(line)
+  sprintf("%s (%s)", line, if (k <= 0.7) "good" else "bad: refine = TRUE, train longer, or use MCMC")
 }
 
 print_table <- function(df, digits) {
