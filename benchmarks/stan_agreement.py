@@ -4,7 +4,10 @@ For each case: train an amortizer, fit the dataset (4000 draws, PSIS certificate
 (4 chains, 1000 warm-up + 1000 draws), and compare per parameter:
 - |mean difference| / Stan sd (median over parameters; target <= 0.1);
 - sd ratio mlnpe / Stan (target within [0.9, 1.1]).
-Both are given for the raw amortized draws and for the PSIS-reweighted ones. Also reported: k-hat, ESS,
+Both are given for the raw amortized draws, for the PSIS-reweighted ones, and (keys `fit_*`) for what `fit()`
+returns by default: refine="auto" replaces the amortized draws by HMC draws where PSIS rejects them
+(mlnpe.refine; a "quick" run's small budget usually triggers it, so "--quick" takes a few minutes longer than
+before). Also reported: k-hat, ESS,
 training time, mlnpe's per-fit time beside Stan's (compile and sampling), and for the Minnesota radon data the
 posteriordb reference (rstan, 10 chains x 10,000 draws).
 
@@ -158,6 +161,14 @@ def run_case(name: str, seconds: float, seed: int, threads: int, focus: int = 0,
         "psis_ess": round(float(fit.ess), 1),
         **compare(fit.draws, fit.psis, stan.draws),
     }
+    # what a user gets from fit() by default: refine="auto" refines where PSIS rejects the amortized draws
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        default = model.fit(n_draws=4000, seed=seed + 1)
+        default_seconds = time.perf_counter() - t
+    result["default_fit"] = {**compare(default.draws, None, stan.draws)["raw"], "refined": default.refinement is not None,
+                             "seconds": round(default_seconds, 2)}
     if name == "radon_partially_pooled":
         ref = pd.read_csv(SHARED / "posteriordb" / "radon_mn" / "reference_summary_partially_pooled.csv")
         ref = ref.set_index("variable")
@@ -194,6 +205,11 @@ def main(argv: list[str] | None = None) -> dict:
             "psis_sd_ratio_min": round(r["psis"]["sd_ratio_min"], 3),
             "psis_sd_ratio_max": round(r["psis"]["sd_ratio_max"], 3),
             "max_khat": r["khat"],
+            "fit_median_mean_err_sd": round(r["default_fit"]["median_mean_err_sd"], 3),
+            "fit_sd_ratio_min": round(r["default_fit"]["sd_ratio_min"], 3),
+            "fit_sd_ratio_max": round(r["default_fit"]["sd_ratio_max"], 3),
+            "fit_refined": r["default_fit"]["refined"],
+            "fit_seconds": r["default_fit"]["seconds"],
             "train_seconds": r["train_seconds"],
             "mlnpe_fit_seconds": r["mlnpe_fit_seconds"],
             "stan_seconds": round(r["stan_compile_seconds"] + r["stan_sample_seconds"], 1),
