@@ -484,7 +484,7 @@ class MultilevelEstimator(nn.Module):
     def global_from_noise(self, noise: Tensor, h_global: Tensor) -> Tensor:
         """The global flow's map from its standard normal base: noise (..., B, G) -> unconstrained globals."""
         context, shift, log_scale = self._split_global(h_global)
-        gu = self.global_flow.from_noise(noise, context.expand(*noise.shape[:-1], context.shape[-1]))
+        gu = self.global_flow.from_noise(noise, context)  # the context broadcasts: its layers run once
         if log_scale is not None:
             gu = gu * torch.exp(log_scale)
         return gu if shift is None else gu + shift
@@ -855,8 +855,13 @@ class MultilevelEstimator(nn.Module):
         residual = (cov[:, 0, 0] - (cx0[..., 0] * slopes).sum(-1)).clamp_min(0.0)
         return slopes, residual * dof / (dof - (d - 1)).clamp_min(1.0)
 
-    def _local_inputs(self, h_local: Tensor, global_u: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _local_inputs(
+        self, h_local: Tensor, global_u: Tensor, parts: bool = False
+    ) -> tuple[Tensor | tuple[Tensor, Tensor], Tensor | None]:
         """The local flow's context (..., B, J, h + G) and shift (..., B, J, L) (None without a local shift).
+
+        With `parts`, the context comes as its two broadcastable parts, h_local (B, J, h) and the standardized
+        globals (..., B, 1, G) (`ConditionalFlow.from_noise` then applies the first layers to each once).
 
         With `regression_shift` and a local summary with fixed features (mlnpe.nn), the local flow models each
         group's unconstrained locals minus a ridge regression on those features, the standardized globals and
@@ -867,9 +872,12 @@ class MultilevelEstimator(nn.Module):
             g = (global_u - self.context_loc) / self.context_scale
         else:
             g = (global_u - self.global_flow.loc) / self.global_flow.scale
-        g = g.unsqueeze(-2).expand(*g.shape[:-1], h_local.shape[-2], g.shape[-1])
-        h = h_local.expand(*g.shape[:-1], h_local.shape[-1])
-        context = torch.cat([h, g], -1)
+        g = g.unsqueeze(-2)  # (..., B, 1, G)
+        if parts:
+            context = (h_local, g)
+        else:
+            shape = torch.broadcast_shapes(g.shape[:-2], h_local.shape[:-2]) + h_local.shape[-2:-1]
+            context = torch.cat([h_local.expand(*shape, -1), g.expand(*shape, -1)], -1)
         if not self.local_shift:
             return context, None
         # design @ coef = (c0 + z Cz) + g (Cg + z Cgz): the group's terms once per group, not once per draw
@@ -878,7 +886,7 @@ class MultilevelEstimator(nn.Module):
         coef = self.local_shift_coef.to(g.dtype)
         base = coef[0] + z @ coef[1 : 1 + k]  # (B, J, L)
         slope = coef[1 + k : 1 + k + n_g] + torch.einsum("bjk,kgl->bjgl", z, coef[1 + k + n_g :].reshape(k, n_g, -1))
-        shift = base + torch.einsum("...g,...gl->...l", g, slope.expand(*g.shape, slope.shape[-1]))
+        shift = base + (g.unsqueeze(-2) @ slope).squeeze(-2)  # (..., B, 1, 1, G) @ (B, J, G, L)
         bounds = self.local_shift_range.to(g.dtype)
         return context, torch.clamp(shift, bounds[:, 0], bounds[:, 1])
 
@@ -902,15 +910,20 @@ class MultilevelEstimator(nn.Module):
 
     def local_sample(self, h_local: Tensor, gu: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One unconstrained local draw per group and global draw: gu (..., B, G) -> (..., B, J, L)."""
-        context, _ = self._local_inputs(h_local, gu)
-        noise = torch.randn(*context.shape[:-1], self.local_flow.features, generator=generator, dtype=context.dtype)
+        shape = torch.broadcast_shapes(gu.shape[:-1], h_local.shape[:-2]) + h_local.shape[-2:-1]
+        noise = torch.randn(*shape, self.local_flow.features, generator=generator, dtype=h_local.dtype)
         return self.local_from_noise(noise, h_local, gu)
 
-    def local_from_noise(self, noise: Tensor, h_local: Tensor, gu: Tensor) -> Tensor:
-        """The local flow's map from its standard normal base: noise (..., B, J, L) given globals gu (..., B, G)."""
-        context, shift = self._local_inputs(h_local, gu)
-        lu = self.local_flow.from_noise(noise, context)
-        return lu if shift is None else lu + shift
+    def local_from_noise(
+        self, noise: Tensor, h_local: Tensor, gu: Tensor, log_det: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The local flow's map from its standard normal base: noise (..., B, J, L) given globals gu (..., B, G)
+        -> unconstrained locals (..., B, J, L); with `log_det`, also log|det d lu_j / d noise_j| (..., B, J)."""
+        context, shift = self._local_inputs(h_local, gu, parts=True)
+        out = self.local_flow.from_noise(noise, context, log_det=log_det)
+        if shift is None:
+            return out
+        return (out[0] + shift, out[1]) if log_det else out + shift
 
     # ---- densities ------------------------------------------------------------------------------------------
     def loss(self, global_params: Tensor, local_params: Tensor, batch: GroupedBatch) -> Tensor:

@@ -189,19 +189,20 @@ class _Target:
         return torch.cat([w, zl.reshape(zl.shape[0], -1)], -1)
 
     def params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(N, D) states -> unconstrained globals (N, 1, G), local base noise (N, 1, J, L), unconstrained locals."""
+        """(N, D) states -> unconstrained globals (N, 1, G), unconstrained locals (N, 1, J, L) and
+        log|det d lu_j / d z_j| (N, 1, J), the local flow's map from the base noise z_j."""
         n = x.shape[0]
         gu = (self.loc + x[:, : self.n_global] @ self.chol.T)[:, None]
         zl = x[:, self.n_global :].reshape(n, 1, self.n_groups, self.n_local)
-        return gu, zl, self.est.local_from_noise(zl, self.h_local, gu)
+        return gu, *self.est.local_from_noise(zl, self.h_local, gu, log_det=True)
 
     def constrained(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        gu, _, lu = self.params(x)
+        gu, lu, _ = self.params(x)
         return self.est.global_bijector.forward(gu)[:, 0], self.est.local_bijector.forward(lu)[:, 0]
 
     def log_density(self, x: Tensor) -> Tensor:
         """(N, D) -> (N,) log pi in float64, up to a constant (-inf where the model's density is zero)."""
-        gu, zl, lu = self.params(x)
+        gu, lu, log_det = self.params(x)
         mask = self.batch.group_mask
         g = self.est.global_bijector.forward(gu).double()
         l = self.est.local_bijector.forward(lu).double()
@@ -214,9 +215,9 @@ class _Target:
         jacobian = self.est.global_bijector.log_abs_det_jacobian(gu).double() + torch.where(
             mask, self.est.local_bijector.log_abs_det_jacobian(lu), 0.0
         ).double().sum(-1)
-        log_q = torch.where(mask, self.est.local_log_prob(lu, self.h_local, gu), 0.0).double().sum(-1)
-        log_normal = -0.5 * (zl.double() ** 2).sum((-1, -2))
-        out = (log_p + jacobian - log_q + log_normal)[:, 0]
+        # log N(z_j) - log q(lu_j | u, x_j) = log|det d lu_j / d z_j|: the flow's Jacobian, from its inverse pass
+        transport = torch.where(mask, log_det, 0.0).double().sum(-1)
+        out = (log_p + jacobian + transport)[:, 0]
         return torch.where(torch.isnan(out), torch.full_like(out, -math.inf), out)
 
     def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
