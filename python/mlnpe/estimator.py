@@ -289,6 +289,11 @@ def _masked_moments(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return median, scale.clamp_min(1e-6)
 
 
+def _log_normal(noise: Tensor) -> Tensor:
+    """log N(noise; 0, I) summed over the last dimension."""
+    return -0.5 * (noise * noise).sum(-1) - 0.5 * noise.shape[-1] * math.log(2 * math.pi)
+
+
 class MultilevelEstimator(nn.Module):
     """Two summary networks and two conditional flows, trained jointly.
 
@@ -475,19 +480,32 @@ class MultilevelEstimator(nn.Module):
             return self.global_flow.log_prob(gu - shift, context)
         return self.global_flow.log_prob((gu - shift) * torch.exp(-log_scale), context) - log_scale.sum(-1)
 
-    def global_sample(self, n: int, h_global: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """n draws of unconstrained globals (n, B, G) given `summarize`'s h_global (B, ...)."""
+    def global_sample(
+        self, n: int, h_global: Tensor, generator: torch.Generator | None = None, log_prob: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """n draws of unconstrained globals (n, B, G) given `summarize`'s h_global (B, ...); with `log_prob`,
+        also log q(gu | x) (n, B), from the same pass (the flow's log-Jacobian at the draws)."""
         context = self._split_global(h_global)[0]
         noise = torch.randn(n, *context.shape[:-1], self.global_flow.features, generator=generator, dtype=context.dtype)
-        return self.global_from_noise(noise, h_global)
+        if not log_prob:
+            return self.global_from_noise(noise, h_global)
+        gu, log_det = self.global_from_noise(noise, h_global, log_det=True)
+        return gu, _log_normal(noise) - log_det
 
-    def global_from_noise(self, noise: Tensor, h_global: Tensor) -> Tensor:
-        """The global flow's map from its standard normal base: noise (..., B, G) -> unconstrained globals."""
+    def global_from_noise(
+        self, noise: Tensor, h_global: Tensor, log_det: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The global flow's map from its standard normal base: noise (..., B, G) -> unconstrained globals; with
+        `log_det`, also log|det d gu / d noise| (..., B)."""
         context, shift, log_scale = self._split_global(h_global)
-        gu = self.global_flow.from_noise(noise, context)  # the context broadcasts: its layers run once
+        out = self.global_flow.from_noise(noise, context, log_det=log_det)  # the context broadcasts: its layers run once
+        gu, ladj = out if log_det else (out, None)
         if log_scale is not None:
             gu = gu * torch.exp(log_scale)
-        return gu if shift is None else gu + shift
+            ladj = None if ladj is None else ladj + log_scale.sum(-1)
+        if shift is not None:
+            gu = gu + shift
+        return (gu, ladj) if log_det else gu
 
     def _rows(self, batch: GroupedBatch) -> Tensor:
         """(B, J, N, d) rows as the networks see them, before standardization."""
@@ -908,11 +926,17 @@ class MultilevelEstimator(nn.Module):
         context, shift = self._local_inputs(h_local, gu)
         return self.local_flow.log_prob(lu if shift is None else lu - shift, context)
 
-    def local_sample(self, h_local: Tensor, gu: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One unconstrained local draw per group and global draw: gu (..., B, G) -> (..., B, J, L)."""
+    def local_sample(
+        self, h_local: Tensor, gu: Tensor, generator: torch.Generator | None = None, log_prob: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """One unconstrained local draw per group and global draw: gu (..., B, G) -> (..., B, J, L); with
+        `log_prob`, also log q(lu_j | gu, x_j) (..., B, J), from the same pass."""
         shape = torch.broadcast_shapes(gu.shape[:-1], h_local.shape[:-2]) + h_local.shape[-2:-1]
         noise = torch.randn(*shape, self.local_flow.features, generator=generator, dtype=h_local.dtype)
-        return self.local_from_noise(noise, h_local, gu)
+        if not log_prob:
+            return self.local_from_noise(noise, h_local, gu)
+        lu, log_det = self.local_from_noise(noise, h_local, gu, log_det=True)
+        return lu, _log_normal(noise) - log_det
 
     def local_from_noise(
         self, noise: Tensor, h_local: Tensor, gu: Tensor, log_det: bool = False
@@ -978,9 +1002,15 @@ class MultilevelEstimator(nn.Module):
             `return_log_prob` also the log densities of `log_prob`.
         """
         h_local, h_global = self.summarize(batch)
-        gu = self.global_sample(n, h_global, generator)
-        lu = self.local_sample(h_local, gu, generator)
-        g, l = self.global_bijector.forward(gu), self.local_bijector.forward(lu)
         if not return_log_prob:
-            return g, l
-        return (g, l, *self._log_prob_unconstrained(gu, lu, h_local, h_global, batch.group_mask))
+            gu = self.global_sample(n, h_global, generator)
+            lu = self.local_sample(h_local, gu, generator)
+            return self.global_bijector.forward(gu), self.local_bijector.forward(lu)
+        # The flows' log densities at their own draws come from the sampling pass (base density minus the
+        # log-Jacobian of the map from the noise), not from a second, density pass.
+        gu, lq_global = self.global_sample(n, h_global, generator, log_prob=True)
+        lu, lq_local = self.local_sample(h_local, gu, generator, log_prob=True)
+        g, l = self.global_bijector.forward(gu), self.local_bijector.forward(lu)
+        lp_global = lq_global - self.global_bijector.log_abs_det_jacobian(gu)
+        lp_local = torch.where(batch.group_mask, lq_local - self.local_bijector.log_abs_det_jacobian(lu), 0.0)
+        return g, l, lp_global, lp_local
