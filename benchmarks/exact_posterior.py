@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--network", default="{}", help="NetworkConfig overrides as JSON")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="TrainConfig.ema_decay: average the weights over training (0: off)")
     parser.add_argument("--refine", type=int, default=0,
                         help="also refine the first N held-out fits by HMC (mlnpe.refine) and report both")
     args = parser.parse_args(argv)
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         learning_rate=args.lr,
         time_limit=None if args.steps else seconds,
         seed=args.seed,
+        ema_decay=args.ema,
     )
     history = npe.train(config)
     if args.save:
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         "network": network.to_dict(),
         "learning_rate": args.lr,
         "batch_size": args.batch,
+        "ema_decay": args.ema,
         "machine": f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".strip(),
         "command": "python " + " ".join(sys.argv),
     }

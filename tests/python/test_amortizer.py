@@ -142,6 +142,33 @@ def test_offline_training_with_validation_and_early_stopping():
     assert len(h.val_loss) - 1 - best == 3  # stopped after `patience` epochs without improvement
 
 
+def test_weight_averaging_keeps_the_exponential_average_of_the_trajectory(monkeypatch):
+    """With `ema_decay`, the trained weights are the exponential moving average of the weights after each step
+    (early steps weighted (1 + n) / (10 + n)), recomputed here from the recorded trajectory."""
+    from mlnpe import train as train_module
+
+    trajectory = []
+    step = train_module._step
+
+    def recording_step(estimator, *args):
+        loss = step(estimator, *args)
+        trajectory.append([p.detach().clone() for p in estimator.parameters() if p.requires_grad])
+        return loss
+
+    monkeypatch.setattr(train_module, "_step", recording_step)
+    npe = _npe()
+    average = [p.detach().clone() for p in npe.estimator.parameters() if p.requires_grad]
+    npe.train(TrainConfig(steps=12, batch_size=16, progress=False, seed=4, ema_decay=0.8))
+    for n, weights in enumerate(trajectory, start=1):
+        decay = min(0.8, (1 + n) / (10 + n))
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights)]
+    final = [p.detach() for p in npe.estimator.parameters() if p.requires_grad]
+    assert all(torch.allclose(a, f, atol=1e-6) for a, f in zip(average, final))
+    assert not all(torch.allclose(w, f) for w, f in zip(trajectory[-1], final))  # not the last step's weights
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
 class MeanSummary(torch.nn.Module):
     """A user-written local summary: mean and log count of the rows (follows mlnpe.nn's interface)."""
 
