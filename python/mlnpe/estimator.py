@@ -117,12 +117,12 @@ class NetworkConfig:
             starts near the posterior and learns the residual, which can be much narrower than the prior (a
             group-level covariate's coefficient, for example). Parameters that the statistics predict poorly
             (held-out R^2 under 0.1) or unevenly (the residual spread differs more than `shift_max_spread` times
-            between low and high predictions: group-level sds, typically) keep the prior's standardization. The statistics are clipped to the range
-            of the pilot's and the prediction to the range of the pilot's predictions, so data unlike the
-            simulations (a misspecified model) cannot throw the shift out by linear extrapolation. When the local
-            summary has fixed features, the local flow is shifted the same way, by a regression of each group's
-            locals on its features, the standardized globals and their products. Saved models without the key
-            load with False.
+            between low and high predictions: group-level sds, typically) keep the prior's standardization. The
+            statistics are clipped to the range of the pilot's and the prediction to the range of the pilot's
+            predictions, so data unlike the simulations (a misspecified model) cannot throw the shift out by linear
+            extrapolation. When the local summary has fixed features, the local flow is shifted the same way, by a
+            regression of each group's locals on its features, the standardized globals and their products. Saved
+            models without the key load with False.
         log_scale_shift: with `regression_shift`, positive global parameters (sds, sigma, shapes) are regressed
             on the log scale, where a scale parameter is close to linear in the log variance statistics over a
             prior that spans orders of magnitude, and the global flow models (u - shift(x)) / scale(x) with the
@@ -180,7 +180,8 @@ class NetworkConfig:
         object.__setattr__(self, "design_only", tuple(int(i) for i in self.design_only))
         if self.shift_max_spread is not None and not float(self.shift_max_spread) >= 1.0:
             raise ConfigError(
-                f"NetworkConfig `shift_max_spread` must be a ratio >= 1 or None (no limit), got {self.shift_max_spread!r}."
+                "NetworkConfig `shift_max_spread` must be a ratio >= 1 or None (no limit), got "
+                f"{self.shift_max_spread!r}."
             )
         if self.sufficient not in ("none", "gaussian", "poisson", "binomial"):
             raise ConfigError(
@@ -418,7 +419,6 @@ class MultilevelEstimator(nn.Module):
             self.register_buffer("context_loc", torch.zeros(g))  # the prior's moments, for the local context
             self.register_buffer("context_scale", torch.ones(g))
         self.log_shift = self.regression_shift and config.log_scale_shift
-        self.shift_max_spread = math.inf if config.shift_max_spread is None else float(config.shift_max_spread)
         if self.log_shift:  # see `_global_shift`
             self.register_buffer("shift_log", _positive_columns(global_bijector))
             self.register_buffer("shift_sd", torch.ones(g))
@@ -479,11 +479,17 @@ class MultilevelEstimator(nn.Module):
                 getattr(self, f"local_stat_{buffer}").copy_(value)
             g = ((gu - self.context_loc) / self.context_scale)[:, None].expand(*real.shape, gu.shape[-1])[real]
             design = self._local_design(h_local[real], g).double()
-            coef, scale = _ridge_fit(design, lu[real].double(), loc, scale, max_spread=self.shift_max_spread)
+            coef, scale = _ridge_fit(design, lu[real].double(), loc, scale, max_spread=self._max_spread)
             self.local_shift_coef.copy_(coef)
             self.local_shift_range.copy_(_fitted_range(design, coef))
             loc = torch.zeros_like(loc)
         self.local_flow.set_standardization(loc, scale)
+
+    @property
+    def _max_spread(self) -> float:
+        """`NetworkConfig.shift_max_spread`, with None (no limit) as infinity."""
+        limit = self.config.shift_max_spread
+        return math.inf if limit is None else float(limit)
 
     def _fit_shift(self, stats: Tensor, gu: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         """Fits the `regression_shift` regression of the pilot's unconstrained globals gu (P, G) on their statistics
@@ -494,7 +500,7 @@ class MultilevelEstimator(nn.Module):
         for buffer, value in zip(("loc", "scale", "range"), _fit_regressors(stats)):
             getattr(self, f"stat_{buffer}").copy_(value)
         design = self._shift_design(stats)
-        coef, flow_scale = _ridge_fit(design, gu, loc, scale, max_spread=self.shift_max_spread)
+        coef, flow_scale = _ridge_fit(design, gu, loc, scale, max_spread=self._max_spread)
         self.shift_coef.copy_(coef)
         self.shift_range.copy_(_fitted_range(design, coef))
         return flow_scale
@@ -1029,9 +1035,16 @@ class MultilevelEstimator(nn.Module):
         self, gu: Tensor, lu: Tensor, h_local: Tensor, h_global: Tensor, group_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Constrained-scale log densities from unconstrained draws (flow density minus log-Jacobian)."""
-        lp_global = self.global_log_prob(gu, h_global) - self.global_bijector.log_abs_det_jacobian(gu)
-        lp_local = self.local_log_prob(lu, h_local, gu)
-        lp_local = torch.where(group_mask, lp_local - self.local_bijector.log_abs_det_jacobian(lu), 0.0)
+        lq_global, lq_local = self.global_log_prob(gu, h_global), self.local_log_prob(lu, h_local, gu)
+        return self._constrained(gu, lu, lq_global, lq_local, group_mask)
+
+    def _constrained(
+        self, gu: Tensor, lu: Tensor, lq_global: Tensor, lq_local: Tensor, group_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The flows' log densities of unconstrained draws -> those of the constrained draws (minus each
+        bijector's log-Jacobian); padded groups get 0."""
+        lp_global = lq_global - self.global_bijector.log_abs_det_jacobian(gu)
+        lp_local = torch.where(group_mask, lq_local - self.local_bijector.log_abs_det_jacobian(lu), 0.0)
         return lp_global, lp_local
 
     @torch.no_grad()
@@ -1054,6 +1067,4 @@ class MultilevelEstimator(nn.Module):
         gu, lq_global = self.global_sample(n, h_global, generator, log_prob=True)
         lu, lq_local = self.local_sample(h_local, gu, generator, log_prob=True)
         g, l = self.global_bijector.forward(gu), self.local_bijector.forward(lu)
-        lp_global = lq_global - self.global_bijector.log_abs_det_jacobian(gu)
-        lp_local = torch.where(batch.group_mask, lq_local - self.local_bijector.log_abs_det_jacobian(lu), 0.0)
-        return g, l, lp_global, lp_local
+        return (g, l, *self._constrained(gu, lu, lq_global, lq_local, batch.group_mask))

@@ -44,7 +44,6 @@ from .reference import ess_bulk, rhat
 
 __all__ = ["RefineConfig", "RefineResult", "RefineWarning", "refine"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _DIVERGENCE = 1000.0  # energy error (nats) that Stan calls a divergent transition
 _RHAT_MAX = 1.05  # many short chains: R-hat above this flags chains that have not mixed
 
