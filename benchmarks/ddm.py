@@ -399,6 +399,14 @@ def main(argv: list[str] | None = None) -> dict:
         stan_draws, diag = stan_reference(models["shared"], data, args)
         result["real_data_vs_stan"] = compare_with_stan(npe_draws, stan_draws, FIGURES / "ddm_stan_vs_npe.png")
         log("real data vs Stan: " + json.dumps({k: v for k, v in result["real_data_vs_stan"].items() if k != "per_parameter"}))
+        if "refined_real_data" in result:  # the HMC refinement through the amortizer against Stan, per global
+            g = stan_draws.global_draws
+            result["refined_vs_stan"] = {
+                name: {"abs_mean_diff_over_stan_sd": round(abs(v["mean"] - g[:, k].mean()) / g[:, k].std(), 3),
+                       "sd_ratio": round(v["sd"] / g[:, k].std(), 3)}
+                for k, (name, v) in enumerate(result["refined_real_data"]["globals"].items())
+            }  # fmt: skip
+            log(f"refined vs Stan: {json.dumps(result['refined_vs_stan'])}")
     result["stan"] = diag
     log(f"Stan: {json.dumps(diag)}")
 

@@ -158,6 +158,7 @@ def test_speed_acc_block_4_accuracy():
     sdata = stan_data_ddm(HierarchicalDDM(), data)
     assert sdata["N"] == 1626 and sum(sdata["response"]) == int(data.y[:, 1].sum())
     assert "beta_proportion" in stan_program_ddm(HierarchicalDDMBeta())
+    assert "vector<lower=0, upper=min_rt>[J] t0;" in stan_program_ddm(HierarchicalDDM())  # bounded: see ddm.py
 
 
 # ---- tiny end-to-end run ------------------------------------------------------------------------------------

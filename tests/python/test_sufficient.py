@@ -123,6 +123,11 @@ def test_gaussian_formula_model_uses_sum_y_squared_and_binomial_keeps_trials_as_
     # a user's choice wins
     custom = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", network={"sufficient": "none"}, seed=0)
     assert custom.network.sufficient == "none"
+    # formula models keep one residual scale per shifted parameter unless asked (BENCHMARKS.md section 3)
+    assert not (gaussian.network.heteroscedastic_shift or gaussian.network.profile_average)
+    assert not gaussian.npe.estimator.hetero
+    hetero = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", network={"heteroscedastic_shift": True}, seed=0)
+    assert hetero.network.heteroscedastic_shift and hetero.npe.estimator.hetero
 
 
 def test_lognormal_formula_model_summarizes_log_y_by_its_gaussian_statistics():

@@ -478,10 +478,14 @@ def ddm_network(**overrides: Any) -> NetworkConfig:
     (`shift_max_spread=None`), the drift's group-level sd included: with learned rather than sufficient
     summaries, that shift helps despite its uneven residuals (validation loss -72.2 against -71.0, and sigma_nu
     on block 4 at 0.058 against 0.41 with the default limit; the HMC reference is 0.068; BENCHMARKS.md
-    section 5, session 9)."""
+    section 5, session 9). The shift keeps one residual scale per parameter (`heteroscedastic_shift=False`, and
+    `profile_average=False`, as in session 9): with a per-dataset scale, block 4 of the lexical decision data, at
+    the edge of the prior predictive, got a drift sd 22 times too wide and beta 6.9 Stan sds off, although the
+    validation loss was the same (BENCHMARKS.md section 5, session 10)."""
     base = dict(local_summary="deepset", global_summary="deepset", summary_hidden=64, row_hidden=32,
                 local_summary_dim=16, global_summary_dim=32, global_transforms=4, local_transforms=3,
-                local_hidden=(64, 64), log_inputs=(0,), local_extremes=True, shift_max_spread=None)  # fmt: skip
+                local_hidden=(64, 64), log_inputs=(0,), local_extremes=True, shift_max_spread=None,
+                heteroscedastic_shift=False, profile_average=False)  # fmt: skip
     return NetworkConfig(**{**base, **overrides})
 
 
@@ -632,6 +636,7 @@ data {
   vector[2] p_xi;  // Gamma(shape, scale) of xi (subject-level model only)
 }
 transformed data {
+  vector[J] min_rt = rep_vector(positive_infinity(), J);  // each subject's fastest response
   int n_up = sum(response);
   array[n_up] int up;
   array[N - n_up] int lo;
@@ -642,6 +647,7 @@ transformed data {
       if (response[n] == 1) { up[i] = n; i += 1; } else { lo[k] = n; k += 1; }
     }
   }
+  for (n in 1:N) min_rt[subject[n]] = fmin(min_rt[subject[n]], rt[n]);
 }
 """
 
@@ -654,14 +660,15 @@ _STAN_HYPER = """
   real<lower=0> sigma_log_t0;
   vector[J] z_nu;
   vector[J] z_alpha;
-  vector[J] z_t0;
+  // centred, bounded by the fastest response: the likelihood is zero above it, so the bound leaves the posterior
+  // as it is and spares the sampler the wall that a non-centred t0 runs into there (step sizes of 0.003)
+  vector<lower=0, upper=min_rt>[J] t0;
 """
 
 _STAN_SUBJECTS = """
 transformed parameters {
   vector[J] nu = mu_nu + sigma_nu * z_nu;  // non-centred subject effects
   vector<lower=0>[J] alpha = exp(mu_log_alpha + sigma_log_alpha * z_alpha);
-  vector<lower=0>[J] t0 = exp(mu_log_t0 + sigma_log_t0 * z_t0);
 }
 """
 
@@ -674,7 +681,7 @@ _STAN_PRIORS = """
   sigma_log_t0 ~ lognormal(p_log_sigma_log_t0[1], p_log_sigma_log_t0[2]);
   z_nu ~ std_normal();
   z_alpha ~ std_normal();
-  z_t0 ~ std_normal();
+  t0 ~ lognormal(mu_log_t0, sigma_log_t0);
 """
 
 STAN_SHARED = (

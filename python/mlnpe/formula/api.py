@@ -218,9 +218,13 @@ class FormulaNPE:
         Families with a canonical link and finite sufficient statistics (gaussian, poisson, bernoulli, binomial)
         get a local summary of those statistics (`NetworkConfig.sufficient`): the amortized posterior then depends
         on the data only as the exact one does. Other families get the deep set, with counts and positive
-        responses on a log scale. Trials reach the networks on a log scale.
+        responses on a log scale. Trials reach the networks on a log scale. The shift keeps one residual scale
+        per parameter and the profile's plain features (`heteroscedastic_shift` and `profile_average` off unless
+        given): against Stan they were mixed on formula models (BENCHMARKS.md section 3, session 10).
         """
         config = network.to_dict() if isinstance(network, NetworkConfig) else dict(network or {})
+        for key in ("heteroscedastic_shift", "profile_average"):
+            config.setdefault(key, False)
         trials = [] if self.trials_column is None else [1 + self.trials_column]
         if "sufficient" not in config:
             config["sufficient"] = _SUFFICIENT.get(self.family.name, "none")
