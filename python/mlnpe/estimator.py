@@ -279,18 +279,38 @@ def _ridge_fit(
     0.9 of its variance `scale`^2) or unevenly (held-out residual spreads of the lowest and the highest third of the
     predictions more than `max_spread` apart) gets coefficients that predict its mean `loc` and keeps
     `scale`."""
+    penalty = _ridge_penalty(x, ridge)
+    held_out, useful = _held_out_check(x, y, scale, penalty, max_spread)
+    coef = _predict_mean_where(torch.linalg.solve(x.T @ x + penalty, x.T @ y), ~useful, loc)
+    return coef, torch.where(useful, held_out.to(scale.dtype), scale).clamp_min(1e-6)
+
+
+def _ridge_penalty(x: Tensor, ridge: float) -> Tensor:
+    """The ridge penalty matrix of a design x (P, 1 + F) whose column 0, the intercept, is not penalized."""
     penalty = ridge * torch.eye(x.shape[1], dtype=x.dtype)
     penalty[0, 0] = 0.0
+    return penalty
+
+
+def _held_out_check(x: Tensor, y: Tensor, scale: Tensor, penalty: Tensor, max_spread: float) -> tuple[Tensor, Tensor]:
+    """The plain ridge fit on the first half of the rows, measured on the second: each target's held-out residual
+    sd (K,), and whether a shift may use the design (K,): it predicts the target well (held-out residual variance
+    under 0.9 of `scale`^2) and evenly (residual spreads of the lowest and highest third of the predictions at most
+    `max_spread` apart)."""
     half = len(x) // 2
     coef_half = torch.linalg.solve(x[:half].T @ x[:half] + penalty, x[:half].T @ y[:half])
     predicted = x[half:] @ coef_half
     residual = y[half:] - predicted
     held_out = residual.std(0)
-    coef = torch.linalg.solve(x.T @ x + penalty, x.T @ y)
     useful = (held_out**2 < 0.9 * scale.double() ** 2) & (_residual_spread(predicted, residual) <= max_spread)
-    coef[:, ~useful] = 0.0
-    coef[0, ~useful] = loc.double()[~useful]
-    return coef, torch.where(useful, held_out.to(scale.dtype), scale).clamp_min(1e-6)
+    return held_out, useful
+
+
+def _predict_mean_where(coef: Tensor, columns: Tensor, loc: Tensor) -> Tensor:
+    """Regression coefficients (1 + F, K) with the targets in `columns` (K,) predicted by their mean `loc` alone."""
+    coef[:, columns] = 0.0
+    coef[0, columns] = loc.double()[columns]
+    return coef
 
 
 # E log(z^2) for z ~ N(0, 1): the log of a squared residual underestimates its log variance by this much
@@ -317,8 +337,7 @@ def _heteroscedastic_fit(
     Returns the location coefficients (1 + F, K), the log-variance coefficients (1 + F, K) relative to the
     returned scale, and that scale (K,): a dataset's residual sd is scale * exp(x @ log_var / 2). The scale is
     calibrated on the held-out rows so that the standardized held-out residuals have unit root mean square."""
-    penalty = ridge * torch.eye(x.shape[1], dtype=x.dtype)
-    penalty[0, 0] = 0.0
+    penalty = _ridge_penalty(x, ridge)
 
     def fit(rows: slice, strength: float) -> tuple[Tensor, Tensor]:
         xs, ys = x[rows], y[rows]
@@ -330,8 +349,7 @@ def _heteroscedastic_fit(
             if math.isinf(strength):  # a constant variance: the plain fit
                 log_var[0] = target.mean(0)
                 break
-            shrink = strength * len(xs) * torch.eye(x.shape[1], dtype=x.dtype)
-            shrink[0, 0] = 0.0
+            shrink = _ridge_penalty(x, strength * len(xs))
             log_var = torch.linalg.solve(xs.T @ xs + shrink, xs.T @ target)  # (1 + F, K)
             w = torch.exp(-(xs @ log_var).clamp(-30.0, 30.0))  # (P, K)
             w = w / w.mean(0)
@@ -342,10 +360,7 @@ def _heteroscedastic_fit(
         return coef, log_var
 
     half = len(x) // 2
-    plain = torch.linalg.solve(x[:half].T @ x[:half] + penalty, x[:half].T @ y[:half])
-    predicted = x[half:] @ plain
-    residual = y[half:] - predicted
-    useful = (residual.var(0) < 0.9 * scale.double() ** 2) & (_residual_spread(predicted, residual) <= max_spread)
+    useful = _held_out_check(x, y, scale, penalty, max_spread)[1]
     held_out = []  # per penalty: (calibration (K,), held-out negative log-likelihood (K,))
     for strength in _VARIANCE_PENALTIES:
         coef_half, log_var_half = fit(slice(0, half), strength)
@@ -354,7 +369,7 @@ def _heteroscedastic_fit(
         calibration = z2.mean(0)
         held_out.append((calibration, 0.5 * (log_v.mean(0) + torch.log(calibration) + 1.0)))
     best = torch.stack([nll for _, nll in held_out]).argmin(0)  # (K,)
-    coef, log_var = torch.zeros_like(plain), torch.zeros_like(plain)
+    coef, log_var = (x.new_zeros(x.shape[1], y.shape[1]) for _ in range(2))
     for i, strength in enumerate(_VARIANCE_PENALTIES):
         chosen = best == i
         if chosen.any():
@@ -363,8 +378,7 @@ def _heteroscedastic_fit(
             log_var[0, chosen] += torch.log(held_out[i][0][chosen])
     scale_out = torch.exp(0.5 * log_var[0])
     log_var[0] = 0.0
-    coef[:, ~useful] = 0.0
-    coef[0, ~useful] = loc.double()[~useful]
+    coef = _predict_mean_where(coef, ~useful, loc)
     log_var[:, ~useful] = 0.0
     scale_out = torch.where(useful, scale_out.to(scale.dtype), scale).clamp_min(1e-6)
     return coef, log_var, scale_out
