@@ -49,7 +49,7 @@ from mlnpe.case_studies.ddm import (
 )
 from mlnpe.data import make_masks
 from mlnpe.draws import PosteriorDraws
-from mlnpe.diagnostics import plot_recovery, plot_sbc_ecdf, pool_local_ranks, recovery, sbc_check, sbc_ranks
+from mlnpe.validation import sbc as run_sbc
 from mlnpe.refine import RefineConfig, refine
 from mlnpe.spec import simulate_batch
 
@@ -144,40 +144,20 @@ def train(model, seconds: float, n_sims: int, seed: int) -> tuple[MultilevelNPE,
 
 # ---- 4. SBC and recovery ------------------------------------------------------------------------------------
 def sbc(npe: MultilevelNPE, model, n_sims: int, n_draws: int, seed: int, name: str) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    sims = simulate_batch(model, n_sims, npe.groups, npe.rows, g)
-    parts = []
-    with torch.no_grad():
-        for i in range(0, n_sims, 25):  # chunks keep the local flow's activations small
-            gd, ld = npe.sample_batch(sims.batch.index(slice(i, i + 25)), n_draws, g)
-            ld = torch.nn.functional.pad(ld, (0, 0, 0, sims.batch.group_mask.shape[1] - ld.shape[2]), value=1.0)
-            parts.append((gd.transpose(0, 1).double().numpy(), ld.transpose(0, 1).double().numpy()))
-    gd, ld = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    mask = sims.batch.group_mask.numpy()
-    truth_g, truth_l = sims.global_params.double().numpy(), sims.local_params.double().numpy()
-    rng = np.random.default_rng(seed)
-    ranks_g = sbc_ranks(gd, truth_g, rng=rng)
-    ranks_l = pool_local_ranks(sbc_ranks(ld, truth_l, mask=mask, rng=rng), mask)
-    names = npe.global_names + npe.local_names
-    # local ranks pool the groups of each dataset: thin them to one group per dataset for the band's n
-    first = np.zeros_like(mask)
-    first[:, 0] = True
-    ranks_l1 = pool_local_ranks(sbc_ranks(ld, truth_l, mask=first, rng=rng), first)
-    ranks = np.concatenate([ranks_g, ranks_l1], 1)
-    plot_sbc_ecdf(ranks, n_draws, names, prob=0.99, rng=rng, path=FIGURES / f"ddm_sbc_{name}.png")
-    check = sbc_check(ranks, n_draws, prob=0.99, rng=rng)
-    pooled = sbc_check(ranks_l, n_draws, prob=0.99, rng=rng)
-    rec_g = recovery(gd, truth_g)
-    rec_l = recovery(ld, truth_l, mask=mask)
+    """SBC and recovery on `n_sims` prior simulations (mlnpe.validation.sbc): the band uses each dataset's first
+    subject for the local parameters (independent ranks); `pooled_local_inside_99_band` pools every subject."""
+    result = run_sbc(npe, n_sims, n_draws, seed, prob=0.99)
+    rows = result.table()
+    result.plot_ecdf(FIGURES / f"ddm_sbc_{name}.png")
     if name == "shared":
-        plot_recovery(gd, truth_g, npe.global_names, path=FIGURES / "ddm_recovery_global.png")
-        plot_recovery(ld, truth_l, npe.local_names, mask=mask, path=FIGURES / "ddm_recovery_local.png")
+        result.plot_recovery(FIGURES / "ddm_recovery_global.png")
+        result.plot_recovery(FIGURES / "ddm_recovery_local.png", local=True)
     return {
         "n_datasets": n_sims, "n_draws": n_draws,
-        "inside_99_band": dict(zip(names, check["inside_band"].tolist())),
-        "pooled_local_inside_99_band": dict(zip(npe.local_names, pooled["inside_band"].tolist())),
-        "recovery_correlation": dict(zip(names, np.round(np.concatenate([rec_g["correlation"], rec_l["correlation"]]), 3).tolist())),
-        "coverage_95": dict(zip(names, np.round(np.concatenate([rec_g["coverage"], rec_l["coverage"]]), 3).tolist())),
+        "inside_99_band": {r["parameter"]: r["inside_band"] for r in rows},
+        "pooled_local_inside_99_band": {r["parameter"]: r["pooled_inside_band"] for r in rows if r["kind"] == "local"},
+        "recovery_correlation": {r["parameter"]: round(r["correlation"], 3) for r in rows},
+        "coverage_95": {r["parameter"]: round(r["coverage"], 3) for r in rows},
     }  # fmt: skip
 
 
@@ -310,17 +290,20 @@ def plot_runtime(train_s: float, fit_s: float, stan_s: float, path: Path) -> int
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=300.0, help="training seconds per variant")
+    parser.add_argument("--seconds", type=float, default=1200.0, help="training seconds per variant")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, short Stan chains (< 5 min)")
     parser.add_argument("--block", type=int, default=4)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sbc", type=int, default=200)
-    parser.add_argument("--simulations", type=int, default=12_000, help="offline simulation budget per variant")
+    parser.add_argument("--simulations", type=int, default=40_000, help="offline simulation budget per variant")
     parser.add_argument("--stan-warmup", type=int, default=1000)
     parser.add_argument("--stan-draws", type=int, default=1000)
     parser.add_argument("--stan-cores", type=int, default=1, help="CPU cores Stan's 4 chains may use")
     parser.add_argument("--logo-draws", type=int, default=500)
     parser.add_argument("--logo-local", type=int, default=100)
+    parser.add_argument("--logo-refined", action="store_true",
+                        help="also run LOGO on refined (HMC through the amortizer) posteriors: the reference for the "
+                             "amortized LOGO, one HMC run per subject and variant")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stan-fit", type=Path, default=None,
                         help="npz file of the Stan fit: reused when it exists (same block and settings), else written")
@@ -424,6 +407,18 @@ def main(argv: list[str] | None = None) -> dict:
         "stan_estimate_seconds_all_refits_1000_1000": round(data.n_groups * diag["sample_seconds"] * 2000 / (args.stan_warmup + args.stan_draws), 0),
     }  # fmt: skip
     log(f"LOGO: {json.dumps(result['logo'])}")
+    if args.logo_refined:  # the same estimator on exact LOGO posteriors (HMC through the amortizer)
+        refined = {n: logo_elpd(npes[n], models[n], data, n_draws=args.logo_draws, n_local=args.logo_local,
+                                seed=args.seed, posterior="refined") for n in models}  # fmt: skip
+        diff_r = compare_logo(refined["beta"], refined["shared"])
+        result["logo_refined"] = {
+            "elpd_diff_beta_minus_shared": round(diff_r["elpd_diff"], 2), "se_diff": round(diff_r["se_diff"], 2),
+            "amortized_minus_refined_diff_j": [round(a - b, 2) for a, b in zip(diff["diff_j"], diff_r["diff_j"])],
+            **{n: {"elpd": round(r.elpd, 2), "se": round(r.se, 2), "max_rhat": round(r.max_rhat, 3),
+                   "amortized_minus_refined_elpd": round(logo[n].elpd - r.elpd, 2),
+                   "refit_seconds_all_subjects": round(r.refit_seconds, 1)} for n, r in refined.items()},
+        }  # fmt: skip
+        log(f"LOGO, refined posteriors: {json.dumps(result['logo_refined'])}")
 
     # runtime and break-even (training of the shared variant against Stan sampling; compilation reported apart)
     # a shorter Stan run is scaled to the paper's 1000 warm-up + 1000 draws per chain (iterations cost alike)

@@ -39,7 +39,7 @@ import numpy as np
 from . import __version__
 from .errors import ConfigError, DataError, MlnpeError
 
-__all__ = ["sitrep", "fit_model", "refit", "predict", "logo", "save_model", "load_model"]
+__all__ = ["sitrep", "fit_model", "refit", "predict", "logo", "sbc", "save_model", "load_model"]
 
 _KINDS = ("predict", "epred", "linpred", "log_lik")
 _MEMO_SIZE = 4
@@ -704,6 +704,39 @@ def logo(
         out["nobs"].append(int(held_rows.sum()))
         out["pareto_k"].append(_float(fit.pareto_k))
         out["ess_local"].append(float(1.0 / np.sum(share**2)) if np.isfinite(elpd) else 0.0)
+    return out
+
+
+@_entry
+def sbc(
+    model_path: str,
+    n_datasets: int = 200,
+    n_draws: int = 250,
+    seed: int | None = None,
+    prob: float = 0.99,
+    plot_dir: str | None = None,
+) -> dict[str, Any]:
+    """Simulation-based calibration of the amortizer (`FormulaNPE.sbc`) as columns R makes a data frame of.
+
+    With `plot_dir`, also writes `sbc_ecdf.png` (ECDF differences and their simultaneous band),
+    `recovery_global.png` and `recovery_local.png` there and returns their paths in `plots`.
+    """
+    model = _load(model_path)
+    n_datasets, n_draws = _int(n_datasets, "ndatasets"), _int(n_draws, "ndraws")
+    seed = _seed(seed)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31))
+    result = model.sbc(n_datasets, n_draws, seed, float(prob))
+    rows = result.table()
+    out: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
+    out.update(n_datasets=result.n_datasets, n_draws=result.n_draws, prob=result.prob, seed=seed, plots=[])
+    if plot_dir is not None:
+        folder = Path(str(plot_dir)).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, draw in (("sbc_ecdf.png", result.plot_ecdf), ("recovery_global.png", result.plot_recovery),
+                           ("recovery_local.png", lambda path: result.plot_recovery(path, local=True))):  # fmt: skip
+            draw(folder / name)
+            out["plots"].append(str(folder / name))
     return out
 
 

@@ -35,6 +35,7 @@ from mlnpe.case_studies.ddm import (
 )
 from mlnpe.data import GroupedData
 from mlnpe.errors import ConfigError, DataError
+from mlnpe.refine import RefineConfig
 from mlnpe.spec import simulate_batch
 
 SLOW = os.environ.get("MLNPE_SLOW_TESTS") == "1"
@@ -230,3 +231,12 @@ def test_logo_flow_and_prior_proposals_estimate_the_same_elpd():
     assert np.abs(flow.elpd_j - prior.elpd_j).max() < 0.15
     with pytest.raises(ConfigError, match="proposal"):
         logo_elpd(npe, model, data, n_draws=2, n_local=2, proposal="posterior")
+    # the same estimator on refined LOGO posteriors (HMC through the amortizer; its draws are checked against Stan
+    # in test_refine.py and BENCHMARKS.md): here only the plumbing, with chains far too short to converge
+    refined = logo_elpd(npe, model, data, n_draws=8, n_local=20, seed=3, posterior="refined",
+                        refine_config=RefineConfig(chains=4, warmup=20, pool=16, seed=0))  # fmt: skip
+    assert refined.posterior == "refined" and np.isfinite(refined.max_rhat) and flow.posterior == "amortized"
+    assert refined.to_dict()["posterior"] == "refined" and np.isnan(flow.max_rhat)
+    assert np.all(np.isfinite(refined.elpd_j)) and refined.n_draws == 8
+    with pytest.raises(ConfigError, match="posterior"):
+        logo_elpd(npe, model, data, n_draws=2, n_local=2, posterior="stan")

@@ -527,6 +527,23 @@ class FormulaNPE:
             )
         return FormulaFit(self, draws, design, result, seconds, refinement=refinement)
 
+    def sbc(self, n_datasets: int = 200, n_draws: int = 250, seed: int = 0, prob: float = 0.99) -> Any:
+        """Simulation-based calibration of the amortizer in brms's names (`mlnpe.validation.sbc`).
+
+        Datasets are simulated as in training: designs resampled from the training data's covariates, J and N_j
+        over the trained ranges, globals from the prior (from the last focusing round's truncated prior after
+        `train(focus=k)`, which is what that amortizer learned). Globals are checked as brms reports them (the
+        uncentred b_Intercept included), group effects as r_<g>[,coef].
+
+        Returns:
+            An `mlnpe.validation.SBCResult` (`table()`, `passed`, `plot_ecdf()`, `plot_recovery()`).
+        """
+        from ..validation import sbc
+
+        global_names, _ = brms_globals(self, np.zeros((1, len(self.npe.global_names))))
+        return sbc(self.npe, n_datasets, n_draws, seed, prob, transform=lambda g, l: (brms_globals(self, g)[1], l),
+                   names=(global_names, brms_local_names(self)))  # fmt: skip
+
     def _refine(
         self, grouped: GroupedData, draws: PosteriorDraws, n_draws: int, config: Any, seed: int | None
     ) -> tuple[Any, PosteriorDraws]:
@@ -849,37 +866,49 @@ def _psis_unreliable(result: Any, n_draws: int) -> bool:
 def brms_names_and_values(model: FormulaNPE, raw: PosteriorDraws, levels: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """Columns in brms order: b_Intercept, b_*, sd_*, cor_*, family parameters, r_<g>[level,coef]."""
     g = model.terms.group
-    cols, names = [], []
-    gd = raw.global_draws
-    offset = 0
-    by_kind: dict[str, list[tuple[str, np.ndarray]]] = {"b": [], "sd": [], "cor": [], "aux": []}
-    intercept = None
-    for slot in model.slots:
-        width = len(slot.labels)
-        block = gd[:, offset : offset + width]
-        offset += width
-        if slot.kind == "Intercept":
-            intercept = block[:, 0]
-        elif slot.kind == "cor":
-            pairs = [(i, j) for i in range(len(model.z_names)) for j in range(i + 1, len(model.z_names))]
-            # brms orders correlations column-major over the upper triangle: (1,2), (1,3), (2,3), (1,4), ...
-            order = sorted(range(len(pairs)), key=lambda p: (pairs[p][1], pairs[p][0]))
-            by_kind["cor"] += [(slot.labels[p], block[:, p]) for p in order]
-        else:
-            by_kind[slot.kind] += [(slot.labels[0], block[:, 0])]
-    b = np.stack([v for _, v in by_kind["b"]], 1) if by_kind["b"] else np.zeros((gd.shape[0], 0))
-    if intercept is not None:
-        names.append("b_Intercept")
-        cols.append(intercept - b @ model.x_means if b.shape[1] else intercept)
-    for kind in ("b", "sd", "cor", "aux"):
-        for name, v in by_kind[kind]:
-            names.append(name)
-            cols.append(v)
+    names, cols = brms_globals(model, raw.global_draws)
+    cols = list(np.moveaxis(cols, -1, 0))
     for m, z in enumerate(model.z_names):
         for j, level in enumerate(levels):
             names.append(f"r_{g}[{str(level).replace(' ', '.')},{_brms_rename(z)}]")
             cols.append(raw.local_draws[:, j, m])
     return names, np.stack(cols, 1)
+
+
+def brms_local_names(model: FormulaNPE) -> list[str]:
+    """The group effects' names with the level left out, `r_<g>[,coef]` (one per coefficient)."""
+    return [f"r_{model.terms.group}[,{_brms_rename(z)}]" for z in model.z_names]
+
+
+def brms_globals(model: FormulaNPE, gd: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The global parameters (..., G) in brms's names and order (b_Intercept uncentred, b_*, sd_*, cor_*, family
+    parameters): (names, values (..., P))."""
+    cols, names = [], []
+    offset = 0
+    by_kind: dict[str, list[tuple[str, np.ndarray]]] = {"b": [], "sd": [], "cor": [], "aux": []}
+    intercept = None
+    for slot in model.slots:
+        width = len(slot.labels)
+        block = gd[..., offset : offset + width]
+        offset += width
+        if slot.kind == "Intercept":
+            intercept = block[..., 0]
+        elif slot.kind == "cor":
+            pairs = [(i, j) for i in range(len(model.z_names)) for j in range(i + 1, len(model.z_names))]
+            # brms orders correlations column-major over the upper triangle: (1,2), (1,3), (2,3), (1,4), ...
+            order = sorted(range(len(pairs)), key=lambda p: (pairs[p][1], pairs[p][0]))
+            by_kind["cor"] += [(slot.labels[p], block[..., p]) for p in order]
+        else:
+            by_kind[slot.kind] += [(slot.labels[0], block[..., 0])]
+    b = np.stack([v for _, v in by_kind["b"]], -1) if by_kind["b"] else np.zeros((*gd.shape[:-1], 0))
+    if intercept is not None:
+        names.append("b_Intercept")
+        cols.append(intercept - b @ model.x_means if b.shape[-1] else intercept)
+    for kind in ("b", "sd", "cor", "aux"):
+        for name, v in by_kind[kind]:
+            names.append(name)
+            cols.append(v)
+    return names, np.stack(cols, -1)
 
 
 def brms_draws(model: FormulaNPE, raw: PosteriorDraws, design: Design) -> Any:
