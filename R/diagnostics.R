@@ -122,8 +122,7 @@ pooling_factor <- function(fit, group = NULL, coef = NULL) {
   out <- NULL
   for (k in coef) {
     sd_name <- sprintf("sd_%s__%s", group, k)
-    pattern <- sprintf("^r_%s\\[(.*),%s\\]$", gsub("([.|()\\^{}+$*?\\[\\]\\\\])", "\\\\\\1", group),
-                       gsub("([.|()\\^{}+$*?\\[\\]\\\\])", "\\\\\\1", k))
+    pattern <- sprintf("^r_%s\\[(.*),%s\\]$", escape_regex(group), escape_regex(k))
     r_cols <- grep(pattern, vars, value = TRUE)
     if (!sd_name %in% vars || !length(r_cols)) {
       mlnpe_abort(sprintf("the draws have no `%s` or no `r_%s[level,%s]` columns: check `group` and `coef`.",
@@ -139,3 +138,6 @@ pooling_factor <- function(fit, group = NULL, coef = NULL) {
   colnames(out) <- coef
   out
 }
+
+# A literal string as a regular expression (names such as "I(x^2)" carry metacharacters).
+escape_regex <- function(x) gsub("([][{}()+*^$|\\\\?.])", "\\\\\\1", x)

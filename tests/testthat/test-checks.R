@@ -47,3 +47,9 @@ test_that("conditions carry mlnpe_error and format bullets", {
   expect_equal(conditionMessage(e), "Main.\ni Hint.")
   expect_null(conditionCall(e))
 })
+
+test_that("escape_regex() makes any name a literal pattern", {
+  names <- c("I(x^2)", "a.b[c]", "x+y*z", "s 1|2", "back\\slash")
+  for (x in names) expect_true(grepl(paste0("^", mlnpe:::escape_regex(x), "$"), x))
+  expect_false(grepl(mlnpe:::escape_regex("a.b"), "axb"))
+})
