@@ -41,7 +41,7 @@ import csv
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -844,7 +844,7 @@ def logo_elpd(
     posterior: str = "amortized",
     refine_config: Any = None,
 ) -> LogoResult:
-    """Leave-one-subject-out elpd by eq. 26 with the amortized posterior.
+    """Leave-one-subject-out elpd by eq. 26 with amortized (or refined) LOGO posteriors.
 
     For each subject j: draw S global parameter sets theta^(s) = (tau, omega) from the amortized posterior of
     the other J - 1 subjects (an instant "refit"), then estimate p(x_j | theta^(s)) = integral of
@@ -873,8 +873,8 @@ def logo_elpd(
         seed: seed of all draws.
         proposal: "flow" or "prior" (see above).
         posterior: "amortized" or "refined" (see above).
-        refine_config: a `mlnpe.RefineConfig` for ``posterior="refined"`` (default: RefineConfig's defaults, seeded
-            with `seed` + j).
+        refine_config: a `mlnpe.RefineConfig` for ``posterior="refined"`` (default: RefineConfig's defaults with
+            seed `seed`); subject j's refit uses its seed + j.
 
     Returns:
         A :class:`LogoResult`; `ess_j` is the importance-sampling effective sample size of each subject's
@@ -895,7 +895,8 @@ def logo_elpd(
         start = time.perf_counter()
         rest = data.subset([k for k in range(data.n_groups) if k != j])
         if posterior == "refined":
-            config = refine_config or RefineConfig(seed=seed + j)
+            base = refine_config or RefineConfig(seed=seed)
+            config = base if base.seed is None else replace(base, seed=base.seed + j)  # one stream per refit
             fitted = refine(npe.estimator, model, rest, int(n_draws), config)
             global_draws = fitted.global_draws[: int(n_draws)]
             rhats.append(fitted.max_rhat)
