@@ -482,9 +482,11 @@ def ddm_network(**overrides: Any) -> NetworkConfig:
     section 5, session 9). The shift keeps one residual scale per parameter (`heteroscedastic_shift=False`, and
     `profile_average=False`, as in session 9): with a per-dataset scale, block 4 of the lexical decision data, at
     the edge of the prior predictive, got a drift sd 22 times too wide and beta 6.9 Stan sds off, although the
-    validation loss was the same (BENCHMARKS.md section 5, session 10)."""
+    validation loss was the same (BENCHMARKS.md section 5, session 10). The summaries are 32 (per subject) and 64
+    (per dataset) wide: with 16 and 32, block 4's mu_log_t0, sigma_log_alpha and beta were 1.5-1.9 Stan sds off
+    after the same training, with these 0.4-1.0 (BENCHMARKS.md section 5, session 11)."""
     base = dict(local_summary="deepset", global_summary="deepset", summary_hidden=64, row_hidden=32,
-                local_summary_dim=16, global_summary_dim=32, global_transforms=4, local_transforms=3,
+                local_summary_dim=32, global_summary_dim=64, global_transforms=4, local_transforms=3,
                 local_hidden=(64, 64), log_inputs=(0,), local_extremes=True, shift_max_spread=None,
                 heteroscedastic_shift=False, profile_average=False)  # fmt: skip
     return NetworkConfig(**{**base, **overrides})
