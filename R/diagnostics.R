@@ -119,8 +119,7 @@ pooling_factor <- function(fit, group = NULL, coef = NULL) {
   }
   m <- posterior::as_draws_matrix(fit)
   vars <- colnames(m)
-  out <- NULL
-  for (k in coef) {
+  kappas <- lapply(coef, function(k) {
     sd_name <- sprintf("sd_%s__%s", group, k)
     pattern <- sprintf("^r_%s\\[(.*),%s\\]$", escape_regex(group), escape_regex(k))
     r_cols <- grep(pattern, vars, value = TRUE)
@@ -128,15 +127,12 @@ pooling_factor <- function(fit, group = NULL, coef = NULL) {
       mlnpe_abort(sprintf("the draws have no `%s` or no `r_%s[level,%s]` columns: check `group` and `coef`.",
                           sd_name, group, k), "mlnpe_argument_error")
     }
-    r <- unclass(m[, r_cols, drop = FALSE])
-    kappa <- apply(r, 2, stats::var) / mean(unclass(m[, sd_name])^2)
-    names(kappa) <- sub(pattern, "\\1", r_cols)
-    out <- if (is.null(out)) matrix(kappa, ncol = 1L, dimnames = list(names(kappa), k)) else {
-      cbind(out, stats::setNames(kappa[rownames(out)], rownames(out)))
-    }
-  }
-  colnames(out) <- coef
-  out
+    kappa <- apply(unclass(m[, r_cols, drop = FALSE]), 2, stats::var) / mean(unclass(m[, sd_name])^2)
+    stats::setNames(kappa, sub(pattern, "\\1", r_cols))
+  })
+  levels <- names(kappas[[1L]])
+  matrix(unlist(lapply(kappas, function(kappa) kappa[levels]), use.names = FALSE), ncol = length(coef),
+         dimnames = list(levels, coef))
 }
 
 # A literal string as a regular expression (names such as "I(x^2)" carry metacharacters).

@@ -143,7 +143,7 @@ def train(model, seconds: float, n_sims: int, seed: int) -> tuple[MultilevelNPE,
 
 
 # ---- 4. SBC and recovery ------------------------------------------------------------------------------------
-def sbc(npe: MultilevelNPE, model, n_sims: int, n_draws: int, seed: int, name: str) -> dict:
+def sbc(npe: MultilevelNPE, n_sims: int, n_draws: int, seed: int, name: str) -> dict:
     """SBC and recovery on `n_sims` prior simulations (mlnpe.validation.sbc): the band uses each dataset's first
     subject for the local parameters (independent ranks); `pooled_local_inside_99_band` pools every subject."""
     result = run_sbc(npe, n_sims, n_draws, seed, prob=0.99)
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "simulations": args.simulations, "val_loss": round(npes[n].history.val_loss[-1], 3)}
                           for n, s in train_seconds.items()}  # fmt: skip
 
-    result["sbc"] = {n: sbc(npes[n], models[n], args.sbc, 250, args.seed + 7, n) for n in models}
+    result["sbc"] = {n: sbc(npes[n], args.sbc, 250, args.seed + 7, n) for n in models}
     for n, r in result["sbc"].items():
         failed = [k for k, ok in r["inside_99_band"].items() if not ok]
         log(f"SBC {n}: {r['n_datasets']} datasets, outside the 99% band: {failed or 'none'}")

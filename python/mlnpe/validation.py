@@ -14,6 +14,7 @@ dataset, so the pooled band is a screen rather than a test).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from os import PathLike
 from typing import Any, Callable, Sequence
 
@@ -68,6 +69,10 @@ class SBCResult:
 
     def ranks(self) -> np.ndarray:
         """(sims, G + L): the globals' ranks, then each local parameter's rank in the first group of each dataset."""
+        return self._ranks.copy()
+
+    @cached_property
+    def _ranks(self) -> np.ndarray:  # computed once: the table, the pass/fail and the plot use the same ranks
         rng = np.random.default_rng(self.seed)
         g = sbc_ranks(self.global_draws, self.global_truth, rng=rng)
         if not self.local_names:
@@ -85,6 +90,10 @@ class SBCResult:
         """One row per parameter: name, kind ("global" or "local"), inside_band (the pass/fail decision), pvalue
         (chi-square uniformity of the ranks), for locals pooled_inside_band (every group's ranks), and recovery's
         correlation (posterior median against the truth) and coverage of the 95 % central interval."""
+        return [dict(row) for row in self._table]
+
+    @cached_property
+    def _table(self) -> list[dict[str, Any]]:
         check = sbc_check(self.ranks(), self.n_draws, prob=self.prob, rng=np.random.default_rng(self.seed + 2))
         rec_g = recovery(self.global_draws, self.global_truth)
         rows = [
