@@ -60,6 +60,8 @@ HYPER_LABELS = ("alpha", "beta", "gamma", "delta", "log_sigma")
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=None, help="training wall-clock budget (default 420)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train for this many steps instead of a time limit (reproducible figures)")
     p.add_argument("--quick", action="store_true", help="small budget: 60 s training, 100 SBC datasets")
     p.add_argument("--sbc-datasets", type=int, default=150)
     p.add_argument("--sbc-draws", type=int, default=250)
@@ -80,7 +82,8 @@ def parse_args() -> argparse.Namespace:
 
 def train(args: argparse.Namespace):
     npe = ar1_estimator(seed=args.seed)
-    config = TrainConfig(steps=10**7, batch_size=64, learning_rate=1e-3, time_limit=args.seconds, seed=args.seed,
+    config = TrainConfig(steps=args.steps or 10**7, batch_size=64, learning_rate=1e-3,
+                         time_limit=None if args.steps else args.seconds, seed=args.seed,
                          progress=False)  # fmt: skip
     history = npe.train(config)
     return npe, {

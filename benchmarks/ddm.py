@@ -134,11 +134,12 @@ def prior_predictive(data, n_sims: int, seed: int, path: Path) -> dict:
 
 
 # ---- 3. training --------------------------------------------------------------------------------------------
-def train(model, seconds: float, n_sims: int, seed: int) -> tuple[MultilevelNPE, float]:
+def train(model, seconds: float, n_sims: int, seed: int, steps: int | None = None) -> tuple[MultilevelNPE, float]:
     npe = MultilevelNPE(model, groups=(10, 30), rows=(1, 100), network=ddm_network(), seed=seed, pilot_size=512)
     start = time.perf_counter()
-    npe.train(TrainConfig(mode="offline", n_simulations=n_sims, steps=1_000_000, batch_size=32, learning_rate=1e-3,
-                          time_limit=seconds, patience=15, seed=seed, progress=False))  # fmt: skip
+    npe.train(TrainConfig(mode="offline", n_simulations=n_sims, steps=steps or 1_000_000, batch_size=32,
+                          learning_rate=1e-3, time_limit=None if steps else seconds, patience=15, seed=seed,
+                          progress=False))  # fmt: skip
     return npe, time.perf_counter() - start
 
 
@@ -291,6 +292,8 @@ def plot_runtime(train_s: float, fit_s: float, stan_s: float, path: Path) -> int
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1200.0, help="training seconds per variant")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train for this many steps instead of a time limit (reproducible figures)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, short Stan chains (< 5 min)")
     parser.add_argument("--block", type=int, default=4)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -349,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
             npes[name] = MultilevelNPE.load(saved, model=model)
             train_seconds[name] = npes[name].history.train_seconds
         else:
-            npes[name], train_seconds[name] = train(model, args.seconds, args.simulations, args.seed)
+            npes[name], train_seconds[name] = train(model, args.seconds, args.simulations, args.seed, args.steps)
             if saved is not None:
                 npes[name].save(saved)
         h = npes[name].history

@@ -124,12 +124,15 @@ def compare(mine: pd.DataFrame, weights: np.ndarray | None, stan: pd.DataFrame) 
     return out
 
 
-def run_case(name: str, seconds: float, seed: int, threads: int, focus: int = 0, network: dict | None = None) -> dict:
+def run_case(name: str, seconds: float, seed: int, threads: int, focus: int = 0, network: dict | None = None,
+             steps: int | None = None) -> dict:
     spec = CASES[name]
     data = spec["data"](seed)
     torch.set_num_threads(threads)
     model = FormulaNPE(spec["formula"], data, spec["family"], spec["prior"], seed=seed, network=network)
-    model.train(TrainConfig(steps=1_000_000, batch_size=64, learning_rate=2e-3, time_limit=seconds,
+    # --steps: a fixed step budget instead of the time limit, so that two runs give the same figures
+    model.train(TrainConfig(steps=steps or 1_000_000, batch_size=64, learning_rate=2e-3,
+                            time_limit=None if steps else seconds,
                             seed=seed, progress=False), focus=focus)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
@@ -188,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="gaussian and bernoulli only, short training")
     parser.add_argument("--cases", nargs="*", default=None, help=f"cases among {list(CASES)}")
     parser.add_argument("--seconds", type=float, default=None, help="training seconds per case")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train for this many steps per round instead of a time limit (reproducible figures)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--focus", type=int, default=0, help="focusing rounds (FormulaNPE.train(focus=))")
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cases = args.cases or (["gaussian_slope", "bernoulli"] if args.quick else list(CASES))
     seconds = args.seconds or (150.0 if args.quick else 480.0)
-    results = [run_case(c, seconds, args.seed, args.threads, args.focus, args.network) for c in cases]
+    results = [run_case(c, seconds, args.seed, args.threads, args.focus, args.network, args.steps) for c in cases]
     summary = {
         r["case"]: {
             "median_mean_err_sd": round(r["raw"]["median_mean_err_sd"], 3),
