@@ -6,7 +6,7 @@ ones pooled over groups) with ECDF-difference plots and 99 % simultaneous bands;
 Stan (4 chains, 1000 warm-up + 1000 draws) on simulated datasets of J = 16 series of T = 16 steps (the size of
 the paper's Eurostat data): per-parameter mean and sd agreement, 95 % interval overlap, pooling factors (eq. 15),
 one-step-ahead posterior predictive intervals; the same comparison for the fits refined by HMC through the
-amortizer (mlnpe.refine; `--no-refine` skips it); runtime of Stan per fit against mlnpe's training and per-fit time
+amortizer (mlnpe.inference.refine; `--no-refine` skips it); runtime of Stan per fit against mlnpe's training and per-fit time
 with the break-even number of fits.
 
     python benchmarks/ar1.py --quick         # < ~4 minutes when the Stan model is already compiled
@@ -31,15 +31,13 @@ import numpy as np
 import torch
 
 from mlnpe import TrainConfig
-from mlnpe.case_studies.ar1 import (
-    GLOBAL_NAMES,
+from mlnpe.case_studies.ar1 import (    GLOBAL_NAMES,
     LOCAL_NAMES,
     ar1_estimator,
     fit_ar1_stan,
     posterior_predictive,
 )
-from mlnpe.diagnostics import (
-    plot_pooling,
+from mlnpe.inference.diagnostics import (    plot_pooling,
     plot_recovery,
     plot_sbc_ecdf,
     pool_local_ranks,
@@ -48,10 +46,10 @@ from mlnpe.diagnostics import (
     sbc_check,
     sbc_ranks,
 )
-from mlnpe.draws import PosteriorDraws
-from mlnpe.reference import StanDiagnosticWarning
-from mlnpe.refine import RefineConfig, refine
-from mlnpe.spec import simulate_batch
+from mlnpe.core.draws import PosteriorDraws
+from mlnpe.stan.reference import StanDiagnosticWarning
+from mlnpe.inference.refine import RefineConfig, refine
+from mlnpe.core.spec import simulate_batch
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 HYPER_LABELS = ("alpha", "beta", "gamma", "delta", "log_sigma")
@@ -69,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fit-draws", type=int, default=4000, help="mlnpe draws per fit in the Stan comparison")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.refine) of each fit")
+    p.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.inference.refine) of each fit")
     args = p.parse_args()
     args.refine = not args.no_refine
     if args.quick:
@@ -201,7 +199,7 @@ def _agreement(ours, stan) -> dict:
 
 
 def _refined(npe, data, n_draws: int, seed: int):
-    """HMC draws of the exact posterior through the amortizer (mlnpe.refine), as PosteriorDraws."""
+    """HMC draws of the exact posterior through the amortizer (mlnpe.inference.refine), as PosteriorDraws."""
     result = refine(npe.estimator, npe.model, data, n_draws, RefineConfig(seed=seed),
                     labels=(npe.global_names, npe.local_names))
     draws = PosteriorDraws(result.global_draws[:n_draws], result.local_draws[:n_draws], tuple(npe.global_names),

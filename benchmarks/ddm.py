@@ -34,8 +34,7 @@ import numpy as np
 import torch
 
 from mlnpe import MultilevelNPE, TrainConfig
-from mlnpe.case_studies.ddm import (
-    DDMPriors,
+from mlnpe.case_studies.ddm import (    DDMPriors,
     HierarchicalDDM,
     HierarchicalDDMBeta,
     compare_logo,
@@ -47,11 +46,11 @@ from mlnpe.case_studies.ddm import (
     sample_wiener,
     upper_probability,
 )
-from mlnpe.data import make_masks
-from mlnpe.draws import PosteriorDraws
-from mlnpe.validation import sbc as run_sbc
-from mlnpe.refine import RefineConfig, refine
-from mlnpe.spec import simulate_batch
+from mlnpe.core.data import make_masks
+from mlnpe.core.draws import PosteriorDraws
+from mlnpe.inference.sbc import sbc as run_sbc
+from mlnpe.inference.refine import RefineConfig, refine
+from mlnpe.core.spec import simulate_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "benchmarks" / "figures"
@@ -145,7 +144,7 @@ def train(model, seconds: float, n_sims: int, seed: int, steps: int | None = Non
 
 # ---- 4. SBC and recovery ------------------------------------------------------------------------------------
 def sbc(npe: MultilevelNPE, n_sims: int, n_draws: int, seed: int, name: str) -> dict:
-    """SBC and recovery on `n_sims` prior simulations (mlnpe.validation.sbc): the band uses each dataset's first
+    """SBC and recovery on `n_sims` prior simulations (mlnpe.inference.sbc.sbc): the band uses each dataset's first
     subject for the local parameters (independent ranks); `pooled_local_inside_99_band` pools every subject."""
     result = run_sbc(npe, n_sims, n_draws, seed, prob=0.99)
     rows = result.table()
@@ -206,7 +205,7 @@ def compare_with_stan(npe_draws, stan_draws, path: Path) -> dict:
 
 
 def refined_real_data(npe: MultilevelNPE, model, data, npe_draws, seed: int) -> dict:
-    """HMC on the exact posterior of the real data through the amortizer (mlnpe.refine), beside the NPE draws:
+    """HMC on the exact posterior of the real data through the amortizer (mlnpe.inference.refine), beside the NPE draws:
     each global's refined mean and sd, and the NPE draws' |mean difference| / refined sd and sd ratio."""
     result = refine(npe.estimator, model, data, 4000, RefineConfig(seed=seed), labels=(npe.global_names, npe.local_names))
     out = {"seconds": round(result.seconds, 1), "chains": result.chains, "rhat_max": round(result.max_rhat, 3),
@@ -377,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"ML-NPE on the data: {json.dumps(result['npe_real_data'])}")
     if not args.no_refine:
         result["refined_real_data"] = refined_real_data(npe, models["shared"], data, npe_draws, args.seed)
-        log(f"refined by HMC (mlnpe.refine): {json.dumps(result['refined_real_data'])}")
+        log(f"refined by HMC (mlnpe.inference.refine): {json.dumps(result['refined_real_data'])}")
     if args.no_stan:
         diag = {"skipped": True, "sample_seconds": args.stan_seconds * (args.stan_warmup + args.stan_draws) / 2000,
                 "compile_seconds": math.nan}  # fmt: skip

@@ -1,13 +1,13 @@
 """Exact-posterior benchmark of the ML-NPE engine.
 
 Model: y_ij ~ Normal(alpha_j, 1), alpha_j ~ Normal(mu, tau), mu ~ Normal(0, 1), tau ~ HalfNormal(1), whose
-posterior mlnpe.exact computes exactly. Trains an estimator for J in [5, 30] and N_j in [2, 50], then reports
+posterior mlnpe.examples.exact computes exactly. Trains an estimator for J in [5, 30] and N_j in [2, 50], then reports
 over held-out datasets the error of posterior means in units of the exact posterior sd, the sd ratio, and SBC
 rank uniformity over many datasets (local parameters pooled over groups).
 
     python benchmarks/exact_posterior.py --quick     # < 3 minutes; last line: one JSON object
     python benchmarks/exact_posterior.py             # the full run reported in BENCHMARKS.md
-    python benchmarks/exact_posterior.py --refine 20 # also HMC-refined draws (mlnpe.refine) on 20 datasets
+    python benchmarks/exact_posterior.py --refine 20 # also HMC-refined draws (mlnpe.inference.refine) on 20 datasets
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from mlnpe import MultilevelNPE, NetworkConfig, TrainConfig
-from mlnpe.diagnostics import pool_local_ranks, sbc_ranks, sbc_uniformity_pvalues
-from mlnpe.exact import normal_model_posterior
-from mlnpe.models import NormalHierarchical
-from mlnpe.refine import RefineConfig, refine
-from mlnpe.spec import simulate_batch
+from mlnpe.inference.diagnostics import pool_local_ranks, sbc_ranks, sbc_uniformity_pvalues
+from mlnpe.examples.exact import normal_model_posterior
+from mlnpe.core.models import NormalHierarchical
+from mlnpe.inference.refine import RefineConfig, refine
+from mlnpe.core.spec import simulate_batch
 
 GROUPS, ROWS = (5, 30), (2, 50)
 
@@ -58,7 +58,7 @@ def accuracy(
     npe: MultilevelNPE, n_datasets: int, n_draws: int, seed: int, refined: int = 0
 ) -> tuple[dict[str, dict[str, float]], dict | None]:
     """Errors of the amortized draws over held-out datasets; with `refined` > 0 also, on the first `refined`
-    datasets, those of the amortized and of the HMC-refined draws (mlnpe.refine) side by side."""
+    datasets, those of the amortized and of the HMC-refined draws (mlnpe.inference.refine) side by side."""
     sims = simulate_batch(npe.model, n_datasets, GROUPS, ROWS, torch.Generator().manual_seed(seed))
     datasets = sims.batch.to_datasets()
     draws = [(d["mu"], d["tau"], d["alpha"]) for d in npe.sample(datasets, n_draws, seed=seed)]
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ema", type=float, default=0.0,
                         help="TrainConfig.ema_decay: average the weights over training (0: off)")
     parser.add_argument("--refine", type=int, default=0,
-                        help="also refine the first N held-out fits by HMC (mlnpe.refine) and report both")
+                        help="also refine the first N held-out fits by HMC (mlnpe.inference.refine) and report both")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seconds = args.seconds or (90.0 if args.quick else 420.0)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mlnpe import GroupedData, MultilevelNPE, TrainConfig
-from mlnpe.models import NormalHierarchical
+from mlnpe.core.models import NormalHierarchical
 
 
 def sampling_ms(npe: MultilevelNPE, data: GroupedData, n_draws: int, repeats: int) -> dict[str, float]:

@@ -31,7 +31,7 @@ import torch
 
 from mlnpe import TrainConfig
 from mlnpe.formula import FormulaNPE, prior
-from mlnpe.psis import ParetoKWarning, psis_moments
+from mlnpe.inference.psis import ParetoKWarning, psis_moments
 
 DB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "posteriordb"
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--focus", type=int, default=1)
     parser.add_argument("--network", type=json.loads, default=None, help="NetworkConfig overrides as JSON")
-    parser.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.refine) arm")
+    parser.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.inference.refine) arm")
     args = parser.parse_args(argv)
     results = [run_case(c, args.seconds, args.seed, args.threads, args.focus, args.network, not args.no_refine)
                for c in (args.cases or list(CASES))]

@@ -6,7 +6,7 @@ For each case: train an amortizer, fit the dataset (4000 draws, PSIS certificate
 - sd ratio mlnpe / Stan (target within [0.9, 1.1]).
 Both are given for the raw amortized draws, for the PSIS-reweighted ones, and (keys `fit_*`) for what `fit()`
 returns by default: refine="auto" replaces the amortized draws by HMC draws where PSIS rejects them
-(mlnpe.refine; a "quick" run's small budget usually triggers it, so "--quick" takes a few minutes longer than
+(mlnpe.inference.refine; a "quick" run's small budget usually triggers it, so "--quick" takes a few minutes longer than
 before). Also reported: k-hat, ESS,
 training time, mlnpe's per-fit time beside Stan's (compile and sampling), and for the Minnesota radon data the
 posteriordb reference (rstan, 10 chains x 10,000 draws).
@@ -31,8 +31,8 @@ import torch
 
 from mlnpe import TrainConfig
 from mlnpe.formula import FormulaNPE, prior
-from mlnpe.psis import ParetoKWarning, psis_moments
-from mlnpe.reference import StanDiagnosticWarning, fit_stan
+from mlnpe.inference.psis import ParetoKWarning, psis_moments
+from mlnpe.stan.reference import StanDiagnosticWarning, fit_stan
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m mlnpe.demo "$@"
+python -m mlnpe.examples.demo "$@"

@@ -4,17 +4,18 @@ Train once on simulations of a two-level model; afterwards every dataset of that
 milliseconds. See `MultilevelNPE` for the entry point and `TwoLevelModel` for bringing your own simulator.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
-from .data import GroupedBatch, GroupedData, collate  # noqa: E402
-from .draws import PosteriorDraws  # noqa: E402
+from .core.data import GroupedBatch, GroupedData, collate  # noqa: E402
+from .core.draws import PosteriorDraws  # noqa: E402
 from .errors import ConfigError, DataError, LoadError, MlnpeError, RangeError, RangeWarning, SpecError  # noqa: E402
 from .estimator import MultilevelEstimator, NetworkConfig  # noqa: E402
-from .spec import ParamSpec, TwoLevelModel, simulate_batch  # noqa: E402
+from .core.spec import ParamSpec, TwoLevelModel, simulate_batch  # noqa: E402
 from .train import TrainConfig, TrainHistory  # noqa: E402
 from .amortizer import MultilevelNPE  # noqa: E402
 
 __all__ = [
+    "__version__",
     "GroupedBatch",
     "GroupedData",
     "collate",

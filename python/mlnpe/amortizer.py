@@ -2,7 +2,7 @@
 
 Example:
     >>> from mlnpe import MultilevelNPE, TrainConfig
-    >>> from mlnpe.models import NormalHierarchical
+    >>> from mlnpe.core.models import NormalHierarchical
     >>> npe = MultilevelNPE(NormalHierarchical(), groups=(5, 30), rows=(2, 50))
     >>> history = npe.train(TrainConfig(steps=2000))          # doctest: +SKIP
     >>> draws = npe.sample(data, n_draws=1000, seed=1)         # doctest: +SKIP
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .data import GroupedBatch, GroupedData, collate
-from .draws import PosteriorDraws
+from .version import __version__
+from .core.data import GroupedBatch, GroupedData, collate
+from .core.draws import PosteriorDraws
 from .errors import ConfigError, DataError, LoadError
 from .estimator import MultilevelEstimator, NetworkConfig
-from .models import model_from_config
-from .spec import ParamSpec, SimulatedBatch, TwoLevelModel, bijector_of, check_range, check_sizes, labels_of, simulate_batch
+from .core.models import model_from_config
+from .core.spec import ParamSpec, SimulatedBatch, TwoLevelModel, bijector_of, check_range, check_sizes, labels_of, simulate_batch
 from .train import TrainConfig, TrainHistory, train_estimator
 
 __all__ = ["MultilevelNPE", "FORMAT_VERSION"]
@@ -45,7 +45,7 @@ class MultilevelNPE:
         groups: (min, max) number of groups J drawn per simulated dataset.
         rows: (min, max) rows N_j drawn per simulated group.
         network: network sizes.
-        local_summary: optional custom local summary module (interface in mlnpe.nn).
+        local_summary: optional custom local summary module (interface in mlnpe.networks.summaries).
         global_summary: optional custom global summary module.
         seed: seed of the network initialization and the pilot simulations.
         pilot_size: number of pilot datasets used to standardize inputs and parameters.

@@ -15,10 +15,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .data import GroupedBatch
+from .core.data import GroupedBatch
 from .errors import ConfigError
-from .nn import MLP, ConditionalFlow, DeepSet, SufficientSummary, build_summary
-from .supports import Bijector, Positive
+from .networks.flows import ConditionalFlow
+from .networks.summaries import MLP, DeepSet, SufficientSummary, build_summary
+from .core.constraints import Bijector, Positive
 
 __all__ = ["NetworkConfig", "MultilevelEstimator"]
 
@@ -75,7 +76,7 @@ class NetworkConfig:
             hundreds of groups the hyper-sd's posterior is a few percent wide; a learned pool over groups finds
             that spread only roughly. Saved models without the key load with False.
         sufficient: "none" (the default), "gaussian", "poisson" or "binomial" (bernoulli too): the local
-            summary is a `mlnpe.nn.SufficientSummary`, which sees the response (row column 0) only through sum
+            summary is a `mlnpe.networks.summaries.SufficientSummary`, which sees the response (row column 0) only through sum
             y x per group (and sum y^2 for "gaussian"), the sufficient statistics of a canonical-link GLM, and the
             covariates through a deep set of their own. For "poisson" and "binomial" the response is
             standardized by its scale only and the pooled statistics leave out every term with y^2. The
@@ -112,7 +113,7 @@ class NetworkConfig:
             minus its linear prediction, in units of the prediction's held-out residual sd. The prediction is a
             ridge regression, fitted once to the pilot simulations (`set_standardization`), on the pooled
             statistics and on the mean and log variance over groups of the local summary's fixed features
-            (`fixed_features` / `fixed_columns` in mlnpe.nn: moments, least-squares fits, sufficient statistics):
+            (`fixed_features` / `fixed_columns` in mlnpe.networks.summaries: moments, least-squares fits, sufficient statistics):
             the regression adjustment of approximate Bayesian computation (Beaumont et al. 2002). The flow then
             starts near the posterior and learns the residual, which can be much narrower than the prior (a
             group-level covariate's coefficient, for example). Parameters that the statistics predict poorly
@@ -261,7 +262,7 @@ def _signed_log(v: Tensor) -> Tensor:
 
 
 def _fixed_columns(summary: nn.Module, width: int) -> list[int]:
-    """The columns of a local summary's output that are fixed functions of the rows (see mlnpe.nn):
+    """The columns of a local summary's output that are fixed functions of the rows (see mlnpe.networks.summaries):
     `fixed_columns` if it has them, else its last `fixed_features` columns, else none."""
     columns = getattr(summary, "fixed_columns", None)
     if columns is not None:
@@ -458,7 +459,7 @@ class MultilevelEstimator(nn.Module):
         local_bijector: the same for the L local scalars of a group.
         row_features: dimension of a row as the networks see it (y_dim + x_dim).
         config: network sizes.
-        local_summary: optional custom local summary module (see mlnpe.nn for the interface).
+        local_summary: optional custom local summary module (see mlnpe.networks.summaries for the interface).
         global_summary: optional custom global summary module.
     """
 
@@ -773,12 +774,12 @@ class MultilevelEstimator(nn.Module):
 
     def _shift_statistics(self, stats: Tensor, h_local: Tensor, real: Tensor) -> Tensor:
         """The regressors of `regression_shift`: the pooled statistics, then the mean and log variance over groups
-        of the local summary's fixed features (its last `fixed_features` outputs, see mlnpe.nn)."""
+        of the local summary's fixed features (its last `fixed_features` outputs, see mlnpe.networks.summaries)."""
         if not self._fixed_cols:
             return stats
         mean, var = _group_moments(h_local[..., self._fixed_cols], real)
         out = [stats, mean, torch.log(var + 1e-4)]
-        if self._estimate_pairs:  # moment estimates of the group-level variances (`group_estimates`, mlnpe.nn)
+        if self._estimate_pairs:  # moment estimates of the group-level variances (`group_estimates`, mlnpe.networks.summaries)
             est, log_var = (h_local[..., [p[i] for p in self._estimate_pairs]] for i in (0, 1))
             count = real.sum(1, keepdim=True).to(h_local.dtype)
             spread = _group_moments(est, real)[1] * count / (count - 1.0).clamp_min(1.0)
@@ -1067,7 +1068,7 @@ class MultilevelEstimator(nn.Module):
         With `parts`, the context comes as its two broadcastable parts, h_local (B, J, h) and the standardized
         globals (..., B, 1, G) (`ConditionalFlow.from_noise` then applies the first layers to each once).
 
-        With `regression_shift` and a local summary with fixed features (mlnpe.nn), the local flow models each
+        With `regression_shift` and a local summary with fixed features (mlnpe.networks.summaries), the local flow models each
         group's unconstrained locals minus a ridge regression on those features, the standardized globals and
         their products (fitted to the pilot by `set_standardization`): the products let the prediction weigh a
         group's own estimate against the hyper-mean by the group-level sd, as shrinkage does.

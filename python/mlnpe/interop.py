@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .errors import ConfigError, DataError, MlnpeError
 
 __all__ = ["sitrep", "fit_model", "refit", "predict", "logo", "sbc", "save_model", "load_model"]
@@ -252,7 +252,7 @@ def _refine_flag(refine: Any) -> bool | str:
 
 
 def _refine_config(control: Mapping[str, Any] | None, seed: int | None) -> Any:
-    from .refine import RefineConfig
+    from .inference.refine import RefineConfig
 
     values = _coerce_fields(RefineConfig, control, "refine_control")
     known = [f.name for f in dataclasses.fields(RefineConfig)]
@@ -489,7 +489,7 @@ def refit(
 
 def _raw_draws(model: Any, draws: Mapping[str, Any], levels: tuple[str, ...]) -> Any:
     """Inverts `brms_names_and_values`: brms-named draws back to the model's global and local layout."""
-    from .draws import PosteriorDraws
+    from .core.draws import PosteriorDraws
     from .formula.api import brms_names_and_values
 
     variables = [str(v) for v in _as_list(draws.get("variables"))]
@@ -558,7 +558,7 @@ def _with_levels(model: Any, raw: Any, design: Any, newdata: Any, allow_new_leve
     """
     import torch
 
-    from .draws import PosteriorDraws
+    from .core.draws import PosteriorDraws
     from .formula.design import build_design
 
     levels = build_design(model.terms, newdata, reference=model.info, min_groups=1).levels
@@ -662,10 +662,10 @@ def logo(
     """
     import torch
 
-    from .data import GroupedData
-    from .draws import PosteriorDraws
+    from .core.data import GroupedData
+    from .core.draws import PosteriorDraws
     from .formula.api import FormulaFit, _features
-    from .psis import ParetoKWarning
+    from .inference.psis import ParetoKWarning
 
     model = _load(model_path)
     n_draws, n_local, seed = _int(n_draws, "ndraws"), _int(n_local, "nsim"), _seed(seed)

@@ -20,7 +20,7 @@ import torch
 from sbi.neural_nets.estimators.base import ConditionalDensityEstimator
 from torch import Tensor
 
-from .data import GroupedBatch
+from .core.data import GroupedBatch
 from .errors import DataError
 from .estimator import MultilevelEstimator
 

@@ -17,7 +17,7 @@ import torch
 
 from .errors import ConfigError
 from .estimator import MultilevelEstimator
-from .spec import SimulatedBatch
+from .core.spec import SimulatedBatch
 
 __all__ = ["TrainConfig", "TrainHistory", "train_estimator"]
 

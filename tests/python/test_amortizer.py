@@ -7,7 +7,7 @@ import torch
 
 from mlnpe import GroupedData, MultilevelNPE, NetworkConfig, TrainConfig
 from mlnpe.errors import ConfigError, DataError, LoadError, RangeError, RangeWarning
-from mlnpe.models import NormalHierarchical
+from mlnpe.core.models import NormalHierarchical
 from mlnpe.amortizer import FORMAT_VERSION
 
 SMALL = NetworkConfig(summary_hidden=16, row_hidden=8, local_summary_dim=4, global_summary_dim=8,
@@ -170,7 +170,7 @@ def test_weight_averaging_keeps_the_exponential_average_of_the_trajectory(monkey
 
 
 class MeanSummary(torch.nn.Module):
-    """A user-written local summary: mean and log count of the rows (follows mlnpe.nn's interface)."""
+    """A user-written local summary: mean and log count of the rows (follows mlnpe.networks.summaries's interface)."""
 
     out_features = 2
 

@@ -21,8 +21,7 @@ from scipy import stats
 
 from mlnpe import DataError, GroupedBatch, SpecError, TrainConfig
 from mlnpe.case_studies import ar1
-from mlnpe.case_studies.ar1 import (
-    GLOBAL_NAMES,
+from mlnpe.case_studies.ar1 import (    GLOBAL_NAMES,
     LOCAL_NAMES,
     AR1Summary,
     HierarchicalAR1,
@@ -34,9 +33,9 @@ from mlnpe.case_studies.ar1 import (
     load_ar1_estimator,
     posterior_predictive,
 )
-from mlnpe.diagnostics import pool_local_ranks, sbc_check, sbc_ranks
-from mlnpe.models import MODELS, model_from_config
-from mlnpe.spec import simulate_batch
+from mlnpe.inference.diagnostics import pool_local_ranks, sbc_check, sbc_ranks
+from mlnpe.core.models import MODELS, model_from_config
+from mlnpe.core.spec import simulate_batch
 
 TINY = dict(row_hidden=8, summary_hidden=8, summary_depth=1, local_summary_dim=4, global_summary_dim=8,
             global_transforms=1, global_hidden=(8,), local_transforms=1, local_hidden=(8,), bins=4)  # fmt: skip
@@ -347,7 +346,7 @@ def test_a_fresh_process_rebuilds_the_model_from_its_config():
     config = HierarchicalAR1(init_scale=2.0).to_config()
     assert MODELS["HierarchicalAR1"] is HierarchicalAR1
     assert model_from_config(config).init_scale == 2.0
-    code = ("import json, sys; from mlnpe.models import model_from_config; "
+    code = ("import json, sys; from mlnpe.core.models import model_from_config; "
             "m = model_from_config(json.loads(sys.argv[1])); print(type(m).__name__, m.init_scale)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-1000:]

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mlnpe.data import GroupedBatch, GroupedData, collate, make_masks
+from mlnpe.core.data import GroupedBatch, GroupedData, collate, make_masks
 from mlnpe.errors import DataError
 
 

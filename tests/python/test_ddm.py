@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from mlnpe import MultilevelNPE, TrainConfig
-from mlnpe.case_studies.ddm import (
-    DDMDataWarning,
+from mlnpe.case_studies.ddm import (    DDMDataWarning,
     DDMPriors,
     HierarchicalDDM,
     HierarchicalDDMBeta,
@@ -33,10 +32,10 @@ from mlnpe.case_studies.ddm import (
     upper_probability,
     wiener_log_density,
 )
-from mlnpe.data import GroupedData
+from mlnpe.core.data import GroupedData
 from mlnpe.errors import ConfigError, DataError
-from mlnpe.refine import RefineConfig
-from mlnpe.spec import simulate_batch
+from mlnpe.inference.refine import RefineConfig
+from mlnpe.core.spec import simulate_batch
 
 SLOW = os.environ.get("MLNPE_SLOW_TESTS") == "1"
 

@@ -1,4 +1,4 @@
-"""Tests of mlnpe.diagnostics: SBC ranks and tests, simultaneous ECDF bands, recovery, pooling factor, plots.
+"""Tests of mlnpe.inference.diagnostics: SBC ranks and tests, simultaneous ECDF bands, recovery, pooling factor, plots.
 
 Statistical tests use fixed seeds and exact (conjugate) posteriors; band coverage is checked against fresh
 uniform samples with a tolerance of a few Monte Carlo standard errors.
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mlnpe import diagnostics as dg
+from mlnpe.inference import diagnostics as dg
 from mlnpe.errors import DataError
 
-PYTHON_DIR = Path(dg.__file__).resolve().parents[1]
+PYTHON_DIR = Path(dg.__file__).resolve().parents[2]
 
 
 def _require(module: str):
@@ -366,7 +366,7 @@ def test_diagnostics_imports_neither_matplotlib_nor_torch():
         "import sys, types; "
         f"pkg = types.ModuleType('mlnpe'); pkg.__path__ = [{str(PYTHON_DIR / 'mlnpe')!r}]; "
         "sys.modules['mlnpe'] = pkg; "
-        "import mlnpe.diagnostics; "
+        "import mlnpe.inference.diagnostics; "
         "bad = [m for m in ('matplotlib', 'torch') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -6,8 +6,8 @@ import torch
 
 from mlnpe import MultilevelNPE, NetworkConfig
 from mlnpe.errors import ConfigError
-from mlnpe.models import NormalHierarchical
-from mlnpe.spec import simulate_batch
+from mlnpe.core.models import NormalHierarchical
+from mlnpe.core.spec import simulate_batch
 
 SMALL = NetworkConfig(summary_hidden=16, row_hidden=8, local_summary_dim=4, global_summary_dim=8,
                       global_transforms=2, global_hidden=(16,), local_transforms=1, local_hidden=(16,))
@@ -308,7 +308,7 @@ def test_heteroscedastic_shift_starts_the_flow_near_the_exact_posterior():
     `profile_average`, and `heteroscedastic_shift`). The constant-scale shift on the plain profile features errs
     by 0.5 sds, is twice too wide and within 25 % for 18 %; draws and densities stay consistent; old saves load
     without either option."""
-    from mlnpe.exact import normal_model_posterior
+    from mlnpe.examples.exact import normal_model_posterior
 
     sims = simulate_batch(NormalHierarchical(), 150, (5, 30), (2, 50), torch.Generator().manual_seed(7))
     exact = [normal_model_posterior([d.group(j)[0][:, 0] for j in range(d.n_groups)], grid_size=400)

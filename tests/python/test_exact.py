@@ -1,4 +1,4 @@
-"""Tests of mlnpe.exact: the exact posterior of the two-level normal model."""
+"""Tests of mlnpe.examples.exact: the exact posterior of the two-level normal model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from mlnpe.errors import DataError
-from mlnpe.exact import NormalModelPosterior, normal_model_posterior, simulate_normal_model
+from mlnpe.examples.exact import NormalModelPosterior, normal_model_posterior, simulate_normal_model
 
 GROUPS = [
     np.array([0.9, -0.2, 0.4]),

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mlnpe import MultilevelNPE, TrainConfig
-from mlnpe.exact import compare_draws, normal_model_posterior
-from mlnpe.models import NormalHierarchical
-from mlnpe.spec import simulate_batch
+from mlnpe.examples.exact import compare_draws, normal_model_posterior
+from mlnpe.core.models import NormalHierarchical
+from mlnpe.core.spec import simulate_batch
 
 GROUPS, ROWS = (5, 15), (2, 20)
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from scipy import stats
 from mlnpe import TrainConfig
 from mlnpe.errors import DataError, SpecError
 from mlnpe.formula import FormulaNPE, prior, trained_model
-from mlnpe.psis import ParetoKWarning
+from mlnpe.inference.psis import ParetoKWarning
 
 TINY = TrainConfig(steps=5, batch_size=8, progress=False)
 NET = {"summary_hidden": 16, "row_hidden": 8, "global_transforms": 1, "local_transforms": 1,

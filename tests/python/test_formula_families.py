@@ -8,15 +8,13 @@ import scipy.stats as st
 import torch
 
 from mlnpe.errors import DataError, SpecError
-from mlnpe.formula.families import (
-    FAMILIES,
+from mlnpe.formula.families import (    FAMILIES,
     GammaFamily,
     Student,
     get_family,
     stan_likelihood,
     standard_gamma,
 )
-
 F64 = torch.float64
 
 

@@ -10,8 +10,7 @@ import torch
 from scipy.integrate import quad
 
 from mlnpe.errors import SpecError
-from mlnpe.formula.priors import (
-    ParamSlot,
+from mlnpe.formula.priors import (    ParamSlot,
     PriorDist,
     PriorSpec,
     default_priors,
@@ -21,7 +20,6 @@ from mlnpe.formula.priors import (
     priors_from_table,
     resolve_priors,
 )
-
 F64 = torch.float64
 
 SCALAR = [

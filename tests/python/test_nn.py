@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mlnpe.errors import ConfigError
-from mlnpe.nn import ConditionalFlow, DeepSet, RecurrentSummary, SetTransformer, build_summary
+from mlnpe.networks.flows import ConditionalFlow
+from mlnpe.networks.summaries import DeepSet, RecurrentSummary, SetTransformer, build_summary
 
 SETS = [
     lambda: DeepSet(3, 8, hidden=16),
@@ -157,7 +158,7 @@ def test_spline_transform_matches_zuko():
     """The faster knot construction gives zuko's spline: same values, inverse and log-Jacobian."""
     import zuko
 
-    from mlnpe.nn import _SplineTransform
+    from mlnpe.networks.flows import _SplineTransform
 
     gen = torch.Generator().manual_seed(0)
     raw = [torch.randn(50, 1, k, generator=gen) * 3 for k in (8, 8, 7)]

@@ -1,4 +1,4 @@
-"""Tests of mlnpe.psis: Pareto-smoothed importance sampling, k-hat, GPD fit, weighted moments and resampling.
+"""Tests of mlnpe.inference.psis: Pareto-smoothed importance sampling, k-hat, GPD fit, weighted moments and resampling.
 
 Statistical checks use fixed seeds and normal proposal/target pairs whose tail index is known: for proposal N(0, 1)
 and target N(0, s^2) with s > 1 the ratios have a Pareto tail with k = 1 - 1 / s^2. k-hat is biased slightly
@@ -20,7 +20,7 @@ import pytest
 from scipy import special, stats
 
 from mlnpe.errors import DataError
-from mlnpe.psis import ParetoKWarning, PsisResult, gpd_fit, pareto_khat, psis, psis_moments
+from mlnpe.inference.psis import ParetoKWarning, PsisResult, gpd_fit, pareto_khat, psis, psis_moments
 
 S = 20_000
 

@@ -25,7 +25,7 @@ import pytest
 
 from mlnpe import TrainConfig
 from mlnpe.formula import trained_model
-from mlnpe.psis import ParetoKWarning
+from mlnpe.inference.psis import ParetoKWarning
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = {"steps": 20, "batch_size": 8, "progress": False}

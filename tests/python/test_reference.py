@@ -1,4 +1,4 @@
-"""Tests of mlnpe.reference: Stan programs and data of formula models, brms names, R-hat and ESS.
+"""Tests of mlnpe.stan.reference: Stan programs and data of formula models, brms names, R-hat and ESS.
 
 The fast tests check the program text (compiling takes about a minute per model); one slow test compiles and
 samples a small gaussian model with PyStan.
@@ -17,8 +17,7 @@ import pytest
 from mlnpe.errors import ConfigError, DataError
 from mlnpe.formula.api import FormulaNPE, brms_names_and_values
 from mlnpe.formula.priors import prior
-from mlnpe.reference import (
-    StanDiagnosticWarning,
+from mlnpe.stan.reference import (    StanDiagnosticWarning,
     StanFit,
     _brms_columns,
     _outside_event_loop,
@@ -32,7 +31,6 @@ from mlnpe.reference import (
     stan_data,
     stan_program,
 )
-
 LEVELS = ["s1", "s2", "s 3", "s4", "s5", "s6"]
 
 

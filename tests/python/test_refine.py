@@ -1,4 +1,4 @@
-"""HMC refinement of amortized draws (mlnpe.refine): exactness against the exact posterior, bookkeeping, errors."""
+"""HMC refinement of amortized draws (mlnpe.inference.refine): exactness against the exact posterior, bookkeeping, errors."""
 
 import numpy as np
 import pytest
@@ -6,10 +6,10 @@ import torch
 
 from mlnpe import MultilevelNPE, TrainConfig
 from mlnpe.errors import ConfigError, DataError
-from mlnpe.exact import compare_draws, normal_model_posterior
-from mlnpe.models import NormalHierarchical
-from mlnpe.refine import RefineConfig, RefineResult, _Target, refine
-from mlnpe.spec import simulate_batch
+from mlnpe.examples.exact import compare_draws, normal_model_posterior
+from mlnpe.core.models import NormalHierarchical
+from mlnpe.inference.refine import RefineConfig, RefineResult, _Target, refine
+from mlnpe.core.spec import simulate_batch
 
 GROUPS, ROWS = (5, 15), (2, 20)
 
@@ -134,8 +134,8 @@ def formula_model():
 def test_formula_fit_refines_on_request_and_when_psis_fails(formula_model):
     import warnings as _warnings
 
-    from mlnpe.psis import ParetoKWarning
-    from mlnpe.refine import RefineWarning
+    from mlnpe.inference.psis import ParetoKWarning
+    from mlnpe.inference.refine import RefineWarning
 
     config = RefineConfig(chains=4, warmup=20, pool=64, seed=1)
     with _warnings.catch_warnings():
@@ -165,7 +165,7 @@ def test_refined_fits_do_not_warn_about_the_focusing_box(formula_model):
     import warnings as _warnings
 
     from mlnpe import RangeWarning
-    from mlnpe.refine import RefineWarning
+    from mlnpe.inference.refine import RefineWarning
 
     formula_model.model.set_region({"Intercept": (40.0, 60.0)})
     try:

@@ -1,7 +1,7 @@
 import torch
 
 from mlnpe import MultilevelNPE, NetworkConfig
-from mlnpe.models import NormalHierarchical
+from mlnpe.core.models import NormalHierarchical
 from mlnpe.sbi_adapter import SbiEstimator, pack_condition, pack_theta, unpack_condition, unpack_theta
 
 SMALL = NetworkConfig(summary_hidden=16, row_hidden=8, global_transforms=1, global_hidden=(16,),

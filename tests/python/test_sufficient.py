@@ -1,4 +1,4 @@
-"""Sufficient-statistic local summaries (`NetworkConfig.sufficient`, `mlnpe.nn.SufficientSummary`).
+"""Sufficient-statistic local summaries (`NetworkConfig.sufficient`, `mlnpe.networks.summaries.SufficientSummary`).
 
 For a canonical-link GLM the exact posterior depends on a group's response only through sum y x (and sum y^2 for
 a gaussian). The amortized posterior must too: two datasets with the same statistics and design get the same
@@ -15,7 +15,7 @@ import torch
 from mlnpe.errors import ConfigError
 from mlnpe.estimator import NetworkConfig
 from mlnpe.formula import FormulaNPE, prior
-from mlnpe.nn import DeepSet, SufficientSummary
+from mlnpe.networks.summaries import DeepSet, SufficientSummary
 
 
 def _same_statistics(y: torch.Tensor, x: torch.Tensor, square: bool, seed: int = 0) -> torch.Tensor:

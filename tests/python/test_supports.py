@@ -1,4 +1,4 @@
-"""Tests of mlnpe.supports: bijections, log-Jacobians, checks, serialization and the Bijector."""
+"""Tests of mlnpe.core.constraints: bijections, log-Jacobians, checks, serialization and the Bijector."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch
 from torch.autograd.functional import jacobian
 
 from mlnpe.errors import DataError, SpecError
-from mlnpe.supports import (
-    Bijector,
+from mlnpe.core.constraints import (    Bijector,
     Correlation,
     Interval,
     Positive,
@@ -23,7 +22,6 @@ from mlnpe.supports import (
     get_support,
     support_from_dict,
 )
-
 SUPPORTS = [
     Real(),
     Positive(),

@@ -1,4 +1,4 @@
-"""One-call simulation-based calibration (mlnpe.validation) for engine and formula amortizers."""
+"""One-call simulation-based calibration (mlnpe.inference.sbc) for engine and formula amortizers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from mlnpe import MultilevelNPE
 from mlnpe.errors import ConfigError
 from mlnpe.formula import FormulaNPE
-from mlnpe.models import NormalHierarchical
-from mlnpe.validation import sbc
+from mlnpe.core.models import NormalHierarchical
+from mlnpe.inference.sbc import sbc
 
 
 class PriorPosterior:

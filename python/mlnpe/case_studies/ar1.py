@@ -45,13 +45,13 @@ import torch
 from torch import Tensor, nn
 
 from ..amortizer import MultilevelNPE
-from ..data import GroupedBatch, GroupedData
-from ..draws import PosteriorDraws
+from ..core.data import GroupedBatch, GroupedData
+from ..core.draws import PosteriorDraws
 from ..errors import ConfigError, DataError, SpecError
 from ..estimator import NetworkConfig
-from ..models import MODELS
-from ..nn import RecurrentSummary
-from ..spec import ParamSpec, TwoLevelModel
+from ..core.models import MODELS
+from ..networks.summaries import RecurrentSummary
+from ..core.spec import ParamSpec, TwoLevelModel
 
 __all__ = [
     "HierarchicalAR1",
@@ -104,7 +104,7 @@ class HierarchicalAR1(TwoLevelModel):
         init_scale: sd of the parameter-free Normal(0, init_scale) law of each series' first observation.
 
     Example:
-        >>> from mlnpe.spec import simulate_batch
+        >>> from mlnpe.core.spec import simulate_batch
         >>> sims = simulate_batch(HierarchicalAR1(), 4, (10, 30), (5, 30), torch.Generator().manual_seed(0))
         >>> sims.local_params.shape[-1], sims.batch.x.shape[-1]
         (5, 2)
@@ -203,7 +203,7 @@ class HierarchicalAR1(TwoLevelModel):
         return (lp * batch.row_mask[..., 1:].to(lp.dtype)).sum(-1)
 
     def to_config(self) -> dict[str, Any]:
-        # "module" lets mlnpe.models.model_from_config import this file, which registers the class in MODELS.
+        # "module" lets mlnpe.core.models.model_from_config import this file, which registers the class in MODELS.
         return {"class": "HierarchicalAR1", "module": __name__, "kwargs": {"init_scale": self.init_scale}}
 
 
@@ -351,7 +351,7 @@ def _signed_log(x: Tensor) -> Tensor:
 
 
 class AR1Summary(nn.Module):
-    """Local summary of one series: a recurrent network (mlnpe.nn.RecurrentSummary) beside the moments of its
+    """Local summary of one series: a recurrent network (mlnpe.networks.summaries.RecurrentSummary) beside the moments of its
     transitions and the least-squares fit they imply.
 
     The moments are the means and the centred covariance (upper triangle) of (y_t+1, y_t, u_t, v_t) over the
@@ -362,7 +362,7 @@ class AR1Summary(nn.Module):
     are the estimates a posterior of (alpha_j, beta_j, gamma_j, delta_j, sigma_j) shrinks; an MLP finds them
     from the moments (a matrix inverse) only after long training. Everything is signed-log compressed
     (sign(v) log(1 + |v|)), so explosive simulated series (|beta_j| > 1, legal under the prior) stay bounded.
-    These moments and fits are the summary's `fixed_features` (mlnpe.nn): the estimator's regression shift
+    These moments and fits are the summary's `fixed_features` (mlnpe.networks.summaries): the estimator's regression shift
     regresses the hyperparameters on their mean and variance over series. The last 2 x 4 outputs are the
     coefficients unclipped but bounded to [-10, 10], then the log of their sampling variances (`group_estimates`):
     the estimator turns their spread over series minus the mean sampling variance into a moment estimate of each
@@ -407,7 +407,7 @@ class AR1Summary(nn.Module):
         residual = residual * n[:, 0] / (n[:, 0] - d - 1).clamp_min(1.0)
         fit = [intercept, slopes, torch.log(residual + 1e-4)[:, None], torch.log(n)]
         # sampling variances of the coefficients (residual variance times the diagonal of (X'X)^-1), for the
-        # estimator's moment estimates of the group-level variances (`group_estimates`, mlnpe.nn)
+        # estimator's moment estimates of the group-level variances (`group_estimates`, mlnpe.networks.summaries)
         x_mean = mean[:, 1:]
         unit = torch.cat([(1.0 + torch.einsum("sd,sde,se->s", x_mean, inverse, x_mean))[:, None],
                           torch.diagonal(inverse, dim1=-2, dim2=-1)], -1) / n
@@ -557,7 +557,7 @@ def ar1_stan_program(model: HierarchicalAR1 | None = None) -> str:
     Stan function names); :func:`fit_ar1_stan` renames them.
     """
     del model  # the priors are fixed by eq. 17; the argument keeps the signature open for variants
-    from ..reference import _real
+    from ..stan.reference import _real
 
     means = "\n".join(f"  real mu_{h};\n  real<lower=0> sd_{h};" for h in _HYPER)
     locals_ = "\n".join(
@@ -634,7 +634,7 @@ def fit_ar1_stan(
     adapt_delta: float = 0.9,
     backend: str = "auto",
 ) -> AR1StanFit:
-    """Samples the AR(1) posterior of a dataset with Stan's NUTS (PyStan or cmdstanpy, as in mlnpe.reference).
+    """Samples the AR(1) posterior of a dataset with Stan's NUTS (PyStan or cmdstanpy, as in mlnpe.stan.reference).
 
     Arguments:
         data: the dataset (see :func:`ar1_data`).
@@ -651,7 +651,7 @@ def fit_ar1_stan(
     Warns:
         StanDiagnosticWarning: divergences or R-hat > 1.01.
     """
-    from ..reference import _check_int, _diagnostics, _pick_backend, _run_cmdstanpy, _run_pystan, _warn
+    from ..stan.reference import _check_int, _diagnostics, _pick_backend, _run_cmdstanpy, _run_pystan, _warn
 
     chains, warmup = _check_int(chains, "chains", 1), _check_int(warmup, "warmup", 1)
     draws, seed = _check_int(draws, "draws", 4), _check_int(seed, "seed", 0)

@@ -50,12 +50,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import GroupedBatch, GroupedData, collate
-from ..draws import PosteriorDraws
+from ..core.data import GroupedBatch, GroupedData
+from ..core.draws import PosteriorDraws
 from ..errors import ConfigError, DataError, SpecError
 from ..estimator import NetworkConfig
-from ..refine import RefineConfig, refine
-from ..spec import ParamSpec, TwoLevelModel
+from ..inference.refine import RefineConfig, refine
+from ..core.spec import ParamSpec, TwoLevelModel
 
 __all__ = [
     "DDMPriors",
@@ -338,7 +338,7 @@ class HierarchicalDDM(TwoLevelModel):
         priors: hyperprior parameters (default: the paper's, xi read as shape/scale).
 
     Example:
-        >>> from mlnpe.spec import simulate_batch
+        >>> from mlnpe.core.spec import simulate_batch
         >>> sims = simulate_batch(HierarchicalDDM(), 2, (10, 12), (5, 8), torch.Generator().manual_seed(0))
         >>> tuple(sims.batch.y.shape[-1:])
         (2,)
@@ -761,7 +761,7 @@ def fit_stan_ddm(
     Raises:
         ImportError: PyStan is not installed (``pip install pystan "setuptools<81"``).
     """
-    from ..reference import _diagnostics, _run_pystan
+    from ..stan.reference import _diagnostics, _run_pystan
 
     globals_ = [p.name for p in model.global_params]
     locals_ = [p.name for p in model.local_params]
@@ -794,7 +794,7 @@ class LogoResult:
         refit_seconds: total time of the J LOGO posteriors.
         eval_seconds: total time of the predictive densities.
         n_draws, n_local: global draws S per refit and local draws M per global draw.
-        posterior: "amortized" (the networks' draws) or "refined" (HMC through the amortizer, `mlnpe.refine`).
+        posterior: "amortized" (the networks' draws) or "refined" (HMC through the amortizer, `mlnpe.inference.refine`).
         max_rhat: the largest R-hat over the J refined refits (NaN for amortized draws).
     """
 
@@ -863,7 +863,7 @@ def logo_elpd(
     but with 96 trials per subject a handful of draws carry all the weight and log(mean) is biased low.
 
     With ``posterior="refined"`` the S global draws of each refit come from HMC on the exact LOGO posterior,
-    started and preconditioned by the amortized one (`mlnpe.refine`): a reference for the amortized estimate that
+    started and preconditioned by the amortized one (`mlnpe.inference.refine`): a reference for the amortized estimate that
     costs one HMC run per subject (tens of seconds each) instead of a fraction of a second.
 
     Arguments:

@@ -24,13 +24,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..amortizer import MultilevelNPE, read_saved_json
-from ..data import GroupedData
-from ..draws import PosteriorDraws
+from ..core.data import GroupedData
+from ..core.draws import PosteriorDraws
 from ..errors import ConfigError, DataError, LoadError, RangeWarning, SpecError
 from ..estimator import NetworkConfig
-from ..supports import Positive, get_support
+from ..core.constraints import Positive, get_support
 from ..train import TrainConfig
 from .design import Design, DesignInfo, _brms_rename, build_design
 from .families import get_family
@@ -481,18 +481,18 @@ class FormulaNPE:
         Pareto k-hat and the importance-sampling ESS come with the fit.
 
         `refine` replaces the amortized draws by HMC draws of the exact posterior, run in the amortized
-        posterior's base space (mlnpe.refine: neural transport; seconds to a minute instead of milliseconds,
+        posterior's base space (mlnpe.inference.refine: neural transport; seconds to a minute instead of milliseconds,
         diagnosed by R-hat, bulk ESS and divergences like Stan's): True always, "auto" (the default) exactly
         when PSIS finds the amortized draws unreliable (k-hat above 0.7) or its weights leave too few effective
         draws for stable summaries (ESS below 10 % of the draws), False never (a k-hat above 0.7
         then warns). `refine_config` is a RefineConfig (chains, warm-up, ...); its seed defaults to `seed`.
         """
-        from ..refine import RefineConfig
+        from ..inference.refine import RefineConfig
 
         if not (refine == "auto" or isinstance(refine, bool)):
             raise ConfigError(f"`refine` must be True, False or \"auto\", got {refine!r}.")
         if refine_config is not None and not isinstance(refine_config, RefineConfig):
-            raise ConfigError(f"`refine_config` must be a mlnpe.refine.RefineConfig, got {type(refine_config).__name__}.")
+            raise ConfigError(f"`refine_config` must be a mlnpe.inference.refine.RefineConfig, got {type(refine_config).__name__}.")
         data = self.data if newdata is None else newdata
         if data is None:
             raise DataError("`newdata` is required: this model was loaded without its training data.")
@@ -511,7 +511,7 @@ class FormulaNPE:
             except DataError as error:  # no starting points: "auto" keeps the amortized draws and says why
                 if refine is True:
                     raise
-                from ..refine import RefineWarning
+                from ..inference.refine import RefineWarning
 
                 warnings.warn(
                     f"the amortized draws are unreliable for this dataset (Pareto k-hat {result.pareto_k:.2f}, PSIS ESS "
@@ -528,7 +528,7 @@ class FormulaNPE:
         return FormulaFit(self, draws, design, result, seconds, refinement=refinement)
 
     def sbc(self, n_datasets: int = 200, n_draws: int = 250, seed: int = 0, prob: float = 0.99) -> Any:
-        """Simulation-based calibration of the amortizer in brms's names (`mlnpe.validation.sbc`).
+        """Simulation-based calibration of the amortizer in brms's names (`mlnpe.inference.sbc.sbc`).
 
         Datasets are simulated as in training: designs resampled from the training data's covariates, J and N_j
         over the trained ranges, globals from the prior (from the last focusing round's truncated prior after
@@ -536,9 +536,9 @@ class FormulaNPE:
         uncentred b_Intercept included), group effects as r_<g>[,coef].
 
         Returns:
-            An `mlnpe.validation.SBCResult` (`table()`, `passed`, `plot_ecdf()`, `plot_recovery()`).
+            An `mlnpe.inference.sbc.SBCResult` (`table()`, `passed`, `plot_ecdf()`, `plot_recovery()`).
         """
-        from ..validation import sbc
+        from ..inference.sbc import sbc
 
         global_names, _ = brms_globals(self, np.zeros((1, len(self.npe.global_names))))
         return sbc(self.npe, n_datasets, n_draws, seed, prob, transform=lambda g, l: (brms_globals(self, g)[1], l),
@@ -547,8 +547,8 @@ class FormulaNPE:
     def _refine(
         self, grouped: GroupedData, draws: PosteriorDraws, n_draws: int, config: Any, seed: int | None
     ) -> tuple[Any, PosteriorDraws]:
-        """HMC draws of the exact posterior through the amortized posterior's map (mlnpe.refine)."""
-        from ..refine import RefineConfig, RefineWarning, refine
+        """HMC draws of the exact posterior through the amortized posterior's map (mlnpe.inference.refine)."""
+        from ..inference.refine import RefineConfig, RefineWarning, refine
 
         if config is None:
             config = RefineConfig(seed=seed)
@@ -584,7 +584,7 @@ class FormulaNPE:
         return lp[:, 0].numpy()
 
     def _psis(self, draws: PosteriorDraws, data: GroupedData, warn: bool = True):
-        from ..psis import psis
+        from ..inference.psis import psis
 
         log_ratio = self.log_joint(draws, data) - draws.log_q
         return psis(log_ratio, warn=warn)
@@ -737,7 +737,7 @@ class FormulaFit:
         design: the dataset's design.
         psis: the PsisResult (k-hat, ESS, smoothed weights) of the amortized draws, or None.
         seconds: time taken by sampling (the refinement's time is in `refinement.seconds`).
-        refinement: the mlnpe.refine.RefineResult when the draws were refined by HMC (then `raw` holds the
+        refinement: the mlnpe.inference.refine.RefineResult when the draws were refined by HMC (then `raw` holds the
             refined draws, and the PSIS result describes the amortized draws they replaced), else None.
     """
 

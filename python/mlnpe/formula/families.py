@@ -4,7 +4,7 @@ Each family is a small stateless frozen dataclass (`Gaussian`, `Student`, `Berno
 `Poisson`, `NegBinomial`, `Lognormal`, `GammaFamily`) with
 
 * ``name``, ``link`` and ``aux``: the family parameters (brms's distributional parameters other than ``mu``)
-  with their supports in `mlnpe.supports` syntax, in brms's variable order;
+  with their supports in `mlnpe.core.constraints` syntax, in brms's variable order;
 * ``inverse_link(eta)`` and ``link_numpy(y)`` (the latter only for data-based default priors);
 * ``simulate(eta, aux, trials, generator)``: vectorized draws of the response;
 * ``log_lik(y, eta, aux, trials)``: exact elementwise log density or mass, normalizing constants included;

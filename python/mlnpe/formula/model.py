@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import GroupedBatch, make_masks
+from ..core.data import GroupedBatch, make_masks
 from ..errors import SpecError
-from ..spec import ParamSpec, TwoLevelModel
-from ..supports import corr_vector_to_matrix
+from ..core.spec import ParamSpec, TwoLevelModel
+from ..core.constraints import corr_vector_to_matrix
 from .families import get_family
 
 __all__ = ["CovariatePool", "FormulaModel", "GlobalSlot"]

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from mlnpe.errors import SpecError
 from mlnpe.formula.families import get_family, standard_gamma
-from mlnpe.supports import corr_vector_to_matrix
+from mlnpe.core.constraints import corr_vector_to_matrix
 
 __all__ = [
     "PRIOR_FAMILIES",

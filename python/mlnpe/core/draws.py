@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["PosteriorDraws"]
 

@@ -1,9 +1,9 @@
 """Demo: train a two-level model for a couple of minutes, then fit a new dataset in milliseconds.
 
-    python -m mlnpe.demo [--seconds 120] [--threads 2]
+    python -m mlnpe.examples.demo [--seconds 120] [--threads 2]
 
 Model: y_ij ~ Normal(alpha_j, 1), alpha_j ~ Normal(mu, tau), mu ~ Normal(0, 1), tau ~ HalfNormal(1). Its exact
-posterior is known (mlnpe.exact), so the demo prints mlnpe's posterior beside the truth and the exact answer.
+posterior is known (mlnpe.examples.exact), so the demo prints mlnpe's posterior beside the truth and the exact answer.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import time
 import numpy as np
 import torch
 
-from .amortizer import MultilevelNPE
-from .data import GroupedData
+from ..amortizer import MultilevelNPE
+from ..core.data import GroupedData
 from .exact import normal_model_posterior
-from .models import NormalHierarchical
-from .train import TrainConfig
+from ..core.models import NormalHierarchical
+from ..train import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:

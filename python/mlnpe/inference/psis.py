@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = [
     "ParetoKWarning",

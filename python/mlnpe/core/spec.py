@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from .data import GroupedBatch, make_masks
-from .errors import ConfigError, SpecError
-from .supports import Bijector, Support, get_support
+from ..errors import ConfigError, SpecError
+from .constraints import Bijector, get_support
 
 __all__ = ["ParamSpec", "TwoLevelModel", "SimulatedBatch", "simulate_batch", "check_range", "check_sizes"]
 
@@ -75,7 +75,7 @@ class TwoLevelModel(abc.ABC):
     (padded), N rows (padded), G global scalars and L local scalars; all values are on the constrained scale.
 
     Example:
-        >>> from mlnpe.models import NormalHierarchical
+        >>> from mlnpe.core.models import NormalHierarchical
         >>> model = NormalHierarchical()
         >>> sims = simulate_batch(model, 4, (2, 5), (1, 10), torch.Generator().manual_seed(0))
         >>> sims.batch.y.shape[0]
@@ -242,7 +242,7 @@ def check_range(
     """
     import warnings
 
-    from .errors import RangeError, RangeWarning
+    from ..errors import RangeError, RangeWarning
 
     low, high = min(values), max(values)
     if trained[0] <= low and high <= trained[1]:

@@ -1,6 +1,6 @@
 """Ready-made two-level models.
 
-:class:`NormalHierarchical` is the model whose posterior :mod:`mlnpe.exact` computes exactly; it is the
+:class:`NormalHierarchical` is the model whose posterior :mod:`mlnpe.examples.exact` computes exactly; it is the
 ground truth of mlnpe's tests and benchmarks.
 """
 
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .data import GroupedBatch
-from .errors import SpecError
+from ..errors import SpecError
 from .spec import ParamSpec, TwoLevelModel
 
 __all__ = ["NormalHierarchical", "MODELS", "model_from_config"]

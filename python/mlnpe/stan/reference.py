@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError, SpecError
+from ..errors import ConfigError, DataError, SpecError
 
 __all__ = [
     "StanDiagnosticWarning",

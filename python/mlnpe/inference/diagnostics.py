@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import special, stats
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = [
     "sbc_ranks",

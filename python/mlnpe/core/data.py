@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["GroupedData", "GroupedBatch", "collate", "make_masks"]
 

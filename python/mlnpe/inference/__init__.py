@@ -1,0 +1,1 @@
+"""What is done with a trained amortizer: PSIS, HMC refinement, SBC and the other diagnostics."""

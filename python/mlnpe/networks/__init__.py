@@ -1,0 +1,1 @@
+"""Summary networks and conditional flows."""

@@ -1,0 +1,1 @@
+"""Fitting the same models with Stan: programs and back-ends."""
