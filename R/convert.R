@@ -102,6 +102,13 @@ matrix_from_py <- function(value) {
   matrix(as.numeric(unlist(value$data)), nrow = shape[1L], ncol = shape[2L])
 }
 
+# A fit's diagnostics, under the names Python sends and the fit keeps; NULL (none computed) becomes NA.
+diagnostics_from_py <- function(d) {
+  list(pareto_k = d$pareto_k %||% NA_real_, ess = d$ess %||% NA_real_,
+       khat_threshold = d$khat_threshold %||% NA_real_, diagnosis = d$diagnosis %||% NA_character_,
+       resampled = isTRUE(d$resampled), refined = isTRUE(d$refined), refine = d$refine)
+}
+
 # A draws object as list(variables, shape, data) for Python.
 draws_to_py <- function(draws) {
   m <- unclass(posterior::as_draws_matrix(draws))
@@ -113,19 +120,16 @@ draws_to_py <- function(draws) {
 
 py_sitrep <- function() py_call("sitrep")
 
-py_fit <- function(formula, data, family, priors, groups, rows, network, train, cache, ndraws, seed, psis,
-                   resample, save_to, focus = 1L, refine = "auto", refine_control = list()) {
-  py_call("fit_model", formula = formula, data = data, family = family, priors = priors,
-          groups = range_to_py(groups), rows = range_to_py(rows), network = network, train = train,
-          cache = cache, n_draws = as.integer(ndraws), seed = as.integer(seed), psis = psis,
-          resample = resample, save_to = save_to, focus = as.integer(focus), refine = refine,
-          refine_control = refine_control)
+# `control` is the one list of a fit's settings, under the names of mlnpe()'s arguments (Python's FitControl in
+# python/mlnpe/interop.py): groups, rows, network, train, cache, ndraws, seed, psis, resample, focus, refine,
+# refine_control for mlnpe(); ndraws, seed, psis, resample, refine, refine_control for update(newdata =). R has
+# checked the types of its arguments; Python coerces each value and its API checks it.
+py_fit <- function(formula, data, family, priors, control, save_to = NULL) {
+  py_call("fit_model", formula = formula, data = data, family = family, priors = priors, control = control,
+          save_to = save_to)
 }
 
-py_refit <- function(path, data, ndraws, seed, psis, resample, refine = "auto", refine_control = list()) {
-  py_call("refit", model_path = path, data = data, n_draws = as.integer(ndraws), seed = as.integer(seed),
-          psis = psis, resample = resample, refine = refine, refine_control = refine_control)
-}
+py_refit <- function(path, data, control) py_call("refit", model_path = path, data = data, control = control)
 
 py_predict <- function(path, data, draws, kind, newdata, seed, allow_new_levels, include_group_effects) {
   value <- py_call("predict", model_path = path, data = data, draws = draws_to_py(draws), kind = kind,
@@ -142,5 +146,3 @@ py_logo <- function(path, data, ndraws, nsim, seed) {
 py_save_model <- function(path, to) py_call("save_model", model_path = path, path = to)
 
 py_load_model <- function(path) py_call("load_model", path = path)
-
-range_to_py <- function(x) if (is.null(x)) NULL else as.list(as.integer(x))

@@ -24,8 +24,10 @@
 #' @param groups,rows Trained ranges `c(min, max)` of the number of groups and of rows per group. `NULL`
 #'   takes them from the data (about half to 1.5 times the observed number of groups; 1 to 1.5 times the
 #'   largest group). Refits (e.g. [update()][update.mlnpefit], [logo()]) must stay inside them.
-#' @param network Sizes of the networks, e.g. `list(summary_hidden = 64, global_transforms = 4)` (Python's
-#'   `NetworkConfig`).
+#' @param network The networks (Python's `NetworkConfig`): a nested list of the parts to change, e.g.
+#'   `list(summary = list(hidden = 64), global_flow = list(transforms = 4))`. The parts are `summary`,
+#'   `global_flow`, `local_flow`, `statistics` and `shift` (`FALSE` turns the last two off), beside `log_inputs`
+#'   and `log_response`; Python checks every value.
 #' @param train Training settings (Python's `TrainConfig`): `steps`, `batch_size`, `learning_rate`,
 #'   `time_limit` (seconds), `seed`, `progress`, ...
 #' @param focus Focusing rounds of training. `1` (the default) first boxes the parameters without training
@@ -90,9 +92,7 @@ mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups 
   priors <- prior_rows(prior)
   save_to <- if (isFALSE(settings$cache)) tempfile("mlnpe-amortizer-") else NULL
   value <- py_fit(spec$text, encode_data(data, spec$vars, spec$response, fam), unclass(fam), priors,
-                  settings$groups, settings$rows, settings$network, settings$train, settings$cache,
-                  ndraws, seed, settings$psis, settings$resample, save_to, settings$focus, settings$refine,
-                  settings$refine_control)
+                  control = c(settings, list(ndraws = ndraws, seed = seed)), save_to = save_to)
   if (!isTRUE(value$from_cache)) {
     message(sprintf("Trained the amortizer in %.0f s; stored in %s", value$setup_seconds, value$model_path))
   }
@@ -119,11 +119,7 @@ new_mlnpefit <- function(value, spec, data, data_name, family, prior, settings, 
     z_names = as.character(unlist(value$z_names)),
     aux = as.character(unlist(value$aux)),
     nobs = as.integer(value$nobs),
-    diagnostics = list(
-      pareto_k = value$pareto_k %||% NA_real_, ess = value$ess %||% NA_real_,
-      khat_threshold = value$khat_threshold %||% NA_real_, diagnosis = value$diagnosis %||% NA_character_,
-      resampled = isTRUE(value$resampled), refined = isTRUE(value$refined), refine = value$refine
-    ),
+    diagnostics = diagnostics_from_py(value$diagnostics),
     amortizer = list(
       path = value$model_path, from_cache = isTRUE(value$from_cache),
       groups = as.integer(unlist(value$groups)), rows = as.integer(unlist(value$rows)),
@@ -213,20 +209,14 @@ refit_amortizer <- function(path, spec, family, prior, settings, data, data_name
   check_data(data, "newdata")
   check_columns(data, spec$vars, "newdata")
   check_no_na(data, spec$vars, "newdata")
-  ndraws <- check_count(ndraws, "ndraws")
-  seed <- check_seed(seed)
-  check_flag(psis, "psis")
-  check_resample(resample)
-  check_auto_flag(refine, "refine")
-  refine_control <- check_settings(refine_control, "refine_control")
-  value <- py_refit(path, encode_data(data, spec$vars, spec$response, family), ndraws, seed, psis, resample,
-                    refine, refine_control)
-  settings$psis <- psis
-  settings$resample <- resample
-  settings$refine <- refine
-  settings$refine_control <- refine_control
+  control <- list(ndraws = check_count(ndraws, "ndraws"), seed = check_seed(seed), psis = check_flag(psis, "psis"),
+                  resample = check_resample(resample), refine = check_auto_flag(refine, "refine"),
+                  refine_control = check_settings(refine_control, "refine_control"))
+  value <- py_refit(path, encode_data(data, spec$vars, spec$response, family), control)
+  kept <- c("psis", "resample", "refine", "refine_control")
+  settings[kept] <- control[kept]
   new_mlnpefit(value, spec = spec, data = data[spec$vars], data_name = data_name, family = family,
-               prior = prior, settings = settings, seed = seed, call = call)
+               prior = prior, settings = settings, seed = control$seed, call = call)
 }
 
 #' Save and load trained amortizers

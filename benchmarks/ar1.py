@@ -37,17 +37,12 @@ from mlnpe.case_studies.ar1 import (    GLOBAL_NAMES,
     fit_ar1_stan,
     posterior_predictive,
 )
-from mlnpe.inference.diagnostics import (    plot_pooling,
-    plot_recovery,
-    plot_sbc_ecdf,
-    pool_local_ranks,
-    pooling_factor,
-    recovery,
-    sbc_check,
-    sbc_ranks,
-)
+from mlnpe.inference.calibration import pool_local_ranks, sbc_check, sbc_ranks
+from mlnpe.inference.plots import plot_pooling, plot_recovery, plot_sbc_ecdf
+from mlnpe.inference.pooling import pooling_factor
+from mlnpe.inference.recovery import recovery
 from mlnpe.core.draws import PosteriorDraws
-from mlnpe.stan.reference import StanDiagnosticWarning
+from mlnpe.stan import StanDiagnosticWarning
 from mlnpe.inference.refine import RefineConfig, refine
 from mlnpe.core.spec import simulate_batch
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mlnpe import MultilevelNPE, NetworkConfig, TrainConfig
-from mlnpe.inference.diagnostics import pool_local_ranks, sbc_ranks, sbc_uniformity_pvalues
+from mlnpe.inference.calibration import pool_local_ranks, sbc_ranks, sbc_uniformity_pvalues
 from mlnpe.examples.exact import normal_model_posterior
 from mlnpe.core.models import NormalHierarchical
 from mlnpe.inference.refine import RefineConfig, refine
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="directory to save the trained estimator")
-    parser.add_argument("--network", default="{}", help="NetworkConfig overrides as JSON")
+    parser.add_argument("--network", default="{}", help='NetworkConfig parts to change as nested JSON, e.g. {"summary": {"hidden": 32}}')
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--ema", type=float, default=0.0,

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--focus", type=int, default=1)
-    parser.add_argument("--network", type=json.loads, default=None, help="NetworkConfig overrides as JSON")
+    parser.add_argument("--network", type=json.loads, default=None, help='NetworkConfig parts to change as nested JSON, e.g. {"summary": {"hidden": 32}}')
     parser.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.inference.refine) arm")
     args = parser.parse_args(argv)
     results = [run_case(c, args.seconds, args.seed, args.threads, args.focus, args.network, not args.no_refine)

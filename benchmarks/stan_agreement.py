@@ -32,7 +32,7 @@ import torch
 from mlnpe import TrainConfig
 from mlnpe.formula import FormulaNPE, prior
 from mlnpe.inference.psis import ParetoKWarning, psis_moments
-from mlnpe.stan.reference import StanDiagnosticWarning, fit_stan
+from mlnpe.stan import StanDiagnosticWarning, fit_stan
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--focus", type=int, default=0, help="focusing rounds (FormulaNPE.train(focus=))")
-    parser.add_argument("--network", type=json.loads, default=None, help="NetworkConfig overrides as JSON")
+    parser.add_argument("--network", type=json.loads, default=None, help='NetworkConfig parts to change as nested JSON, e.g. {"summary": {"hidden": 32}}')
     args = parser.parse_args(argv)
     cases = args.cases or (["gaussian_slope", "bernoulli"] if args.quick else list(CASES))
     seconds = args.seconds or (150.0 if args.quick else 480.0)

@@ -9,7 +9,15 @@ from .version import __version__  # noqa: E402
 from .core.data import GroupedBatch, GroupedData, collate  # noqa: E402
 from .core.draws import PosteriorDraws  # noqa: E402
 from .errors import ConfigError, DataError, LoadError, MlnpeError, RangeError, RangeWarning, SpecError  # noqa: E402
-from .estimator import MultilevelEstimator, NetworkConfig  # noqa: E402
+from .networks.config import (  # noqa: E402
+    FlowConfig,
+    NetworkConfig,
+    ShiftConfig,
+    StatisticsConfig,
+    SufficientConfig,
+    SummaryConfig,
+)
+from .estimator import MultilevelEstimator  # noqa: E402
 from .core.spec import ParamSpec, TwoLevelModel, simulate_batch  # noqa: E402
 from .train import TrainConfig, TrainHistory  # noqa: E402
 from .amortizer import MultilevelNPE  # noqa: E402
@@ -29,6 +37,11 @@ __all__ = [
     "LoadError",
     "MultilevelEstimator",
     "NetworkConfig",
+    "SummaryConfig",
+    "SufficientConfig",
+    "FlowConfig",
+    "StatisticsConfig",
+    "ShiftConfig",
     "ParamSpec",
     "TwoLevelModel",
     "simulate_batch",

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -25,16 +24,14 @@ from .version import __version__
 from .core.data import GroupedBatch, GroupedData, collate
 from .core.draws import PosteriorDraws
 from .errors import ConfigError, DataError, LoadError
-from .estimator import MultilevelEstimator, NetworkConfig
 from .core.models import model_from_config
 from .core.spec import ParamSpec, SimulatedBatch, TwoLevelModel, bijector_of, check_range, check_sizes, labels_of, simulate_batch
+from .estimator import MultilevelEstimator
+from .io import CONFIG_FILE, FORMAT_VERSION, load_weights, read_config, write_saved
+from .networks.config import NetworkConfig
 from .train import TrainConfig, TrainHistory, train_estimator
 
-__all__ = ["MultilevelNPE", "FORMAT_VERSION"]
-
-# 2: softplus for positive parameters, conditional affine flows, residual-variance summaries.
-FORMAT_VERSION = 2
-_CONFIG_FILE, _WEIGHTS_FILE = "config.json", "weights.pt"
+__all__ = ["MultilevelNPE"]
 
 
 class MultilevelNPE:
@@ -44,7 +41,8 @@ class MultilevelNPE:
         model: the two-level model to learn (its simulator is needed for training only).
         groups: (min, max) number of groups J drawn per simulated dataset.
         rows: (min, max) rows N_j drawn per simulated group.
-        network: network sizes.
+        network: the networks' configuration: a NetworkConfig, or a nested dict of the parts to change (e.g.
+            ``{"summary": {"hidden": 32}, "shift": None}``; see `NetworkConfig.from_dict`).
         local_summary: optional custom local summary module (interface in mlnpe.networks.summaries).
         global_summary: optional custom global summary module.
         seed: seed of the network initialization and the pilot simulations.
@@ -132,7 +130,16 @@ class MultilevelNPE:
         return self.history
 
     # ---- inference ------------------------------------------------------------------------------------------
-    def _batch(self, data: Any, allow_extrapolation: bool) -> tuple[GroupedBatch, list[tuple[str, ...]]]:
+    def batch(self, data: Any, allow_extrapolation: bool = False) -> tuple[GroupedBatch, list[tuple[str, ...]]]:
+        """Checks one dataset or a list of them against the trained design and collates them into a padded batch.
+
+        Returns:
+            The batch and each dataset's group levels.
+
+        Raises:
+            DataError: `data` is not GroupedData, or its columns differ from the model's.
+            RangeError: J or N_j lie far outside the trained ranges (unless `allow_extrapolation`).
+        """
         datasets = [data] if isinstance(data, GroupedData) else list(data) if isinstance(data, (list, tuple)) else None
         if not datasets or not all(isinstance(d, GroupedData) for d in datasets):
             raise DataError(
@@ -173,7 +180,7 @@ class MultilevelNPE:
         """
         if int(n_draws) < 1:
             raise ConfigError(f"`n_draws` must be a positive integer, got {n_draws!r}.")
-        batch, levels = self._batch(data, allow_extrapolation)
+        batch, levels = self.batch(data, allow_extrapolation)
         generator = torch.Generator()
         generator.manual_seed(seed) if seed is not None else generator.seed()
         self.estimator.eval()
@@ -259,7 +266,7 @@ class MultilevelNPE:
     @torch.no_grad()
     def log_prob(self, draws: PosteriorDraws, data: GroupedData, allow_extrapolation: bool = False) -> np.ndarray:
         """Exact log density log q(tau, omega | x) + sum_j log q(lambda_j | tau, omega, x_j) of given draws: (draws,)."""
-        batch, _ = self._batch(data, allow_extrapolation)
+        batch, _ = self.batch(data, allow_extrapolation)
         g = torch.as_tensor(draws.global_draws, dtype=torch.float32)[:, None]
         l = torch.as_tensor(draws.local_draws, dtype=torch.float32)[:, None]
         if l.shape[2] != batch.group_mask.shape[1]:
@@ -292,11 +299,7 @@ class MultilevelNPE:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Saves to a directory: config.json and weights.pt (tensors only, loadable with weights_only=True)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / _CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=1))
-        torch.save(self.estimator.state_dict(), path / _WEIGHTS_FILE)
-        return path
+        return write_saved(Path(path), self.config_dict(), self.estimator)
 
     @classmethod
     def load(
@@ -306,7 +309,7 @@ class MultilevelNPE:
         local_summary: nn.Module | None = None,
         global_summary: nn.Module | None = None,
     ) -> "MultilevelNPE":
-        """Loads a saved estimator; no pickle is involved.
+        """Loads a saved estimator (of this or an older format version, see mlnpe.io); no pickle is involved.
 
         Arguments:
             path: the directory written by `save`.
@@ -316,13 +319,7 @@ class MultilevelNPE:
             LoadError: missing or corrupt files, or a configuration that does not match the weights.
         """
         path = Path(path)
-        config = read_saved_json(path, _CONFIG_FILE)
-        if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
-            got = config.get("format_version") if isinstance(config, dict) else None
-            raise LoadError(
-                f"{str(path)!r} has format_version {got!r}; this mlnpe reads version {FORMAT_VERSION}. Re-save it "
-                "with a matching mlnpe version."
-            )
+        config, network = read_config(path)
         needs = config.get("custom_summaries", [False, False])
         if (needs[0] and local_summary is None) or (needs[1] and global_summary is None):
             raise LoadError(
@@ -335,40 +332,19 @@ class MultilevelNPE:
                 model,
                 tuple(config["groups"]),
                 tuple(config["rows"]),
-                NetworkConfig.from_saved(config["network"]),
+                network,
                 local_summary,
                 global_summary,
                 int(config.get("seed", 0)),
                 _specs=config["specs"],
             )
         except (KeyError, TypeError) as e:
-            raise LoadError(f"{str(path / _CONFIG_FILE)!r} lacks or mangles an entry ({e}); the save is corrupt.") from None
-        try:
-            state = torch.load(path / _WEIGHTS_FILE, weights_only=True, map_location="cpu")
-        except FileNotFoundError:
-            raise LoadError(f"no {_WEIGHTS_FILE} in {str(path)!r}; the save is incomplete.") from None
-        except Exception as e:  # torch raises several types for corrupt archives
-            raise LoadError(f"{str(path / _WEIGHTS_FILE)!r} cannot be read as tensors ({type(e).__name__}: {e}).") from None
-        try:
-            npe.estimator.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise LoadError(
-                f"the weights in {str(path)!r} do not match its configuration: {str(e).splitlines()[0]}"
-            ) from None
+            raise LoadError(f"{str(path / CONFIG_FILE)!r} lacks or mangles an entry ({e}); the save is corrupt.") from None
+        load_weights(npe.estimator, path, config["format_version"])
         npe.trained = bool(config.get("trained", True))
         npe.history = TrainHistory(**config.get("history", {}))
         npe.estimator.eval()
         return npe
-
-
-def read_saved_json(path: Path, filename: str) -> Any:
-    """The JSON file `filename` of a save directory, with a LoadError naming the file when it is missing or corrupt."""
-    try:
-        return json.loads((path / filename).read_text())
-    except FileNotFoundError:
-        raise LoadError(f"no {filename} in {str(path)!r}; pass the directory written by `save`.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{str(path / filename)!r} is not valid JSON ({e}); the save is corrupt.") from None
 
 
 def _specs_of(model: TwoLevelModel) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """The entry points that the R package calls through reticulate, and nothing else crosses the bridge.
 
+This module only coerces R's values into the Python API's arguments and wraps the answers; every algorithm it
+calls is public Python (`mlnpe.formula`, `mlnpe.inference.policy`, `mlnpe.formula.logo`, ...).
+
 reticulate 1.28 cannot convert NumPy 2 arrays or pandas frames, so every function here takes and returns only
 plain Python types: dict, list, str, float, int, bool and None.
 
@@ -7,6 +10,8 @@ Conventions:
 
 * Data come from R as ``{column: list}``. A factor comes as ``{"codes": [0-based ints], "levels": [str]}`` and
   becomes a pandas Categorical, so R's level order is kept.
+* The settings of a fit come as one list ``control`` (:class:`FitControl`), with R's argument names; each field
+  is coerced from R's types here and checked by the API that uses it.
 * Draws travel as ``{"variables": [V names], "shape": [S, V], "data": [S * V floats, column-major]}``.
   Prediction matrices use the same layout: ``{"shape": [S, N], "data": [...]}``.
 * A saved model directory (``FormulaNPE.save``) is the handle of a trained amortizer. R keeps only the path and
@@ -32,14 +37,14 @@ import traceback
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .version import __version__
 from .errors import ConfigError, DataError, MlnpeError
+from .version import __version__
 
-__all__ = ["sitrep", "fit_model", "refit", "predict", "logo", "sbc", "save_model", "load_model"]
+__all__ = ["FitControl", "sitrep", "fit_model", "refit", "predict", "logo", "sbc", "save_model", "load_model"]
 
 _KINDS = ("predict", "epred", "linpred", "log_lik")
 _MEMO_SIZE = 4
@@ -164,9 +169,18 @@ def _train_config(train: Mapping[str, Any] | None) -> Any:
 
 
 def _network(network: Mapping[str, Any] | None) -> dict[str, Any]:
-    from .estimator import NetworkConfig
+    """R's `network` list as the nested dict that `NetworkConfig.merged` reads and checks (R's numbers and vectors
+    included); an empty R list for a part arrives as [] and changes nothing."""
+    parts = {"summary", "sufficient", "global_flow", "local_flow", "statistics", "shift"}
 
-    return _coerce_fields(NetworkConfig, network, "network")
+    def nested(values: Any) -> Any:
+        if isinstance(values, list) and not values:
+            return {}
+        if not isinstance(values, Mapping):
+            return values
+        return {key: nested(value) if key in parts else value for key, value in values.items()}
+
+    return nested(network or {})
 
 
 def _range(value: Any, name: str) -> tuple[int, int] | None:
@@ -190,6 +204,105 @@ def _priors(priors: Any) -> list[Any]:
     return priors_from_table(rows)
 
 
+def _auto_flag(value: Any, name: str) -> bool | str:
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"`{name}` must be TRUE, FALSE or \"auto\", got {value!r}.")
+
+
+def _refine_config(control: Mapping[str, Any] | None, seed: int | None) -> Any:
+    from .inference.refine import RefineConfig
+
+    values = _coerce_fields(RefineConfig, control, "refine_control")
+    known = [f.name for f in dataclasses.fields(RefineConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"`refine_control` has unknown settings {unknown}; known: {known}.")
+    if values.get("seed") is None:
+        values["seed"] = seed
+    return RefineConfig(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitControl:
+    """The settings of R's ``mlnpe()`` and ``update()``: R's one list ``control``, coerced from R's types.
+
+    Each field is coerced here, field by field, and checked by the API that uses it: `groups`, `rows`, `network`
+    and `focus` by `FormulaNPE` (`mlnpe.formula.cache.trained_model`), `train` by `TrainConfig`, `refine_control`
+    by `RefineConfig`, `ndraws`, `seed`, `psis` and `refine` by `FormulaNPE.fit`, `resample` by
+    `mlnpe.inference.policy.use_resampling`. R checks the types of its arguments before Python loads.
+
+    Attributes:
+        groups, rows: trained (min, max) ranges of groups and of rows per group, or None for data-based ones.
+        network: NetworkConfig overrides (a nested dict of the parts to change).
+        train: the TrainConfig (steps, batch_size, seed, progress, ...).
+        cache: True (the default cache directory), False (train every time) or a cache directory.
+        ndraws: posterior draws.
+        seed: seed of the draws.
+        psis: compute the PSIS k-hat and ESS.
+        resample: return draws importance-resampled by their PSIS weights: True, False, or "auto" (resample
+            when k-hat is at most its threshold, so the reweighted draws are the better approximation).
+        focus: focusing rounds of training (`FormulaNPE.train`): 0 amortizes over the whole prior, k >= 1
+            concentrates the simulations on datasets like `data`.
+        refine: replace the amortized draws by HMC draws of the exact posterior (`FormulaNPE.fit`): True,
+            False, or "auto" (when k-hat is above 0.7 or the PSIS ESS below 10 % of the draws).
+        refine_control: the RefineConfig (chains, warmup, target_accept, trajectory, max_leapfrog, pool); its
+            seed defaults to `seed`.
+
+    Example:
+        >>> control = FitControl.from_r({"ndraws": 100.0, "refine": False, "train": {"steps": 50.0}})
+        >>> control.ndraws, control.refine, control.train.steps
+        (100, False, 50)
+    """
+
+    groups: tuple[int, int] | None = None
+    rows: tuple[int, int] | None = None
+    network: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train: Any = None
+    cache: bool | str = True
+    ndraws: int = 4000
+    seed: int | None = None
+    psis: bool = True
+    resample: bool | str = "auto"
+    focus: Any = 1
+    refine: bool | str = "auto"
+    refine_control: Any = None
+
+    @classmethod
+    def from_r(cls, control: Mapping[str, Any] | None, fields: Sequence[str] | None = None) -> "FitControl":
+        """Coerces R's `control` list (an empty R list arrives as []).
+
+        Arguments:
+            control: ``{name: value}`` with the names of the attributes; missing names take their defaults.
+            fields: the names this entry point accepts (default: all).
+
+        Raises:
+            ConfigError: a name outside `fields`, or a value that R's types cannot give (e.g. `ndraws = 1.5`).
+        """
+        values = dict(control or {})
+        allowed = [f.name for f in dataclasses.fields(cls)] if fields is None else list(fields)
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ConfigError(f"`control` has unknown settings {unknown}; known: {allowed}.")
+        seed = _seed(values.get("seed"))
+        return cls(
+            groups=_range(values.get("groups"), "groups"),
+            rows=_range(values.get("rows"), "rows"),
+            network=_network(values.get("network")),
+            train=_train_config(values.get("train")),
+            cache=values.get("cache", True),
+            ndraws=_int(values.get("ndraws", 4000), "ndraws"),
+            seed=seed,
+            psis=bool(values.get("psis", True)),
+            resample=_auto_flag(values.get("resample", "auto"), "resample"),
+            focus=values.get("focus", 1),
+            refine=_auto_flag(values.get("refine", "auto"), "refine"),
+            refine_control=_refine_config(values.get("refine_control"), seed),
+        )
+
+
 # ---- conversions to R -------------------------------------------------------------------------------------------
 
 
@@ -209,7 +322,7 @@ def _prior_table(model: Any) -> dict[str, list[str]]:
 
 def _describe(model: Any, path: Path) -> dict[str, Any]:
     """Everything R shows about an amortizer (no draws)."""
-    from .formula.design import _brms_rename
+    from .formula.names import brms_rename
 
     family = model.family
     return {
@@ -219,8 +332,8 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
         "family": family.name,
         "link": family.link,
         "aux": list(family.aux_names),
-        "x_names": [_brms_rename(x) for x in model.info.x_names],
-        "z_names": [_brms_rename(z) for z in model.z_names],
+        "x_names": [brms_rename(x) for x in model.info.x_names],
+        "z_names": [brms_rename(z) for z in model.z_names],
         "intercept": bool(model.terms.intercept),
         "groups": [int(g) for g in model.groups],
         "rows": [int(r) for r in model.rows],
@@ -235,72 +348,17 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
     }
 
 
-def _auto_flag(value: Any, name: str) -> bool | str:
-    if isinstance(value, str) and value == "auto":
-        return "auto"
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(f"`{name}` must be TRUE, FALSE or \"auto\", got {value!r}.")
-
-
-def _resample_flag(resample: Any) -> bool | str:
-    return _auto_flag(resample, "resample")
-
-
-def _refine_flag(refine: Any) -> bool | str:
-    return _auto_flag(refine, "refine")
-
-
-def _refine_config(control: Mapping[str, Any] | None, seed: int | None) -> Any:
-    from .inference.refine import RefineConfig
-
-    values = _coerce_fields(RefineConfig, control, "refine_control")
-    known = [f.name for f in dataclasses.fields(RefineConfig)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"`refine_control` has unknown settings {unknown}; known: {known}.")
-    if values.get("seed") is None:
-        values["seed"] = seed
-    return RefineConfig(**values)
-
-
-def _use_resampling(fit: Any, resample: bool | str) -> bool:
-    """"auto": resample exactly when PSIS says the weights are reliable (k-hat at most its threshold).
-
-    Refined draws are never resampled: they are HMC draws of the exact posterior, and the PSIS weights belong to
-    the amortized draws they replaced."""
-    if fit.refinement is not None:
-        if resample is True:
-            raise ConfigError("`resample = TRUE` does not apply to refined draws; use `refine = FALSE` to resample.")
-        return False
-    if resample != "auto":
-        return bool(resample)
-    return fit.psis is not None and float(fit.psis.pareto_k) <= float(fit.psis.khat_threshold)
-
-
-def _fit_result(
-    fit: Any, model: Any, path: Path, n_draws: int, seed: int | None, resample: bool | str
-) -> dict[str, Any]:
-    resample = _use_resampling(fit, _resample_flag(resample))
-    draws = fit.resampled(n_draws, seed) if resample else fit.draws
-    result = _describe(model, path)
-    result.update(
-        {
-            "variables": [str(c) for c in draws.columns],
-            **_matrix(draws.to_numpy()),
-            "pareto_k": _float(fit.pareto_k),
-            "ess": _float(fit.ess),
-            "khat_threshold": None if fit.psis is None else float(fit.psis.khat_threshold),
-            "diagnosis": None if fit.psis is None else fit.psis.diagnosis(),
-            "resampled": bool(resample),
-            "refined": fit.refinement is not None,
-            "refine": None if fit.refinement is None else _refine_summary(fit.refinement),
-            "seconds": float(fit.seconds),
-            "levels": [str(level) for level in fit.design.levels],
-            "nobs": int(len(fit.design.y)),
-        }
-    )
-    return result
+def _diagnostics(fit: Any, resampled: bool) -> dict[str, Any]:
+    """A fit's PSIS and refinement diagnostics under the names R's fit object keeps them."""
+    return {
+        "pareto_k": _float(fit.pareto_k),
+        "ess": _float(fit.ess),
+        "khat_threshold": None if fit.psis is None else float(fit.psis.khat_threshold),
+        "diagnosis": None if fit.psis is None else fit.psis.diagnosis(),
+        "resampled": bool(resampled),
+        "refined": fit.refinement is not None,
+        "refine": None if fit.refinement is None else _refine_summary(fit.refinement),
+    }
 
 
 def _refine_summary(result: Any) -> dict[str, Any]:
@@ -314,6 +372,28 @@ def _refine_summary(result: Any) -> dict[str, Any]:
         "seconds": float(result.seconds),
         "problems": list(result.problems()),
     }
+
+
+def _fit_result(model: Any, path: Path, newdata: Any, control: FitControl) -> dict[str, Any]:
+    """Fits `newdata` (None: the model's training data) and describes the fit and its draws for R."""
+    from .inference.policy import use_resampling
+
+    fit = model.fit(newdata, n_draws=control.ndraws, seed=control.seed, psis=control.psis, refine=control.refine,
+                    refine_config=control.refine_control)  # fmt: skip
+    resample = use_resampling(fit, control.resample)
+    draws = fit.resampled(control.ndraws, control.seed) if resample else fit.draws
+    result = _describe(model, path)
+    result.update(
+        {
+            "variables": [str(c) for c in draws.columns],
+            **_matrix(draws.to_numpy()),
+            "diagnostics": _diagnostics(fit, resample),
+            "seconds": float(fit.seconds),
+            "levels": [str(level) for level in fit.design.levels],
+            "nobs": int(len(fit.design.y)),
+        }
+    )
+    return result
 
 
 # ---- model handles -------------------------------------------------------------------------------------------
@@ -394,190 +474,75 @@ def fit_model(
     data: Mapping[str, Any],
     family: Any = "gaussian",
     priors: Any = None,
-    groups: Any = None,
-    rows: Any = None,
-    network: Mapping[str, Any] | None = None,
-    train: Mapping[str, Any] | None = None,
-    cache: bool | str = True,
-    n_draws: int = 4000,
-    seed: int | None = None,
-    psis: bool = True,
-    resample: bool | str = "auto",
+    control: Mapping[str, Any] | None = None,
     save_to: str | None = None,
-    focus: Any = 1,
-    refine: bool | str = "auto",
-    refine_control: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Trains (or loads from the cache) the amortizer of a formula model and fits `data`.
+    """Trains (or loads from the cache) the amortizer of a formula model and fits `data` (R's ``mlnpe()``).
 
     Arguments:
         formula: brms formula text, e.g. "y ~ x + (1 + x | g)".
         data: the data, ``{column: list | {"codes", "levels"}}``.
         family: a family name or ``{"family", "link"}``.
         priors: rows of a brms prior table (``prior, class, coef, group, lb, ub``), or None for the defaults.
-        groups, rows: trained (min, max) ranges of groups and rows per group, or None for data-based ones.
-        network: NetworkConfig overrides.
-        train: TrainConfig fields (steps, batch_size, seed, progress, ...).
-        cache: True (the default cache directory), False (train every time) or a cache directory.
-        n_draws: posterior draws.
-        seed: seed of the draws.
-        psis: compute the PSIS k-hat and ESS.
-        resample: return draws importance-resampled by their PSIS weights: True, False, or "auto" (resample
-            when k-hat is at most its threshold, so the reweighted draws are the better approximation).
+        control: the settings (:class:`FitControl`): groups, rows, network, train, cache, ndraws, seed, psis,
+            resample, focus, refine, refine_control.
         save_to: where to save the amortizer when `cache` is False (the handle R keeps).
-        refine: replace the amortized draws by HMC draws of the exact posterior (`FormulaNPE.fit`): True,
-            False, or "auto" (when k-hat is above 0.7 or the PSIS ESS below 10 % of the draws).
-        refine_control: RefineConfig fields (chains, warmup, target_accept, trajectory, max_leapfrog, pool).
-        focus: focusing rounds of training (`FormulaNPE.train`): 0 amortizes over the whole prior, k >= 1
-            concentrates the simulations on datasets like `data`.
 
     Returns:
-        The draws (see the module docstring), ``pareto_k``, ``ess``, ``prior_summary`` (dict of columns),
-        ``levels``, ``from_cache``, ``model_path``, ``train_seconds``, ``seconds`` and the model's description.
+        The draws (see the module docstring), ``diagnostics`` (PSIS and refinement, under R's names),
+        ``prior_summary`` (dict of columns), ``levels``, ``from_cache``, ``model_path``, ``train_seconds``,
+        ``seconds`` and the model's description.
     """
-    from .formula import cache_dir, check_focus, trained_model
+    from .formula import cache_dir, trained_model
 
     frame = _frame(data)
-    config = _train_config(train)
-    focus = check_focus(focus)
-    n_draws, seed = _int(n_draws, "ndraws"), _seed(seed)
+    control = FitControl.from_r(control)
     started = time.perf_counter()
     model, from_cache = trained_model(
-        str(formula), frame, family, _priors(priors), train=config, cache=cache, focus=focus,
-        groups=_range(groups, "groups"), rows=_range(rows, "rows"), network=_network(network),
+        str(formula), frame, family, _priors(priors), train=control.train, cache=control.cache, focus=control.focus,
+        groups=control.groups, rows=control.rows, network=control.network,
     )
     elapsed = time.perf_counter() - started
-    if cache is False:
+    if control.cache is False:
         if not save_to:
             raise ConfigError("`save_to` is required when `cache` is False: the amortizer needs a directory.")
         path = model.save(Path(str(save_to)))
     else:
-        root = cache_dir() if cache is True else Path(str(cache))
-        path = root / model.spec_hash(config, focus)
+        root = cache_dir() if control.cache is True else Path(str(control.cache))
+        path = root / model.spec_hash(control.train, control.focus)
     _remember(path, model)
-    fit = model.fit(n_draws=n_draws, seed=seed, psis=bool(psis), refine=_refine_flag(refine),
-                    refine_config=_refine_config(refine_control, seed))
-    out = _fit_result(fit, model, path, n_draws, seed, resample)
+    out = _fit_result(model, path, None, control)
     out["from_cache"] = bool(from_cache)
     out["setup_seconds"] = float(elapsed)
-    out["train"] = config.to_dict()
-    out["focus_requested"] = focus
+    out["train"] = control.train.to_dict()
     return out
 
 
+_REFIT_CONTROL = ("ndraws", "seed", "psis", "resample", "refine", "refine_control")
+
+
 @_entry
-def refit(
-    model_path: str,
-    data: Mapping[str, Any],
-    n_draws: int = 4000,
-    seed: int | None = None,
-    psis: bool = True,
-    resample: bool | str = "auto",
-    refine: bool | str = "auto",
-    refine_control: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+def refit(model_path: str, data: Mapping[str, Any], control: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Fits new data with a saved amortizer: no training, a forward pass (and the HMC refinement when `refine`
-    asks for it) (R's ``update(fit, newdata =)``)."""
+    asks for it) (R's ``update(fit, newdata =)``). `control` holds ndraws, seed, psis, resample, refine and
+    refine_control (:class:`FitControl`)."""
     model = _load(model_path)
-    n_draws, seed = _int(n_draws, "ndraws"), _seed(seed)
-    fit = model.fit(_frame(data, "newdata"), n_draws=n_draws, seed=seed, psis=bool(psis), refine=_refine_flag(refine),
-                    refine_config=_refine_config(refine_control, seed))
-    out = _fit_result(fit, model, Path(str(model_path)), n_draws, seed, resample)
+    control = FitControl.from_r(control, _REFIT_CONTROL)
+    out = _fit_result(model, Path(str(model_path)), _frame(data, "newdata"), control)
     out["from_cache"] = True
     return out
 
 
-def _raw_draws(model: Any, draws: Mapping[str, Any], levels: tuple[str, ...]) -> Any:
-    """Inverts `brms_names_and_values`: brms-named draws back to the model's global and local layout."""
-    from .core.draws import PosteriorDraws
-    from .formula.api import brms_names_and_values
+def _draws_frame(draws: Mapping[str, Any]) -> Any:
+    """R's draws ``{"variables", "shape", "data"}`` as a pandas DataFrame with the brms names as columns."""
+    import pandas as pd
 
     variables = [str(v) for v in _as_list(draws.get("variables"))]
     shape = [_int(s, "draws shape") for s in _as_list(draws.get("shape"))]
     values = np.asarray(_as_list(draws.get("data")), dtype=np.float64)
     if len(shape) != 2 or shape[1] != len(variables) or values.size != shape[0] * shape[1]:
         raise DataError(f"`draws` must hold {len(variables)} variables of equal length; got shape {shape}.")
-    values = values.reshape(shape[1], shape[0]).T
-    n_global = sum(len(slot.labels) for slot in model.slots)
-    n_local = len(model.z_names)
-    labels = [label for slot in model.slots for label in slot.labels]
-    empty = PosteriorDraws(
-        np.zeros((1, n_global)), np.zeros((1, len(levels), n_local)), tuple(labels), tuple(model.z_names),
-        tuple(levels),
-    )
-    names, _ = brms_names_and_values(model, empty, levels)
-    index = {name: i for i, name in enumerate(variables)}
-    missing = [name for name in names if name not in index]
-    if missing:
-        raise DataError(
-            f"the draws lack the variables {missing[:5]}{' ...' if len(missing) > 5 else ''}; pass the draws of "
-            "a fit of this model (variables must keep their brms names)."
-        )
-
-    def column(name: str) -> np.ndarray:
-        return values[:, index[name]]
-
-    b_labels = [slot.labels[0] for slot in model.slots if slot.kind == "b"]
-    b = np.stack([column(name) for name in b_labels], 1) if b_labels else np.zeros((shape[0], 0))
-    blocks = []
-    for slot in model.slots:
-        if slot.kind == "Intercept":  # back to the intercept of centred predictors
-            intercept = column("b_Intercept")
-            blocks.append((intercept + b @ model.x_means if b.shape[1] else intercept)[:, None])
-        else:
-            blocks.append(np.stack([column(label) for label in slot.labels], 1))
-    local_names = names[len(names) - n_local * len(levels):]
-    local = np.stack([column(name) for name in local_names], 1).reshape(shape[0], n_local, len(levels))
-    return PosteriorDraws(
-        np.concatenate(blocks, 1), np.transpose(local, (0, 2, 1)).copy(), tuple(labels), tuple(model.z_names),
-        tuple(levels),
-    )
-
-
-def _fill_for_prediction(model: Any, frame: Any, need_response: bool, need_group: bool) -> Any:
-    """Adds a placeholder response (and group) column to `newdata` where predictions do not use it."""
-    terms = model.terms
-    frame = frame.copy()
-    if terms.response not in frame.columns:
-        if need_response:
-            raise DataError(
-                f"`newdata` lacks the response {terms.response!r}, which log_lik() needs; add the column."
-            )
-        placeholder = 1.0 if model.family.name in ("lognormal", "Gamma") else 0.0
-        frame[terms.response] = placeholder  # a value inside every family's support; predictions ignore it
-    if need_group and terms.group not in frame.columns:
-        frame[terms.group] = "__mlnpe_none__"
-    return frame
-
-
-def _with_levels(model: Any, raw: Any, design: Any, newdata: Any, allow_new_levels: bool, seed: int | None):
-    """Draws and design extended by the levels of `newdata` that the fit has not seen.
-
-    The effects of a new level are drawn from their prior given each global draw, r ~ MVN(0, Sigma_s), as brms's
-    ``sample_new_levels = "gaussian"`` does.
-    """
-    import torch
-
-    from .core.draws import PosteriorDraws
-    from .formula.design import build_design
-
-    levels = build_design(model.terms, newdata, reference=model.info, min_groups=1).levels
-    new = [level for level in levels if level not in design.levels]
-    if not new:
-        return raw, design
-    if not allow_new_levels:
-        raise DataError(
-            f"`newdata` has levels {new[:5]} of {model.terms.group!r} that the fit has no group-level effects for; "
-            "pass allow_new_levels = TRUE to draw their effects from the prior, or refit with update(fit, newdata =)."
-        )
-    generator = torch.Generator().manual_seed(0 if seed is None else int(seed) + 1)
-    g = torch.as_tensor(raw.global_draws, dtype=torch.float32)
-    r_new = model.model.sample_local(g, len(new), generator).double().numpy()
-    extended = PosteriorDraws(
-        raw.global_draws, np.concatenate([raw.local_draws, r_new], 1), raw.global_names, raw.local_names,
-        tuple(design.levels) + tuple(new),
-    )
-    return extended, dataclasses.replace(design, levels=tuple(design.levels) + tuple(new))
+    return pd.DataFrame(values.reshape(shape[1], shape[0]).T, columns=variables)
 
 
 @_entry
@@ -604,20 +569,21 @@ def predict(
         allow_new_levels: draw the effects of unseen levels from their prior.
         include_group_effects: False leaves out all group-level effects (brms's ``re_formula = NA``).
     """
-    from .formula.api import FormulaFit
+    from .formula.fit import FormulaFit, prediction_frame, with_new_levels
+    from .formula.names import draws_from_brms
 
     if kind not in _KINDS:
         raise ConfigError(f"`kind` must be one of {list(_KINDS)}, got {kind!r}.")
     seed = _seed(seed)
     model = _load(model_path)
     _, design = model.grouped_data(_frame(data))
-    raw = _raw_draws(model, draws, design.levels)
+    raw = draws_from_brms(model, _draws_frame(draws), design.levels)
     if not include_group_effects:
         raw = dataclasses.replace(raw, local_draws=np.zeros_like(raw.local_draws))
     frame = None
     if newdata is not None:
-        frame = _fill_for_prediction(model, _frame(newdata, "newdata"), kind == "log_lik", not include_group_effects)
-        raw, design = _with_levels(model, raw, design, frame, allow_new_levels or not include_group_effects, seed)
+        frame = prediction_frame(model, _frame(newdata, "newdata"), kind == "log_lik", not include_group_effects)
+        raw, design = with_new_levels(model, raw, design, frame, allow_new_levels or not include_group_effects, seed)
         if not include_group_effects:
             raw = dataclasses.replace(raw, local_draws=np.zeros_like(raw.local_draws))
     fit = FormulaFit(model, raw, design)
@@ -630,12 +596,6 @@ def predict(
     return _matrix(method(newdata=frame, seed=seed))
 
 
-def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
-    top = np.max(x, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    return np.squeeze(top, axis) + np.log(np.sum(np.exp(x - top), axis=axis))
-
-
 @_entry
 def logo(
     model_path: str,
@@ -644,67 +604,25 @@ def logo(
     n_local: int = 20,
     seed: int | None = None,
 ) -> dict[str, Any]:
-    """Leave-one-group-out cross-validation with the amortizer: one instant refit per group.
-
-    For each group j, the data without j are fitted (S global draws theta_s, with their PSIS weights w_s when the
-    refit's k-hat is at most its threshold, else equal weights), and
-
-        elpd_j = log sum_s w_s p(y_j | theta_s),   p(y_j | theta_s) = int p(y_j | theta_s, r) p(r | theta_s) dr.
-
-    The integral over the held-out group's effects r is importance-sampled with `n_local` draws per theta_s from
-    the even mixture of the local flow q(r | theta_s, y_j) and the prior MVN(0, Sigma_s)
-    (`MultilevelNPE.local_proposal`): unbiased, and far less noisy than prior draws alone for groups with many
-    rows. This is the predictive density of a new group, brms's ``kfold(group =)`` with one fold per group.
+    """Leave-one-group-out cross-validation with the amortizer (`mlnpe.formula.logo.formula_logo`), R's ``logo()``.
 
     Returns:
         ``{"levels", "elpd", "nobs", "pareto_k", "ess_local"}``: per group its elpd, number of rows, the PSIS k-hat
-        of the fit without it, and the effective sample size of the estimate's S x nsim importance weights.
+        of the fit without it (None where there is none), and the effective sample size of the estimate's
+        S x nsim importance weights.
     """
-    import torch
-
-    from .core.data import GroupedData
-    from .core.draws import PosteriorDraws
-    from .formula.api import FormulaFit, _features
-    from .inference.psis import ParetoKWarning
+    from .formula.logo import formula_logo
 
     model = _load(model_path)
     n_draws, n_local, seed = _int(n_draws, "ndraws"), _int(n_local, "nsim"), _seed(seed)
-    if n_draws < 1 or n_local < 1:
-        raise ConfigError(f"`ndraws` and `nsim` must be positive, got {n_draws} and {n_local}.")
-    frame = _frame(data)
-    _, design = model.grouped_data(frame)
-    x, _, _, _ = _features(design, design.trials is not None)
-    base = 0 if seed is None else seed
-    out: dict[str, list[Any]] = {"levels": [], "elpd": [], "nobs": [], "pareto_k": [], "ess_local": []}
-    for j, level in enumerate(design.levels):
-        held_rows = design.group == j
-        rest = frame.loc[~held_rows].reset_index(drop=True)
-        held = frame.loc[held_rows].reset_index(drop=True)
-        with warnings.catch_warnings():  # the k-hat of every refit is returned, not warned about
-            warnings.simplefilter("ignore", ParetoKWarning)
-            fit = model.fit(rest, n_draws=n_draws, seed=base + j, psis=n_draws >= 10, refine=False)
-        generator = torch.Generator().manual_seed(base + j + 7919)
-        group = GroupedData.from_groups([design.y[held_rows][:, None]], [x[held_rows]], [level])
-        r, log_correction = model.npe.local_proposal(group, fit.raw.global_draws, n_local, generator)
-        m = r.shape[-1]
-        raw = PosteriorDraws(
-            np.repeat(fit.raw.global_draws, n_local, 0), r.numpy().reshape(n_draws * n_local, 1, m),
-            fit.raw.global_names, fit.raw.local_names, (level,),
-        )
-        held_fit = FormulaFit(model, raw, dataclasses.replace(fit.design, levels=(level,)))
-        log_w = (held_fit.log_lik(newdata=held).sum(1) + log_correction.numpy()).reshape(n_draws, n_local)
-        per_draw = _logsumexp(log_w, 1) - math.log(n_local)  # log p(y_j | theta_s)
-        reliable = fit.psis is not None and float(fit.psis.pareto_k) <= float(fit.psis.khat_threshold)
-        log_global = fit.psis.log_weights if reliable else np.full(n_draws, -math.log(n_draws))
-        joint = (log_w + log_global[:, None]).reshape(-1)  # every (theta_s, r_sm)'s share of the estimate
-        elpd = float(_logsumexp(joint, 0) - math.log(n_local))
-        share = np.exp(joint - _logsumexp(joint, 0)) if np.isfinite(elpd) else np.zeros(1)
-        out["levels"].append(str(level))
-        out["elpd"].append(elpd)
-        out["nobs"].append(int(held_rows.sum()))
-        out["pareto_k"].append(_float(fit.pareto_k))
-        out["ess_local"].append(float(1.0 / np.sum(share**2)) if np.isfinite(elpd) else 0.0)
-    return out
+    result = formula_logo(model, _frame(data), n_draws=n_draws, n_local=n_local, seed=seed)
+    return {
+        "levels": list(result.levels),
+        "elpd": result.elpd_j.tolist(),
+        "nobs": result.nobs_j.tolist(),
+        "pareto_k": [None if math.isnan(k) else float(k) for k in result.pareto_k],
+        "ess_local": result.ess_j.tolist(),
+    }
 
 
 @_entry

@@ -70,8 +70,8 @@ class SbiEstimator(ConditionalDensityEstimator):
     """
 
     def __init__(self, estimator: MultilevelEstimator, n_groups: int, n_rows: int, row_features: int, y_dim: int = 1):
-        g = estimator.global_bijector.constrained_dim
-        l = estimator.local_bijector.constrained_dim
+        g = estimator.global_bijector.constrained_dim()
+        l = estimator.local_bijector.constrained_dim()
         super().__init__(estimator, torch.Size([g + n_groups * l]), torch.Size([n_groups, n_rows, row_features + 1]))
         self.n_global, self.n_local, self.y_dim = g, l, y_dim
 

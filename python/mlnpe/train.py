@@ -46,7 +46,7 @@ class TrainConfig:
             e.g. 0.998: the trained estimator gets the averaged weights, which smooth out the noise of the last
             few hundred steps of stochastic gradients on fresh simulations. In offline mode the average is also
             what the validation loss is computed on. On the exact normal benchmark, behind the cosine decay of the
-            learning rate, it did not improve the posteriors (BENCHMARKS.md section 1), so it is off by default.
+            learning rate, it did not improve the posteriors (BENCHMARKS.md, exact posterior), so it is off by default.
     """
 
     mode: str = "online"

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from mlnpe import GroupedData, MultilevelNPE, NetworkConfig, TrainConfig
+from mlnpe import FlowConfig, GroupedData, MultilevelNPE, NetworkConfig, SummaryConfig, TrainConfig
 from mlnpe.errors import ConfigError, DataError, LoadError, RangeError, RangeWarning
 from mlnpe.core.models import NormalHierarchical
-from mlnpe.amortizer import FORMAT_VERSION
+from mlnpe.io import FORMAT_VERSION
 
-SMALL = NetworkConfig(summary_hidden=16, row_hidden=8, local_summary_dim=4, global_summary_dim=8,
-                      global_transforms=2, global_hidden=(16,), local_transforms=1, local_hidden=(16,))
+SMALL = NetworkConfig(summary=SummaryConfig(hidden=16, row_hidden=8, local_dim=4, global_dim=8),
+                      global_flow=FlowConfig(transforms=2, hidden=(16,)), local_flow=FlowConfig(transforms=1, hidden=(16,)))
 QUICK = TrainConfig(steps=15, batch_size=16, progress=False, seed=4)
 
 
@@ -93,7 +93,7 @@ def test_load_errors(trained, tmp_path):
     # Weights of a different architecture do not match the configuration.
     path2 = trained.save(tmp_path / "m2")
     cfg = json.loads((path2 / "config.json").read_text())
-    cfg["network"]["summary_hidden"] = 32
+    cfg["network"]["summary"]["hidden"] = 32
     (path2 / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LoadError, match="do not match its configuration"):
         MultilevelNPE.load(path2)

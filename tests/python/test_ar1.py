@@ -33,12 +33,12 @@ from mlnpe.case_studies.ar1 import (    GLOBAL_NAMES,
     load_ar1_estimator,
     posterior_predictive,
 )
-from mlnpe.inference.diagnostics import pool_local_ranks, sbc_check, sbc_ranks
+from mlnpe.inference.calibration import pool_local_ranks, sbc_check, sbc_ranks
 from mlnpe.core.models import MODELS, model_from_config
 from mlnpe.core.spec import simulate_batch
 
-TINY = dict(row_hidden=8, summary_hidden=8, summary_depth=1, local_summary_dim=4, global_summary_dim=8,
-            global_transforms=1, global_hidden=(8,), local_transforms=1, local_hidden=(8,), bins=4)  # fmt: skip
+TINY = dict(summary=dict(row_hidden=8, hidden=8, depth=1, local_dim=4, global_dim=8),
+            global_flow=dict(transforms=1, hidden=(8,), bins=4), local_flow=dict(transforms=1, hidden=(8,), bins=4))
 
 
 def gen(seed: int) -> torch.Generator:

@@ -166,7 +166,7 @@ def test_tiny_train_sample_and_logo():
     data = ddm_data(*simulated_trials(), min_rt=0.05)
     results = []
     for model in (HierarchicalDDM(), HierarchicalDDMBeta()):
-        npe = MultilevelNPE(model, groups=(10, 12), rows=(5, 20), network=ddm_network(summary_hidden=16),
+        npe = MultilevelNPE(model, groups=(10, 12), rows=(5, 20), network=ddm_network(summary={"hidden": 16}),
                             pilot_size=32)  # fmt: skip
         # each subject's fastest response reaches the networks (the non-decision time must stay below it)
         assert npe.estimator.local_summary.extremes and npe.estimator.local_shift
@@ -175,6 +175,7 @@ def test_tiny_train_sample_and_logo():
         assert draws.local_draws.shape == (20, 11, len(model.local_names))
         result = logo_elpd(npe, model, data, n_draws=8, n_local=4, seed=2)
         assert result.elpd_j.shape == (11,) and np.isfinite(result.se) and result.refit_seconds > 0
+        assert np.isnan(result.pareto_k).all() and result.nobs_j.tolist() == [12] * 11  # amortized refits: no PSIS
         results.append(result)
     diff = compare_logo(results[1], results[0])
     assert diff["elpd_diff"] == pytest.approx(results[1].elpd - results[0].elpd)
@@ -222,7 +223,7 @@ def test_logo_flow_and_prior_proposals_estimate_the_same_elpd():
     keep = np.concatenate([np.flatnonzero(subject == j)[:3] for j in range(11)])
     data = ddm_data(rt[keep], response[keep], subject[keep], min_rt=0.05)
     model = HierarchicalDDM()
-    npe = MultilevelNPE(model, groups=(10, 12), rows=(2, 5), network=ddm_network(summary_hidden=16), pilot_size=64)
+    npe = MultilevelNPE(model, groups=(10, 12), rows=(2, 5), network=ddm_network(summary={"hidden": 16}), pilot_size=64)
     npe.train(TrainConfig(steps=150, batch_size=32, learning_rate=3e-3, progress=False, seed=0))
     flow = logo_elpd(npe, model, data, n_draws=40, n_local=500, seed=3, proposal="flow")
     prior = logo_elpd(npe, model, data, n_draws=40, n_local=500, seed=3, proposal="prior")

@@ -1,4 +1,4 @@
-"""Tests of mlnpe.inference.diagnostics: SBC ranks and tests, simultaneous ECDF bands, recovery, pooling factor, plots.
+"""Tests of mlnpe.inference's array diagnostics (calibration, recovery, pooling) and their plots (plots).
 
 Statistical tests use fixed seeds and exact (conjugate) posteriors; band coverage is checked against fresh
 uniform samples with a tolerance of a few Monte Carlo standard errors.
@@ -16,10 +16,21 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mlnpe.inference import diagnostics as dg
 from mlnpe.errors import DataError
+from mlnpe.inference import calibration
+from mlnpe.inference.calibration import (
+    ecdf_bands,
+    ecdf_diff,
+    pool_local_ranks,
+    sbc_check,
+    sbc_ranks,
+    sbc_uniformity_pvalues,
+)
+from mlnpe.inference.plots import plot_pooling, plot_ppc, plot_recovery, plot_sbc_ecdf, plot_sbc_histogram
+from mlnpe.inference.pooling import pooling_factor
+from mlnpe.inference.recovery import recovery
 
-PYTHON_DIR = Path(dg.__file__).resolve().parents[2]
+PYTHON_DIR = Path(calibration.__file__).resolve().parents[2]
 
 
 def _require(module: str):
@@ -55,7 +66,7 @@ def _inside(diff: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarra
 def test_ranks_count_draws_below_truth_without_ties():
     draws = np.array([[[0.1], [0.5], [0.9], [0.3]], [[2.0], [3.0], [4.0], [5.0]]])  # (sims=2, draws=4, params=1)
     truth = np.array([[0.4], [1.0]])
-    ranks = dg.sbc_ranks(draws, truth, rng=np.random.default_rng(0))
+    ranks = sbc_ranks(draws, truth, rng=np.random.default_rng(0))
     assert ranks.dtype.kind == "i"
     np.testing.assert_array_equal(ranks, [[2], [0]])
 
@@ -63,11 +74,11 @@ def test_ranks_count_draws_below_truth_without_ties():
 def test_ties_are_broken_uniformly_at_random():
     draws = np.tile(np.array([1.0, 2.0, 2.0, 3.0])[None, :, None], (6000, 1, 1))
     truth = np.full((6000, 1), 2.0)
-    ranks = dg.sbc_ranks(draws, truth, rng=np.random.default_rng(1)).ravel()
+    ranks = sbc_ranks(draws, truth, rng=np.random.default_rng(1)).ravel()
     assert set(np.unique(ranks)) == {1, 2, 3}  # 1 below, plus 0, 1 or 2 of the two ties
     frequencies = np.bincount(ranks, minlength=4)[1:] / ranks.size
     np.testing.assert_allclose(frequencies, 1 / 3, atol=0.025)  # ~4 Monte Carlo sd
-    again = dg.sbc_ranks(draws, truth, rng=np.random.default_rng(1)).ravel()
+    again = sbc_ranks(draws, truth, rng=np.random.default_rng(1)).ravel()
     np.testing.assert_array_equal(ranks, again)  # reproducible with the same generator
 
 
@@ -79,11 +90,11 @@ def test_ties_from_an_exact_discrete_posterior_give_uniform_ranks():
     y = theta + rng.normal(size=(sims, 1))
     p1 = 1 / (1 + np.exp(-(y - 0.5)))
     draws = (rng.random((sims, n_draws, 1)) < p1[:, None]).astype(float)
-    ranks = dg.sbc_ranks(draws, theta, rng=rng)
-    assert dg.sbc_uniformity_pvalues(ranks, n_draws)[0] > 0.01
-    assert dg.sbc_check(ranks, n_draws, rng=rng)["inside_band"].all()
+    ranks = sbc_ranks(draws, theta, rng=rng)
+    assert sbc_uniformity_pvalues(ranks, n_draws)[0] > 0.01
+    assert sbc_check(ranks, n_draws, rng=rng)["inside_band"].all()
     naive = (draws < theta[:, None]).sum(axis=1)  # ignoring ties is not uniform: the tests must see that
-    assert dg.sbc_uniformity_pvalues(naive, n_draws)[0] < 1e-6
+    assert sbc_uniformity_pvalues(naive, n_draws)[0] < 1e-6
 
 
 def test_local_ranks_with_mask_mark_padding_and_pool_valid_groups():
@@ -93,22 +104,22 @@ def test_local_ranks_with_mask_mark_padding_and_pool_valid_groups():
     truth = rng.normal(size=(sims, groups, params))
     mask = np.ones((sims, groups), dtype=bool)
     mask[0, 3] = mask[2, 2:] = False
-    ranks = dg.sbc_ranks(draws, truth, mask=mask, rng=rng)
+    ranks = sbc_ranks(draws, truth, mask=mask, rng=rng)
     assert ranks.shape == (sims, groups, params)
     assert (ranks[~mask] == -1).all() and (ranks[mask] >= 0).all()
     # padding content is irrelevant
     garbage = draws.copy()
     garbage[np.broadcast_to(~mask[:, None, :, None], garbage.shape)] = 1e6
-    np.testing.assert_array_equal(dg.sbc_ranks(garbage, truth, mask=mask, rng=rng), ranks)
-    pooled = dg.pool_local_ranks(ranks, mask)
+    np.testing.assert_array_equal(sbc_ranks(garbage, truth, mask=mask, rng=rng), ranks)
+    pooled = pool_local_ranks(ranks, mask)
     assert pooled.shape == (int(mask.sum()), params)
     np.testing.assert_array_equal(pooled, (draws < truth[:, None]).sum(axis=1)[mask])
     with pytest.raises(DataError, match="negative"):
-        dg.pool_local_ranks(ranks, np.ones_like(mask))
+        pool_local_ranks(ranks, np.ones_like(mask))
     with pytest.raises(DataError, match="mask.*shape"):
-        dg.pool_local_ranks(ranks, mask[:, :3])
+        pool_local_ranks(ranks, mask[:, :3])
     with pytest.raises(DataError, match="drop them with pool_local_ranks"):
-        dg.sbc_uniformity_pvalues(ranks.reshape(-1, params), n_draws)
+        sbc_uniformity_pvalues(ranks.reshape(-1, params), n_draws)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -118,11 +129,11 @@ def test_local_ranks_with_mask_mark_padding_and_pool_valid_groups():
 def test_exact_posterior_ranks_are_uniform():
     # each check flags an exact posterior with probability ~1 % by design; the seed is fixed
     draws, theta = _conjugate_normal(1)
-    ranks = dg.sbc_ranks(draws, theta, rng=np.random.default_rng(1))
+    ranks = sbc_ranks(draws, theta, rng=np.random.default_rng(1))
     assert ranks.shape == (400, 2) and ranks.min() >= 0 and ranks.max() <= 200
-    assert (dg.sbc_uniformity_pvalues(ranks, 200) > 0.01).all()
-    assert (dg.sbc_uniformity_pvalues(ranks, 200, method="ks", rng=np.random.default_rng(0)) > 0.01).all()
-    check = dg.sbc_check(ranks, 200, rng=np.random.default_rng(0))
+    assert (sbc_uniformity_pvalues(ranks, 200) > 0.01).all()
+    assert (sbc_uniformity_pvalues(ranks, 200, method="ks", rng=np.random.default_rng(0)) > 0.01).all()
+    check = sbc_check(ranks, 200, rng=np.random.default_rng(0))
     assert check["inside_band"].all()
     assert check["ecdf_diff"].shape == (99, 2) and check["z"].shape == (99,)
 
@@ -130,16 +141,16 @@ def test_exact_posterior_ranks_are_uniform():
 @pytest.mark.parametrize("kind", ["overconfident", "biased"])
 def test_miscalibrated_posteriors_are_flagged(kind):
     draws, theta = _conjugate_normal(11, kind=kind)
-    ranks = dg.sbc_ranks(draws, theta, rng=np.random.default_rng(11))
-    assert (dg.sbc_uniformity_pvalues(ranks, 200) < 0.01).all()
-    assert (dg.sbc_uniformity_pvalues(ranks, 200, method="ks", rng=np.random.default_rng(0)) < 0.01).all()
-    assert not dg.sbc_check(ranks, 200, rng=np.random.default_rng(0))["inside_band"].any()
+    ranks = sbc_ranks(draws, theta, rng=np.random.default_rng(11))
+    assert (sbc_uniformity_pvalues(ranks, 200) < 0.01).all()
+    assert (sbc_uniformity_pvalues(ranks, 200, method="ks", rng=np.random.default_rng(0)) < 0.01).all()
+    assert not sbc_check(ranks, 200, rng=np.random.default_rng(0))["inside_band"].any()
 
 
 def test_chisq_false_alarm_rate_is_nominal():
     rng = np.random.default_rng(12)
     ranks = rng.integers(0, 51, size=(300, 2000))  # 2000 exactly uniform rank samples as "parameters"
-    rate = (dg.sbc_uniformity_pvalues(ranks, 50) < 0.05).mean()
+    rate = (sbc_uniformity_pvalues(ranks, 50) < 0.05).mean()
     assert abs(rate - 0.05) < 4 * np.sqrt(0.05 * 0.95 / 2000)
 
 
@@ -147,7 +158,7 @@ def test_chisq_uses_uneven_bins_correctly():
     # 11 rank values in 4 bins of sizes 3, 3, 2, 3 (or similar): expected counts must follow the bin sizes
     rng = np.random.default_rng(13)
     ranks = rng.integers(0, 11, size=(400, 1000))
-    pvalues = dg.sbc_uniformity_pvalues(ranks, 10, n_bins=4)
+    pvalues = sbc_uniformity_pvalues(ranks, 10, n_bins=4)
     assert abs((pvalues < 0.05).mean() - 0.05) < 0.03
 
 
@@ -157,11 +168,11 @@ def test_chisq_uses_uneven_bins_correctly():
 
 @pytest.mark.parametrize("n_sims", [20, 200])
 def test_band_has_simultaneous_coverage(n_sims):
-    z, lower, upper = dg.ecdf_bands(n_sims, prob=0.99)
+    z, lower, upper = ecdf_bands(n_sims, prob=0.99)
     assert z.shape == (min(n_sims, 100) - 1,)
     n_samples = 20_000
     u = np.random.default_rng(n_sims).random((n_sims, n_samples))
-    coverage = _inside(dg.ecdf_diff(u, z), lower, upper).mean()
+    coverage = _inside(ecdf_diff(u, z), lower, upper).mean()
     mc_sd = np.sqrt(0.99 * 0.01 / n_samples)  # 0.0007
     # the exact coverage is >= 0.99, above it only by the discreteness of the counts
     assert 0.99 - 4 * mc_sd <= coverage <= 0.99 + 0.003 + 4 * mc_sd, coverage
@@ -169,21 +180,21 @@ def test_band_has_simultaneous_coverage(n_sims):
 
 def test_simulated_band_has_simultaneous_coverage():
     n_sims = 100
-    z, lower, upper = dg.ecdf_bands(
+    z, lower, upper = ecdf_bands(
         n_sims, prob=0.95, method="simulate", n_simulations=4000, rng=np.random.default_rng(7)
     )
     n_samples = 10_000
     u = np.random.default_rng(8).random((n_sims, n_samples))
-    coverage = _inside(dg.ecdf_diff(u, z), lower, upper).mean()
+    coverage = _inside(ecdf_diff(u, z), lower, upper).mean()
     # Monte Carlo sd of the gamma estimate (4,000 samples, 0.0034) and of this check (0.0022), plus discreteness
     assert abs(coverage - 0.95) < 0.015, coverage
-    z2, lower2, upper2 = dg.ecdf_bands(n_sims, prob=0.95)
+    z2, lower2, upper2 = ecdf_bands(n_sims, prob=0.95)
     assert np.abs(lower - lower2).max() <= 1.5 / n_sims and np.abs(upper - upper2).max() <= 1.5 / n_sims
 
 
 def test_band_is_wider_than_pointwise_and_narrower_than_bonferroni():
     n_sims = 200
-    z, lower, upper = dg.ecdf_bands(n_sims, prob=0.99)
+    z, lower, upper = ecdf_bands(n_sims, prob=0.99)
     assert (lower <= 0).all() and (upper >= 0).all()
     pointwise = stats.binom.ppf([[0.005], [0.995]], n_sims, z) / n_sims - z
     bonferroni = stats.binom.ppf([[0.005 / z.size], [1 - 0.005 / z.size]], n_sims, z) / n_sims - z
@@ -192,23 +203,23 @@ def test_band_is_wider_than_pointwise_and_narrower_than_bonferroni():
     assert (upper - lower).sum() < (bonferroni[1] - bonferroni[0]).sum()
     # the unadjusted pointwise band is crossed far more often than 1 %: simultaneous coverage matters
     u = np.random.default_rng(9).random((n_sims, 5000))
-    assert _inside(dg.ecdf_diff(u, z), pointwise[0], pointwise[1]).mean() < 0.9
+    assert _inside(ecdf_diff(u, z), pointwise[0], pointwise[1]).mean() < 0.9
 
 
 def test_band_grid_options_and_determinism():
-    z, lower, upper = dg.ecdf_bands(1000, n_eval=50)
+    z, lower, upper = ecdf_bands(1000, n_eval=50)
     np.testing.assert_allclose(z, np.arange(1, 50) / 50)
-    z2, lower2, upper2 = dg.ecdf_bands(1000, n_eval=50)
+    z2, lower2, upper2 = ecdf_bands(1000, n_eval=50)
     np.testing.assert_array_equal(lower, lower2)
     np.testing.assert_array_equal(upper, upper2)
-    assert dg.ecdf_bands(5)[0].size == 4
+    assert ecdf_bands(5)[0].size == 4
 
 
 def test_ecdf_diff_matches_definition():
     values = np.array([[0.1, 0.9], [0.4, 0.2], [0.4, 0.3], [0.8, 0.95]])
     z = np.array([0.25, 0.4, 0.5])
     expected = np.array([[1, 1], [3, 2], [3, 2]]) / 4 - z[:, None]
-    np.testing.assert_allclose(dg.ecdf_diff(values, z), expected)
+    np.testing.assert_allclose(ecdf_diff(values, z), expected)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,14 +228,14 @@ def test_ecdf_diff_matches_definition():
 
 def test_recovery_of_exact_posterior():
     draws, theta = _conjugate_normal(20, sims=500, n_draws=400)
-    result = dg.recovery(draws, theta, prior_var=1.0)
+    result = recovery(draws, theta, prior_var=1.0)
     for key in ("median", "lower", "upper", "covered", "contraction", "z_score"):
         assert result[key].shape == (500, 2)
     assert np.all(np.abs(result["coverage"] - 0.95) < 4 * np.sqrt(0.95 * 0.05 / 500))
     assert np.all(np.abs(result["contraction"].mean(0) - 0.5) < 0.02)  # 1 - (1/2) / 1
     assert np.all(np.abs(result["z_score"].std(0) - 1) < 0.1)
     assert np.all(np.abs(result["correlation"] - np.sqrt(0.5)) < 0.08)  # corr(y / 2, theta) = 1 / sqrt(2)
-    default = dg.recovery(draws, theta)  # prior variance estimated from the truths
+    default = recovery(draws, theta)  # prior variance estimated from the truths
     assert np.all(np.abs(default["prior_var"] - 1) < 0.15)
     assert (result["lower"] <= result["median"]).all() and (result["median"] <= result["upper"]).all()
 
@@ -232,13 +243,13 @@ def test_recovery_of_exact_posterior():
 def test_recovery_flags_overconfidence_and_handles_local_masks():
     draws, theta = _conjugate_normal(21, sims=500, kind="overconfident")
     # intervals half as wide cover P(|Z| < 0.98) = 0.67 instead of 0.95
-    assert (dg.recovery(draws, theta, prior_var=1.0)["coverage"] < 0.75).all()
+    assert (recovery(draws, theta, prior_var=1.0)["coverage"] < 0.75).all()
     rng = np.random.default_rng(22)
     local = rng.normal(size=(6, 50, 3, 2))
     truth = rng.normal(size=(6, 3, 2))
     mask = np.ones((6, 3), dtype=bool)
     mask[1, 2] = False
-    result = dg.recovery(local, truth, mask=mask)
+    result = recovery(local, truth, mask=mask)
     assert result["median"].shape == (17, 2)
     np.testing.assert_allclose(result["median"][0], np.median(local[0, :, 0], axis=0))
 
@@ -254,13 +265,13 @@ def test_pooling_factor_limits():
     sigma = 0.7
     # complete pooling: the group deviations' posterior equals their prior N(0, sigma)
     complete = mu[:, None] + sigma * rng.normal(size=(n_draws, groups))
-    np.testing.assert_allclose(dg.pooling_factor(complete, mu, sigma), 1.0, atol=0.05)
+    np.testing.assert_allclose(pooling_factor(complete, mu, sigma), 1.0, atol=0.05)
     # no pooling: the data pin each eta_j (and so mu) down, far more precisely than the spread sigma
     mu_sharp = 1e-3 * rng.normal(size=n_draws)
     no_pooling = np.arange(groups) + 1e-3 * rng.normal(size=(n_draws, groups))
-    assert (dg.pooling_factor(no_pooling, mu_sharp, np.full(n_draws, sigma)) < 1e-4).all()
+    assert (pooling_factor(no_pooling, mu_sharp, np.full(n_draws, sigma)) < 1e-4).all()
     # the variance is of the draw-wise difference: an uncertain mu adds to it
-    np.testing.assert_allclose(dg.pooling_factor(no_pooling, mu, sigma), 1 / sigma**2, rtol=0.05)
+    np.testing.assert_allclose(pooling_factor(no_pooling, mu, sigma), 1 / sigma**2, rtol=0.05)
 
 
 def test_pooling_factor_matches_normal_normal_formula():
@@ -270,7 +281,7 @@ def test_pooling_factor_matches_normal_normal_formula():
     n_rows = np.array([1, 4, 16, 64])
     post_var = 1 / (n_rows / sigma_y**2 + 1 / sigma_eta**2)
     draws = rng.normal(size=(40_000, n_rows.size)) * np.sqrt(post_var) + 1.0
-    kappa = dg.pooling_factor(draws, np.full(40_000, mu), sigma_eta)
+    kappa = pooling_factor(draws, np.full(40_000, mu), sigma_eta)
     expected = (sigma_y**2 / n_rows) / (sigma_y**2 / n_rows + sigma_eta**2)
     np.testing.assert_allclose(kappa, expected, rtol=0.03)
     assert np.all(np.diff(kappa) < 0)  # more data per group, less pooling
@@ -281,7 +292,7 @@ def test_pooling_factor_uses_draw_wise_differences_and_params_axis():
     mu = rng.normal(size=(4000, 2))
     eta = mu[:, None, :] + 0.1 * rng.normal(size=(4000, 3, 2))  # eta moves with mu: Var(eta - mu) is small
     sigma = np.abs(rng.normal(1.0, 0.05, size=(4000, 2)))
-    kappa = dg.pooling_factor(eta, mu, sigma)
+    kappa = pooling_factor(eta, mu, sigma)
     assert kappa.shape == (3, 2)
     np.testing.assert_allclose(kappa, np.broadcast_to(0.01 / np.mean(sigma**2, axis=0), (3, 2)), rtol=0.1)
 
@@ -295,15 +306,15 @@ def test_plots_are_created_and_saved(tmp_path):
     from matplotlib.figure import Figure
 
     draws, theta = _conjugate_normal(40, sims=100, n_draws=50)
-    ranks = dg.sbc_ranks(draws, theta, rng=np.random.default_rng(0))
+    ranks = sbc_ranks(draws, theta, rng=np.random.default_rng(0))
     rng = np.random.default_rng(41)
     y_rep = rng.normal(size=(80, 30))
     figures = {
-        "ecdf.png": dg.plot_sbc_ecdf(ranks, 50, ["a", "b"], rng=rng, path=tmp_path / "ecdf.png"),
-        "hist.png": dg.plot_sbc_histogram(ranks, 50, ["a", "b"], path=tmp_path / "hist.png"),
-        "recovery.png": dg.plot_recovery(draws, theta, ["a", "b"], path=tmp_path / "recovery.png"),
-        "pooling.png": dg.plot_pooling(rng.random(8), rng.random(8), path=tmp_path / "pooling.png"),
-        "ppc.png": dg.plot_ppc(rng.normal(size=30), y_rep, path=tmp_path / "ppc.png"),
+        "ecdf.png": plot_sbc_ecdf(ranks, 50, ["a", "b"], rng=rng, path=tmp_path / "ecdf.png"),
+        "hist.png": plot_sbc_histogram(ranks, 50, ["a", "b"], path=tmp_path / "hist.png"),
+        "recovery.png": plot_recovery(draws, theta, ["a", "b"], path=tmp_path / "recovery.png"),
+        "pooling.png": plot_pooling(rng.random(8), rng.random(8), path=tmp_path / "pooling.png"),
+        "ppc.png": plot_ppc(rng.normal(size=30), y_rep, path=tmp_path / "ppc.png"),
     }
     for name, fig in figures.items():
         assert isinstance(fig, Figure)
@@ -312,9 +323,9 @@ def test_plots_are_created_and_saved(tmp_path):
     titles = [ax.get_title() for ax in figures["ecdf.png"].axes if ax.get_visible()]
     assert titles == ["a: pass", "b: pass"]
     over, theta = _conjugate_normal(42, sims=100, n_draws=50, params=1, kind="overconfident")
-    fig = dg.plot_sbc_ecdf(dg.sbc_ranks(over, theta, rng=rng), 50, ["mu"], rng=rng)
+    fig = plot_sbc_ecdf(sbc_ranks(over, theta, rng=rng), 50, ["mu"], rng=rng)
     assert fig.axes[0].get_title() == "mu: FAIL"
-    assert dg.plot_ppc(np.ones(5), np.ones((3, 5))) is not None  # constant data fall back to a histogram
+    assert plot_ppc(np.ones(5), np.ones((3, 5))) is not None  # constant data fall back to a histogram
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,49 +335,69 @@ def test_plots_are_created_and_saved(tmp_path):
 def test_bad_input_raises_data_error_naming_the_argument():
     draws, theta = _conjugate_normal(50, sims=20, n_draws=10)
     with pytest.raises(DataError, match="`draws` .* and `truth` .* do not match"):
-        dg.sbc_ranks(draws, theta[:, :1])
+        sbc_ranks(draws, theta[:, :1])
     bad = draws.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(DataError, match="`draws` has 1 non-finite"):
-        dg.sbc_ranks(bad, theta)
+        sbc_ranks(bad, theta)
     with pytest.raises(DataError, match="`mask` applies to local parameters only"):
-        dg.sbc_ranks(draws, theta, mask=np.ones((20, 1), dtype=bool))
+        sbc_ranks(draws, theta, mask=np.ones((20, 1), dtype=bool))
     with pytest.raises(DataError, match="`mask` must be boolean"):
-        dg.sbc_ranks(draws[:, :, None], theta[:, None], mask=np.ones((20, 1)))
+        sbc_ranks(draws[:, :, None], theta[:, None], mask=np.ones((20, 1)))
     with pytest.raises(DataError, match=r"`ranks` must lie in \[0, n_draws\]"):
-        dg.sbc_uniformity_pvalues(np.full((50, 1), 11), 10)
+        sbc_uniformity_pvalues(np.full((50, 1), 11), 10)
     with pytest.raises(DataError, match="`method` must be"):
-        dg.sbc_uniformity_pvalues(np.zeros((50, 1), dtype=int), 10, method="ad")
+        sbc_uniformity_pvalues(np.zeros((50, 1), dtype=int), 10, method="ad")
     with pytest.raises(DataError, match="bins for the chi-square test"):
-        dg.sbc_uniformity_pvalues(np.zeros((6, 1), dtype=int), 10)
+        sbc_uniformity_pvalues(np.zeros((6, 1), dtype=int), 10)
     with pytest.raises(DataError, match="`prob` must lie strictly between 0 and 1"):
-        dg.ecdf_bands(100, prob=99)
+        ecdf_bands(100, prob=99)
     with pytest.raises(DataError, match="`n_sims` must be a positive integer"):
-        dg.ecdf_bands(0)
+        ecdf_bands(0)
     with pytest.raises(DataError, match="`n_eval` must be an integer >= 2"):
-        dg.ecdf_bands(100, n_eval=1)
+        ecdf_bands(100, n_eval=1)
     with pytest.raises(DataError, match='`method` must be "optimize" or "simulate"'):
-        dg.ecdf_bands(100, method="exact")
+        ecdf_bands(100, method="exact")
     with pytest.raises(DataError, match="`fractional` must lie in"):
-        dg.ecdf_diff(np.array([[3.0]]), np.array([0.5]))
+        ecdf_diff(np.array([[3.0]]), np.array([0.5]))
     with pytest.raises(DataError, match="`hyper_mean_draws` must have shape"):
-        dg.pooling_factor(np.zeros((10, 3)), np.zeros(9), 1.0)
+        pooling_factor(np.zeros((10, 3)), np.zeros(9), 1.0)
     with pytest.raises(DataError, match="`hyper_sd_draws` must be positive"):
-        dg.pooling_factor(np.zeros((10, 3)), np.zeros(10), -1.0)
+        pooling_factor(np.zeros((10, 3)), np.zeros(10), -1.0)
     with pytest.raises(DataError, match="`prior_var` must be positive"):
-        dg.recovery(draws, theta, prior_var=0.0)
+        recovery(draws, theta, prior_var=0.0)
     with pytest.raises(DataError, match="`names` must have one entry per parameter"):
         _require("matplotlib")
-        dg.plot_sbc_histogram(np.zeros((50, 2), dtype=int), 10, ["only one"])
+        plot_sbc_histogram(np.zeros((50, 2), dtype=int), 10, ["only one"])
 
 
 def test_diagnostics_imports_neither_matplotlib_nor_torch():
-    # load the module under a bare package so that only its own imports count (not mlnpe/__init__.py)
+    # load the modules under a bare package so that only their own imports count (not mlnpe/__init__.py)
     code = (
         "import sys, types; "
         f"pkg = types.ModuleType('mlnpe'); pkg.__path__ = [{str(PYTHON_DIR / 'mlnpe')!r}]; "
         "sys.modules['mlnpe'] = pkg; "
-        "import mlnpe.inference.diagnostics; "
+        "import mlnpe.inference.arrays, mlnpe.inference.calibration, mlnpe.inference.recovery; "
+        "import mlnpe.inference.pooling, mlnpe.inference.plots, mlnpe.inference.arviz; "
+        "bad = [m for m in ('matplotlib', 'torch') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_inference_package_reexports_lazily():
+    # the package namespace loads a module only when one of its names is first used
+    code = (
+        "import sys, types; "
+        f"pkg = types.ModuleType('mlnpe'); pkg.__path__ = [{str(PYTHON_DIR / 'mlnpe')!r}]; "
+        "sys.modules['mlnpe'] = pkg; "
+        "import mlnpe.inference as inference; "
+        "assert 'mlnpe.inference.calibration' not in sys.modules; "
+        "from mlnpe.inference import pooling_factor, sbc_check; "
+        "from mlnpe.inference.calibration import sbc_check as direct; "
+        "assert sbc_check is direct and 'mlnpe.inference.plots' not in sys.modules; "
+        "assert sorted(inference._EXPORTS) == sorted(inference.__all__); "
         "bad = [m for m in ('matplotlib', 'torch') if m in sys.modules]; "
         "assert not bad, bad"
     )

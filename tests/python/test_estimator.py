@@ -4,13 +4,24 @@ import numpy as np
 import pytest
 import torch
 
-from mlnpe import MultilevelNPE, NetworkConfig
+from mlnpe import FlowConfig, MultilevelNPE, NetworkConfig, ShiftConfig, StatisticsConfig, SummaryConfig
 from mlnpe.errors import ConfigError
+from mlnpe.io import network_from_saved
 from mlnpe.core.models import NormalHierarchical
 from mlnpe.core.spec import simulate_batch
 
-SMALL = NetworkConfig(summary_hidden=16, row_hidden=8, local_summary_dim=4, global_summary_dim=8,
-                      global_transforms=2, global_hidden=(16,), local_transforms=1, local_hidden=(16,))
+SMALL = NetworkConfig(summary=SummaryConfig(hidden=16, row_hidden=8, local_dim=4, global_dim=8),
+                      global_flow=FlowConfig(transforms=2, hidden=(16,)), local_flow=FlowConfig(transforms=1, hidden=(16,)))
+# the default network config as saved by format version 2 (flat)
+FLAT_DEFAULTS = {
+    "local_summary": "deepset", "global_summary": "deepset", "summary_hidden": 64, "summary_depth": 2,
+    "row_hidden": 16, "global_attention": 8, "local_summary_dim": 16, "global_summary_dim": 32,
+    "global_transforms": 3, "global_hidden": [64, 64], "local_transforms": 1, "local_hidden": [32, 32], "bins": 8,
+    "affine": True, "global_context": 64, "log_inputs": [], "pooled_moments": True, "between_moments": True,
+    "sufficient": "none", "design_only": [], "profile": True, "group_moments": True, "glm_slopes": True,
+    "local_extremes": False, "log_response": False, "regression_shift": True, "log_scale_shift": True,
+    "scale_statistics": True, "shift_max_spread": 1.5, "profile_average": True, "heteroscedastic_shift": True,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +97,8 @@ def test_gradients_reach_every_parameter(setup):
 
 
 def test_set_transformer_global_summary_works():
-    cfg = NetworkConfig(local_summary="set_transformer", global_summary="set_transformer", summary_hidden=16,
-                        global_transforms=1, local_transforms=1, global_hidden=(8,), local_hidden=(8,))
+    cfg = NetworkConfig(summary=SummaryConfig(local_kind="set_transformer", global_kind="set_transformer", hidden=16),
+                        global_flow=FlowConfig(transforms=1, hidden=(8,)), local_flow=FlowConfig(transforms=1, hidden=(8,)))
     npe = MultilevelNPE(NormalHierarchical(), groups=(2, 4), rows=(1, 5), network=cfg, pilot_size=32)
     sims = npe.simulate(3, torch.Generator().manual_seed(0))
     assert torch.isfinite(npe.estimator.loss(sims.global_params, sims.local_params, sims.batch)).all()
@@ -95,22 +106,39 @@ def test_set_transformer_global_summary_works():
 
 def test_network_config_validation_and_round_trip():
     assert NetworkConfig.from_dict(SMALL.to_dict()) == SMALL
-    with pytest.raises(ConfigError, match="global_summary"):
-        NetworkConfig(global_summary="lstm")
+    with pytest.raises(ConfigError, match="global_kind"):
+        SummaryConfig(global_kind="lstm")
     with pytest.raises(ConfigError, match="unknown keys"):
         NetworkConfig.from_dict({"width": 3})
-    with pytest.raises(ConfigError, match="summary_hidden"):
-        NetworkConfig(summary_hidden=0)
+    with pytest.raises(ConfigError, match="`hidden`"):
+        SummaryConfig(hidden=0)
+    # a key of the flat configuration (format version 2) names its new place
+    with pytest.raises(ConfigError, match=r"`summary_hidden` is now `summary.hidden`"):
+        NetworkConfig.from_dict({"summary_hidden": 16})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        NetworkConfig.from_dict({"summary": {"width": 3}})
+    # R and JSON give whole numbers as floats and vectors as lists; a part that is None (or FALSE) is off
+    from_r = NetworkConfig.from_dict({"summary": {"hidden": 16.0}, "global_flow": {"hidden": [16.0, 16.0]},
+                                      "log_inputs": 0.0, "shift": False})
+    assert from_r.summary.hidden == 16 and from_r.global_flow.hidden == (16, 16) and from_r.log_inputs == (0,)
+    assert from_r.shift is None and NetworkConfig.from_dict(from_r.to_dict()) == from_r
+    with pytest.raises(ConfigError, match="shift=None"):
+        NetworkConfig.from_dict({"statistics": None})
+    with pytest.raises(ConfigError, match="profile_average=False"):
+        StatisticsConfig(profile=False)
+    with pytest.raises(ConfigError, match="heteroscedastic=False"):
+        ShiftConfig(log_scale=False)
 
 
 def test_partial_network_config_keeps_defaults():
-    partial = NetworkConfig.from_dict({"bins": 4})
-    assert partial.bins == 4 and partial.affine is True and partial.global_context == 64
-    assert partial.pooled_moments is True
-    saved = NetworkConfig().to_dict()
+    partial = NetworkConfig.from_dict({"global_flow": {"bins": 4}})
+    assert partial.global_flow.bins == 4 and partial.global_flow.affine is True and partial.summary.embedding == 64
+    assert partial.global_flow.transforms == 3 and partial.statistics is not None
+    assert network_from_saved(FLAT_DEFAULTS, 2) == NetworkConfig()
+    saved = dict(FLAT_DEFAULTS)
     del saved["pooled_moments"], saved["between_moments"]  # a model saved before the options is rebuilt as it was
-    old = NetworkConfig.from_saved(saved)
-    assert old.pooled_moments is False and old.between_moments is False
+    old = network_from_saved(saved, 2)
+    assert old.statistics is None  # neither the pooled nor the between-group statistics
 
 
 def test_pooled_features_are_the_pooled_within_group_statistics():
@@ -127,8 +155,9 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     for j, k in enumerate(n):
         rows[0, j, :k, 0], rows[0, j, :k, 1], mask[0, j, :k] = y[j], x[j], True
     rows[~mask] = 99.0  # padding must not matter
-    est._pair_a, est._pair_b = torch.triu_indices(2, 2)
-    feats = est._pooled_features(rows, mask)[0]
+    stats = est.statistics
+    stats.pair_a, stats.pair_b = torch.triu_indices(2, 2)
+    feats = stats.padded(rows, mask, est.row_loc, est.row_scale)[0]
     yd = torch.cat([yi - yi.mean() for yi in y])
     xd = torch.cat([xi - xi.mean() for xi in x])
     dof = sum(n) - 3
@@ -138,7 +167,7 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     assert abs(slope - sxy / sxx) < 0.02  # the ridge barely moves the slope
     # [grand mean (2), signed-log within covariance (3), signed-log slope (1), log residual, log1p dof, log J]
     assert float(feats[5]) == pytest.approx(math.copysign(math.log1p(abs(slope)), slope), abs=1e-5)
-    floor = est._floor  # of the log variances: 1e-8 with `scale_statistics`
+    floor = stats.floor  # of the log variances: `StatisticsConfig.floor`, 1e-8
     assert float(feats[6]) == pytest.approx(math.log(resid + floor), abs=1e-5)
     assert float(feats[7]) == pytest.approx(math.log1p(dof)) and float(feats[8]) == pytest.approx(math.log(3))
     # between groups: [signed-log covariance of the group means (3), signed-log slope (1), log residual, log noise,
@@ -181,8 +210,8 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
     assert feats[38:48].tolist() == pytest.approx(shrunk, abs=1e-4)
     assert float(feats[48]) == pytest.approx(float((weight * np.log(rhos)).sum()), abs=1e-4)
     # with x as a slope column: the REML profile of the sd of the groups' within slopes, then their mean at the best
-    est._slope_columns = [1]
-    feats = est._pooled_features(rows, mask)[0]
+    stats.slope_columns = [1]
+    feats = stats.padded(rows, mask, est.row_loc, est.row_scale)[0]
     assert feats.shape == (49 + 17,)
     sxx = torch.stack([((xi - xi.mean()) ** 2).sum() for xi in x])
     b_j = torch.stack([((xi - xi.mean()) * (yi - yi.mean())).sum() for xi, yi in zip(x, y)]) / sxx
@@ -199,9 +228,10 @@ def test_pooled_features_are_the_pooled_within_group_statistics():
 
 
 def test_shift_is_dropped_where_its_error_is_uneven():
-    """`_ridge_fit` keeps a target whose residual sd is the same for low and high predictions and drops one whose
+    """`ridge_fit` keeps a target whose residual sd is the same for low and high predictions and drops one whose
     residual sd grows tenfold across them (or that the design does not predict)."""
-    from mlnpe.estimator import SHIFT_MAX_SPREAD, _residual_spread, _ridge_fit
+    from mlnpe.networks.config import SHIFT_MAX_SPREAD
+    from mlnpe.networks.shift import residual_spread, ridge_fit
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4000, 1, generator=g, dtype=torch.float64)
@@ -212,23 +242,24 @@ def test_shift_is_dropped_where_its_error_is_uneven():
     y = torch.stack([even, uneven, unrelated], 1)
     design = torch.cat([torch.ones_like(x), x], 1)
     loc, scale = y.mean(0), y.std(0)
-    coef, sd = _ridge_fit(design, y, loc, scale)
+    coef, sd = ridge_fit(design, y, loc, scale)
     assert coef[1, 0] == pytest.approx(2.0, abs=0.05) and float(sd[0]) == pytest.approx(0.3, rel=0.1)
     assert coef[1, 1] == 0 and coef[0, 1] == pytest.approx(float(loc[1])) and sd[1] == scale[1]
     assert coef[1, 2] == 0 and sd[2] == scale[2]
     predicted = 2 * x[2000:].expand(-1, 2)
-    spread = _residual_spread(predicted, y[2000:, :2] - predicted)
+    spread = residual_spread(predicted, y[2000:, :2] - predicted)
     assert spread[0] < 1.2 and spread[1] > 3 * SHIFT_MAX_SPREAD
-    # without a limit (`NetworkConfig(shift_max_spread=None)`) the uneven target is shifted too
-    coef, sd = _ridge_fit(design, y, loc, scale, max_spread=math.inf)
+    # without a limit (`ShiftConfig(max_spread=None)`) the uneven target is shifted too
+    coef, sd = ridge_fit(design, y, loc, scale, max_spread=math.inf)
     assert coef[1, 1] == pytest.approx(2.0, abs=0.05) and sd[1] < scale[1] and coef[1, 2] == 0
-    assert NetworkConfig().shift_max_spread == SHIFT_MAX_SPREAD
-    assert NetworkConfig.from_saved({}).shift_max_spread is None  # configs saved before the key: no limit
-    with pytest.raises(ConfigError, match="shift_max_spread"):
-        NetworkConfig(shift_max_spread=0.5)
+    assert NetworkConfig().shift.max_spread == SHIFT_MAX_SPREAD
+    old = {key: value for key, value in FLAT_DEFAULTS.items() if key != "shift_max_spread"}
+    assert network_from_saved(old, 2).shift.max_spread is None  # configs saved before the key: no limit
+    with pytest.raises(ConfigError, match="max_spread"):
+        ShiftConfig(max_spread=0.5)
     est = MultilevelNPE(NormalHierarchical(), groups=(5, 20), rows=(5, 20), pilot_size=512, seed=2,
-                        network=NetworkConfig.from_dict({**SMALL.to_dict(), "shift_max_spread": None})).estimator
-    assert (est.shift_coef[1:, 1] != 0).any()  # tau shifted again
+                        network=SMALL.merged({"shift": {"max_spread": None}})).estimator
+    assert (est.global_shift.coef[1:, 1] != 0).any()  # tau shifted again
 
 
 def test_regression_shift_predicts_the_globals_and_old_saves_load_without_it():
@@ -236,11 +267,11 @@ def test_regression_shift_predicts_the_globals_and_old_saves_load_without_it():
     to the pilot: on fresh simulations it explains most of mu's prior variance (a wrong fit or a shift that ignores
     the data does not), the flow's scale is the residual sd, and draws and densities stay consistent. The group-level
     sd tau, whose log is predicted far better when it is large than when it is near zero, keeps the prior's
-    standardization (`SHIFT_MAX_SPREAD`). (`heteroscedastic_shift`, the default, is tested below.)"""
-    homoscedastic = NetworkConfig.from_dict({**SMALL.to_dict(), "heteroscedastic_shift": False})
+    standardization (`SHIFT_MAX_SPREAD`). (`ShiftConfig.heteroscedastic`, the default, is tested below.)"""
+    homoscedastic = SMALL.merged({"shift": {"heteroscedastic": False}})
     npe = MultilevelNPE(NormalHierarchical(), groups=(5, 20), rows=(5, 20), network=homoscedastic, pilot_size=512, seed=2)
     est = npe.estimator.eval()
-    assert est.regression_shift and not est.hetero
+    assert est.global_shift is not None and not est.global_shift.heteroscedastic
     sims = simulate_batch(npe.model, 400, (5, 20), (5, 20), torch.Generator().manual_seed(9))
     _, h_global = est.summarize(sims.batch)
     _, shift, log_scale = est._split_global(h_global)
@@ -248,15 +279,15 @@ def test_regression_shift_predicts_the_globals_and_old_saves_load_without_it():
     r2 = 1.0 - ((gu - shift) ** 2).mean(0) / gu.var(0)
     assert r2[0] > 0.8, r2  # mu from the grand mean
     assert torch.allclose(shift[:, 1], shift[0, 1]) and torch.allclose(log_scale[:, 1], log_scale[0, 1])
-    assert (est.shift_coef[1:, 1] == 0).all() and (est.shift_coef[1:, 0] != 0).any()
+    assert (est.global_shift.coef[1:, 1] == 0).all() and (est.global_shift.coef[1:, 0] != 0).any()
     # mu's residual is in units of its (constant) held-out residual sd
-    assert est.log_shift and est.shift_log.tolist() == [False, True]
+    assert est.global_shift.log_scale and est.global_shift.log_columns.tolist() == [False, True]
     assert torch.allclose(log_scale[:, 0], log_scale[0, 0])
     z_sd = ((gu - shift) / log_scale.exp()).std(0)
     assert 0.7 < z_sd[0] < 1.4, z_sd
     assert torch.allclose(est.global_flow.scale, torch.ones(2)) and torch.allclose(est.global_flow.loc, torch.zeros(2))
     # the local flow's shift: alpha_j from the group's moments (fixed deep-set features), the globals, products
-    assert est.local_shift and est._fixed_cols == est.local_summary.fixed_columns
+    assert est.local_shift is not None and est._fixed_cols == est.local_summary.fixed_columns
     h_local, _ = est.summarize(sims.batch)
     _, local_shift = est._local_inputs(h_local, gu)
     real = sims.batch.group_mask
@@ -266,22 +297,23 @@ def test_regression_shift_predicts_the_globals_and_old_saves_load_without_it():
     g, l, lp_g, lp_l = est.sample(5, sims.batch, torch.Generator().manual_seed(0), return_log_prob=True)
     lp_g2, lp_l2 = est.log_prob(g, l, sims.batch)
     assert torch.allclose(lp_g, lp_g2, atol=1e-3) and torch.allclose(lp_l, lp_l2, atol=1e-3)
-    saved = NetworkConfig().to_dict()
+    saved = dict(FLAT_DEFAULTS)
     for key in ("regression_shift", "log_scale_shift", "scale_statistics"):
         del saved[key]
-    old = NetworkConfig.from_saved(saved)
-    assert not (old.regression_shift or old.log_scale_shift or old.scale_statistics)
+    old = network_from_saved(saved, 2)
+    # no shift (nor its log scale); `scale_statistics` off: no group fits, the old floors and no origin
+    assert old.shift is None and not old.statistics.group_fits and old.statistics.floor == 1e-4
     plain = MultilevelNPE(NormalHierarchical(), groups=(5, 20), rows=(5, 20),
-                          network=NetworkConfig.from_dict({**SMALL.to_dict(), "regression_shift": False}), pilot_size=64)
-    assert not plain.estimator.regression_shift and not plain.estimator.local_shift
+                          network=SMALL.merged({"shift": None}), pilot_size=64)
+    assert plain.estimator.global_shift is None and plain.estimator.local_shift is None
     assert not any("shift" in key for key in plain.estimator.state_dict())
 
 
 def test_heteroscedastic_fit_recovers_location_and_log_variance():
-    """`_heteroscedastic_fit` on y = 2 x + 0.3 e^{1.2 x} z without a spread limit: the location slope 2, the log
+    """`heteroscedastic_fit` on y = 2 x + 0.3 e^{1.2 x} z without a spread limit: the location slope 2, the log
     variance slope 2.4, and held-out residuals of unit scale once standardized; a target the design does not
     predict keeps its prior moments and a constant variance, and so does the uneven one under the default limit."""
-    from mlnpe.estimator import _heteroscedastic_fit
+    from mlnpe.networks.shift import heteroscedastic_fit
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4000, 1, generator=g, dtype=torch.float64)
@@ -289,7 +321,7 @@ def test_heteroscedastic_fit_recovers_location_and_log_variance():
     y = torch.stack([2 * x[:, 0] + 0.3 * noise[:, 0] * torch.exp(1.2 * x[:, 0]), noise[:, 1]], 1)
     design = torch.cat([torch.ones_like(x), x], 1)
     loc, scale = y.mean(0), y.std(0)
-    coef, log_var, sd = _heteroscedastic_fit(design, y, loc, scale, max_spread=math.inf)
+    coef, log_var, sd = heteroscedastic_fit(design, y, loc, scale, max_spread=math.inf)
     assert coef[1, 0] == pytest.approx(2.0, abs=0.02)  # weighted: far tighter than the unweighted fit's +-0.05
     assert log_var[1, 0] == pytest.approx(2.4, abs=0.15) and log_var[0, 0] == 0.0
     assert float(sd[0]) == pytest.approx(0.3, rel=0.15)  # the residual sd at the design's centre
@@ -297,7 +329,7 @@ def test_heteroscedastic_fit_recovers_location_and_log_variance():
     assert float(z.std()) == pytest.approx(1.0, abs=0.05)
     assert coef[1, 1] == 0 and coef[0, 1] == pytest.approx(float(loc[1])) and sd[1] == scale[1]
     assert (log_var[:, 1] == 0).all()
-    coef, log_var, sd = _heteroscedastic_fit(design, y, loc, scale)  # `SHIFT_MAX_SPREAD`: as in `_ridge_fit`
+    coef, log_var, sd = heteroscedastic_fit(design, y, loc, scale)  # `SHIFT_MAX_SPREAD`: as in `ridge_fit`
     assert coef[1, 0] == 0 and (log_var[:, 0] == 0).all() and sd[0] == scale[0]
 
 
@@ -305,7 +337,7 @@ def test_heteroscedastic_shift_starts_the_flow_near_the_exact_posterior():
     """On the two-level normal model, before any training, the global shift of mu is within a few tenths of an
     exact posterior sd of the exact posterior mean (0.16), and its per-dataset scale within 25 % of the exact
     posterior sd for most datasets (61 %) (the profile-averaged intercept and its shrinkage features,
-    `profile_average`, and `heteroscedastic_shift`). The constant-scale shift on the plain profile features errs
+    `StatisticsConfig.profile_average`, and `ShiftConfig.heteroscedastic`). The constant-scale shift on the plain profile features errs
     by 0.5 sds, is twice too wide and within 25 % for 18 %; draws and densities stay consistent; old saves load
     without either option."""
     from mlnpe.examples.exact import normal_model_posterior
@@ -326,17 +358,20 @@ def test_heteroscedastic_shift_starts_the_flow_near_the_exact_posterior():
         return float(err), float((ratio < math.log(1.25)).double().mean()), npe
 
     err, within, npe = shift_error(SMALL)
-    assert npe.estimator.hetero and err < 0.25 and within > 0.5, (err, within)
-    plain = NetworkConfig.from_dict({**SMALL.to_dict(), "heteroscedastic_shift": False, "profile_average": False})
+    assert npe.estimator.global_shift.heteroscedastic and err < 0.25 and within > 0.5, (err, within)
+    plain = SMALL.merged({"shift": {"heteroscedastic": False}, "statistics": {"profile_average": False}})
     err_plain, within_plain, _ = shift_error(plain)
     assert err_plain > err + 0.1 and within_plain < within - 0.2, (err_plain, within_plain)
     est = npe.estimator
-    assert (est.scale_coef[1:, 0] != 0).any()
-    assert (est.shift_coef[1:, 1] == 0).all() and (est.scale_coef[:, 1] == 0).all()  # tau: `shift_max_spread`
+    assert (est.global_shift.scale_coef[1:, 0] != 0).any()
+    shift = est.global_shift
+    assert (shift.coef[1:, 1] == 0).all() and (shift.scale_coef[:, 1] == 0).all()  # tau: `max_spread`
     g, l, lp_g, lp_l = est.sample(5, sims.batch, torch.Generator().manual_seed(0), return_log_prob=True)
     lp_g2, lp_l2 = est.log_prob(g, l, sims.batch)
     assert torch.allclose(lp_g, lp_g2, atol=1e-3) and torch.allclose(lp_l, lp_l2, atol=1e-3)
-    old = NetworkConfig.from_saved({})
-    assert old.heteroscedastic_shift is False and old.profile_average is False
-    assert "scale_coef" not in MultilevelNPE(NormalHierarchical(), groups=(5, 30), rows=(2, 50), network=plain,
+    saved = {key: value for key, value in FLAT_DEFAULTS.items() if key not in ("heteroscedastic_shift", "profile_average")}
+    old = network_from_saved(saved, 2)
+    assert old.shift.heteroscedastic is False and old.statistics.profile_average is False
+    assert network_from_saved({}, 2).shift is None and network_from_saved({}, 2).statistics is None
+    assert "global_shift.scale_coef" not in MultilevelNPE(NormalHierarchical(), groups=(5, 30), rows=(2, 50), network=plain,
                                              pilot_size=64).estimator.state_dict()

@@ -12,8 +12,8 @@ from mlnpe.formula import FormulaNPE, prior, trained_model
 from mlnpe.inference.psis import ParetoKWarning
 
 TINY = TrainConfig(steps=5, batch_size=8, progress=False)
-NET = {"summary_hidden": 16, "row_hidden": 8, "global_transforms": 1, "local_transforms": 1,
-       "global_hidden": (16,), "local_hidden": (16,), "global_attention": 2}
+NET = {"summary": {"hidden": 16, "row_hidden": 8, "attention": 2}, "global_flow": {"transforms": 1, "hidden": (16,)},
+       "local_flow": {"transforms": 1, "hidden": (16,)}}
 
 
 def _df(seed=0, J=6, n=8):

@@ -1,4 +1,4 @@
-"""Tests of mlnpe.formula.design: design matrices with R's coding and brms's names."""
+"""Tests of mlnpe.formula.design and mlnpe.formula.names: design matrices with R's coding and brms's names."""
 
 import dataclasses
 import json
@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from mlnpe.errors import DataError, SpecError
-from mlnpe.formula.design import Design, DesignInfo, brms_names, build_design, uncenter_intercept
+from mlnpe.formula.design import Design, DesignInfo, build_design
+from mlnpe.formula.names import brms_names, uncenter_intercept
 from mlnpe.formula.terms import parse_formula
 
 

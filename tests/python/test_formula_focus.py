@@ -157,7 +157,7 @@ def _pooled_statistics(model: FormulaNPE, data: pd.DataFrame) -> torch.Tensor:
     """The data's pooled statistics under the (untrained) model's standardization."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # an untrained estimator's batch: only its inputs matter
-        batch, _ = model.npe._batch(model.grouped_data(data)[0], allow_extrapolation=True)
+        batch, _ = model.npe.batch(model.grouped_data(data)[0], allow_extrapolation=True)
     return model.npe.estimator.pooled_statistics(batch)[0].double()
 
 

@@ -162,7 +162,7 @@ def test_non_string_formula():
 
 def test_formula_layer_imports_no_torch():
     folder = Path(__file__).resolve().parents[2] / "python" / "mlnpe" / "formula"
-    for name in ("terms.py", "design.py"):
+    for name in ("terms.py", "design.py", "names.py"):
         tree = ast.parse((folder / name).read_text())
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

@@ -158,11 +158,11 @@ def test_spline_transform_matches_zuko():
     """The faster knot construction gives zuko's spline: same values, inverse and log-Jacobian."""
     import zuko
 
-    from mlnpe.networks.flows import _SplineTransform
+    from mlnpe.networks.flows import SplineTransform
 
     gen = torch.Generator().manual_seed(0)
     raw = [torch.randn(50, 1, k, generator=gen) * 3 for k in (8, 8, 7)]
-    ours, theirs = _SplineTransform(*raw), zuko.transforms.MonotonicRQSTransform(*raw)
+    ours, theirs = SplineTransform(*raw), zuko.transforms.MonotonicRQSTransform(*raw)
     x = torch.randn(50, 1, generator=gen) * 4
     y, ladj = ours.call_and_ladj(x)
     y_ref, ladj_ref = theirs.call_and_ladj(x)

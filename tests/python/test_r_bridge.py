@@ -29,8 +29,8 @@ from mlnpe.inference.psis import ParetoKWarning
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = {"steps": 20, "batch_size": 8, "progress": False}
-NETWORK = {"summary_hidden": 16, "row_hidden": 8, "global_hidden": (32, 32), "local_hidden": (16, 16),
-           "global_transforms": 2, "local_transforms": 1}
+NETWORK = {"summary": {"hidden": 16, "row_hidden": 8}, "global_flow": {"hidden": (32, 32), "transforms": 2},
+           "local_flow": {"hidden": (16, 16), "transforms": 1}}
 SEED, NDRAWS = 7, 100
 
 
@@ -44,8 +44,12 @@ def _data() -> pd.DataFrame:
 
 
 def _r_script(paths: dict[str, str]) -> str:
-    network = ", ".join(f"{k} = {('c(%s)' % ', '.join(map(str, v))) if isinstance(v, tuple) else v}"
-                        for k, v in NETWORK.items())
+    def r_list(values: dict) -> str:  # NETWORK's nested dict as the R list mlnpe() takes
+        return ", ".join(f"{k} = list({r_list(v)})" if isinstance(v, dict) else
+                         f"{k} = {('c(%s)' % ', '.join(map(str, v))) if isinstance(v, tuple) else v}"
+                         for k, v in values.items())
+
+    network = r_list(NETWORK)
     train = ", ".join(f"{k} = {'FALSE' if v is False else v}" for k, v in TRAIN.items())
     return textwrap.dedent(f"""
         .libPaths(c("{paths['lib']}", .libPaths()))

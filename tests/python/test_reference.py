@@ -1,4 +1,5 @@
-"""Tests of mlnpe.stan.reference: Stan programs and data of formula models, brms names, R-hat and ESS.
+"""Tests of the Stan reference of formula models: their Stan programs and data (mlnpe.formula.stancode), brms
+names, R-hat and ESS (mlnpe.inference.convergence), the sampler plumbing (mlnpe.stan) and fit_stan.
 
 The fast tests check the program text (compiling takes about a minute per model); one slow test compiles and
 samples a small gaussian model with PyStan.
@@ -15,22 +16,14 @@ import pandas as pd
 import pytest
 
 from mlnpe.errors import ConfigError, DataError
-from mlnpe.formula.api import FormulaNPE, brms_names_and_values
+from mlnpe.formula.api import FormulaNPE
+from mlnpe.formula.names import brms_names_and_values
 from mlnpe.formula.priors import prior
-from mlnpe.stan.reference import (    StanDiagnosticWarning,
-    StanFit,
-    _brms_columns,
-    _outside_event_loop,
-    _pystan_chains_first,
-    _warn,
-    brms_variable_names,
-    ess_bulk,
-    ess_tail,
-    fit_stan,
-    rhat,
-    stan_data,
-    stan_program,
-)
+from mlnpe.formula.stancode import brms_columns, brms_variable_names, stan_data, stan_program
+from mlnpe.inference.convergence import ess_bulk, ess_tail, rhat
+from mlnpe.stan import StanDiagnosticWarning, StanFit, fit_stan
+from mlnpe.stan.backends import outside_event_loop, pystan_chains_first, warn_if_unreliable
+
 LEVELS = ["s1", "s2", "s 3", "s4", "s5", "s6"]
 
 
@@ -237,7 +230,7 @@ def test_names_and_values_agree_with_the_mlnpe_side(df, formula):
     cor_col_major = cor_row_major[:, sorted(range(len(pairs)), key=lambda p: pairs[p][::-1])]
     variables = {"b_Intercept": intercept - b @ model.x_means, "b": b, "sd_1": sd, "cor_1": cor_col_major,
                  "sigma": g[:, -1], "r_1": raw.local_draws}  # fmt: skip
-    columns = _brms_columns(model, LEVELS, {k: v[None] for k, v in variables.items()})
+    columns = brms_columns(model, LEVELS, {k: v[None] for k, v in variables.items()})
     assert list(columns) == names
     np.testing.assert_allclose(np.stack([c[0] for c in columns.values()], 1), values)
     assert "r_g[s.3,x]" in names and names.index("r_g[s1,x]") == names.index("r_g[s6,Intercept]") + 1
@@ -248,7 +241,7 @@ def test_pystan_layout_is_reordered_to_chains_first():
     # PyStan: (*dims, draws * chains), flat index draw * chains + chain
     value = np.array([[[10 * c + d + 100 * k for d in range(draws) for c in range(chains)]] for k in range(2)])
     value = value.reshape(2, draws * chains)
-    out = _pystan_chains_first(value, chains)
+    out = pystan_chains_first(value, chains)
     assert out.shape == (chains, draws, 2)
     assert out[2, 1, 1] == 100 + 21 and out[0, 3, 0] == 3
 
@@ -338,12 +331,12 @@ def test_missing_data_is_an_error(slopes):
 
 def test_warning_on_divergences_or_large_rhat():
     with pytest.warns(StanDiagnosticWarning, match="3 divergent transition"):
-        _warn({"divergences": 3, "max_rhat": 1.0})
+        warn_if_unreliable({"divergences": 3, "max_rhat": 1.0})
     with pytest.warns(StanDiagnosticWarning, match="max R-hat 1.100 > 1.01"):
-        _warn({"divergences": 0, "max_rhat": 1.1})
+        warn_if_unreliable({"divergences": 0, "max_rhat": 1.1})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn({"divergences": 0, "max_rhat": 1.005})
+        warn_if_unreliable({"divergences": 0, "max_rhat": 1.005})
 
 
 def test_stanfit_summary_per_variable():
@@ -360,7 +353,7 @@ def test_stanfit_summary_per_variable():
 def test_calls_from_inside_a_running_event_loop_run_in_a_thread():
     async def main():
         # asyncio.run inside a running loop would fail; the helper moves it to a worker thread
-        return _outside_event_loop(lambda: asyncio.run(asyncio.sleep(0, result=5)))
+        return outside_event_loop(lambda: asyncio.run(asyncio.sleep(0, result=5)))
 
     assert asyncio.run(main()) == 5
 

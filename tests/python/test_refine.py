@@ -126,7 +126,8 @@ def formula_model():
     y = 1.0 + 0.5 * x + rng.normal(0, 0.7, 8)[g] + rng.normal(0, 1.0, g.size)
     data = pd.DataFrame({"y": y, "x": x, "g": [f"s{j}" for j in g]})
     model = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", [prior("normal(0, 2)", "b")], seed=0,
-                       network={"summary_hidden": 16, "global_hidden": (16,), "global_transforms": 1, "local_hidden": (16,)})
+                       network={"summary": {"hidden": 16}, "global_flow": {"hidden": (16,), "transforms": 1},
+                                "local_flow": {"hidden": (16,)}})
     model.train(TrainConfig(steps=40, batch_size=16, seed=0, progress=False), focus=0)
     return model
 
@@ -184,13 +185,13 @@ def test_refined_fits_do_not_warn_about_the_focusing_box(formula_model):
 def test_auto_refines_on_a_bad_k_hat_or_too_few_effective_draws():
     from types import SimpleNamespace
 
-    from mlnpe.formula.api import _psis_unreliable
+    from mlnpe.inference.policy import psis_unreliable
 
     def psis(k, ess):
         return SimpleNamespace(pareto_k=k, ess=ess)
 
-    assert not _psis_unreliable(None, 4000)  # no PSIS, no verdict
-    assert not _psis_unreliable(psis(0.3, 1200.0), 4000)
-    assert _psis_unreliable(psis(0.75, 3000.0), 4000)  # k-hat above 0.7
-    assert _psis_unreliable(psis(0.67, 76.0), 4000)  # sleepstudy in the vignette: 76 effective draws of 4000
-    assert not _psis_unreliable(psis(0.67, 76.0), 500)
+    assert not psis_unreliable(None, 4000)  # no PSIS, no verdict
+    assert not psis_unreliable(psis(0.3, 1200.0), 4000)
+    assert psis_unreliable(psis(0.75, 3000.0), 4000)  # k-hat above 0.7
+    assert psis_unreliable(psis(0.67, 76.0), 4000)  # sleepstudy in the vignette: 76 effective draws of 4000
+    assert not psis_unreliable(psis(0.67, 76.0), 500)

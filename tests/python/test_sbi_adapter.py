@@ -1,11 +1,11 @@
 import torch
 
-from mlnpe import MultilevelNPE, NetworkConfig
+from mlnpe import FlowConfig, MultilevelNPE, NetworkConfig, SummaryConfig
 from mlnpe.core.models import NormalHierarchical
 from mlnpe.sbi_adapter import SbiEstimator, pack_condition, pack_theta, unpack_condition, unpack_theta
 
-SMALL = NetworkConfig(summary_hidden=16, row_hidden=8, global_transforms=1, global_hidden=(16,),
-                      local_transforms=1, local_hidden=(16,))
+SMALL = NetworkConfig(summary=SummaryConfig(hidden=16, row_hidden=8), global_flow=FlowConfig(transforms=1, hidden=(16,)),
+                      local_flow=FlowConfig(transforms=1, hidden=(16,)))
 
 
 def test_adapter_matches_estimator_and_sbi_shapes():

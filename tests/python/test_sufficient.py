@@ -1,4 +1,4 @@
-"""Sufficient-statistic local summaries (`NetworkConfig.sufficient`, `mlnpe.networks.summaries.SufficientSummary`).
+"""Sufficient-statistic local summaries (`SufficientConfig`, `mlnpe.networks.summaries.SufficientSummary`).
 
 For a canonical-link GLM the exact posterior depends on a group's response only through sum y x (and sum y^2 for
 a gaussian). The amortized posterior must too: two datasets with the same statistics and design get the same
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from mlnpe.errors import ConfigError
-from mlnpe.estimator import NetworkConfig
+from mlnpe.io import network_from_saved
+from mlnpe.networks.config import NetworkConfig, SufficientConfig, SummaryConfig
 from mlnpe.formula import FormulaNPE, prior
 from mlnpe.networks.summaries import DeepSet, SufficientSummary
 
@@ -71,11 +72,11 @@ def test_summary_ignores_padding_and_design_only_products():
 
 
 def test_network_config_checks_sufficient():
-    with pytest.raises(ConfigError, match="sufficient"):
-        NetworkConfig(sufficient="linear")
+    with pytest.raises(ConfigError, match="SufficientConfig `family`"):
+        SufficientConfig("linear")
     with pytest.raises(ConfigError, match="log_inputs"):
-        NetworkConfig(sufficient="poisson", log_inputs=(0,))
-    assert NetworkConfig.from_saved({}).sufficient == "none"
+        NetworkConfig(summary=SummaryConfig(sufficient=SufficientConfig("poisson")), log_inputs=(0,))
+    assert network_from_saved({}, 2).summary.sufficient is None
 
 
 def _counts(y_a: list[int]) -> pd.DataFrame:
@@ -92,7 +93,7 @@ def test_formula_models_of_canonical_families_get_the_same_draws_for_the_same_st
     priors = [prior("normal(0, 2)", "Intercept"), prior("normal(0, 1)", "b"), prior("normal(0, 1)", "sd")]
     first, second = _counts([1, 0, 1]), _counts([0, 2, 0])
     model = FormulaNPE("y ~ x + (1 | g)", first, "poisson", priors, seed=0)
-    assert model.network.sufficient == "poisson" and 0 not in model.network.log_inputs
+    assert model.network.summary.sufficient.family == "poisson" and 0 not in model.network.log_inputs
     with pytest.warns(UserWarning, match="not been trained"):
         a = model.fit(first, n_draws=50, seed=3, psis=False).draws
     with pytest.warns(UserWarning, match="not been trained"):
@@ -104,7 +105,7 @@ def test_formula_models_of_canonical_families_get_the_same_draws_for_the_same_st
     assert not np.allclose(a.to_numpy(), c.to_numpy(), atol=1e-3)
 
     negbin = FormulaNPE("y ~ x + (1 | g)", first, "negbinomial", priors, seed=0)
-    assert negbin.network.sufficient == "none"
+    assert negbin.network.summary.sufficient is None
     with pytest.warns(UserWarning, match="not been trained"):
         a = negbin.fit(first, n_draws=50, seed=3, psis=False).draws
     with pytest.warns(UserWarning, match="not been trained"):
@@ -116,18 +117,19 @@ def test_gaussian_formula_model_uses_sum_y_squared_and_binomial_keeps_trials_as_
     data = pd.DataFrame({"g": np.repeat(["a", "b", "c"], 4), "x": np.tile([0.0, 1.0, 2.0, 4.0], 3),
                          "y": np.arange(12.0), "n": np.tile([5, 6, 7, 8], 3)})
     gaussian = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", seed=0)
-    assert gaussian.network.sufficient == "gaussian" and gaussian.network.log_inputs == ()
+    assert gaussian.network.summary.sufficient.family == "gaussian" and gaussian.network.log_inputs == ()
     binomial = FormulaNPE("y | trials(n) ~ x + (1 | g)", data.assign(y=np.tile([1, 2, 3, 4], 3)), "binomial", seed=0)
-    assert binomial.network.sufficient == "binomial"
-    assert binomial.network.design_only == binomial.network.log_inputs and len(binomial.network.design_only) == 1
+    assert binomial.network.summary.sufficient.family == "binomial"
+    design_only = binomial.network.summary.sufficient.design_only
+    assert design_only == binomial.network.log_inputs and len(design_only) == 1
     # a user's choice wins
-    custom = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", network={"sufficient": "none"}, seed=0)
-    assert custom.network.sufficient == "none"
-    # formula models keep one residual scale per shifted parameter unless asked (BENCHMARKS.md section 3)
-    assert not (gaussian.network.heteroscedastic_shift or gaussian.network.profile_average)
-    assert not gaussian.npe.estimator.hetero
-    hetero = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", network={"heteroscedastic_shift": True}, seed=0)
-    assert hetero.network.heteroscedastic_shift and hetero.npe.estimator.hetero
+    custom = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", network={"summary": {"sufficient": None}}, seed=0)
+    assert custom.network.summary.sufficient is None
+    # formula models keep one residual scale per shifted parameter unless asked (BENCHMARKS.md, Stan agreement)
+    assert not (gaussian.network.shift.heteroscedastic or gaussian.network.statistics.profile_average)
+    assert not gaussian.npe.estimator.global_shift.heteroscedastic
+    hetero = FormulaNPE("y ~ x + (1 | g)", data, "gaussian", network={"shift": {"heteroscedastic": True}}, seed=0)
+    assert hetero.network.shift.heteroscedastic and hetero.npe.estimator.global_shift.heteroscedastic
 
 
 def test_lognormal_formula_model_summarizes_log_y_by_its_gaussian_statistics():
@@ -139,7 +141,7 @@ def test_lognormal_formula_model_summarizes_log_y_by_its_gaussian_statistics():
     mirrored = base.copy()
     mirrored.loc[:2, "y"] = np.exp(np.array([1.2, 0.5, 0.1]) * -1 + 2 * 0.6)  # log y -> 1.2 - log y: same sums
     model = FormulaNPE("y ~ x + (1 | g)", base, "lognormal", seed=0)
-    assert model.network.sufficient == "gaussian" and model.network.log_response
+    assert model.network.summary.sufficient.family == "gaussian" and model.network.log_response
     with pytest.warns(UserWarning, match="not been trained"):
         a = model.fit(base, n_draws=50, seed=3, psis=False).draws
     with pytest.warns(UserWarning, match="not been trained"):
@@ -187,10 +189,11 @@ def test_glm_slopes_estimate_the_link_scale_slope(family):
             df["y"] = rng.binomial(1, 1 / (1 + np.exp(-eta)))
         model = FormulaNPE(formula, df, family, seed=0)
         est = model.npe.estimator
-        assert est.glm_slopes
+        assert est.statistics.glm_slopes
         with pytest.warns(UserWarning):
-            batch, _ = model.npe._batch(model.grouped_data(df)[0], allow_extrapolation=True)
+            batch, _ = model.npe.batch(model.grouped_data(df)[0], allow_extrapolation=True)
         coded = est.pooled_statistics(batch)[0, -2]
         estimate = float(torch.sign(coded) * torch.expm1(coded.abs())) / float(est.row_scale[1])
         assert estimate == pytest.approx(slope, abs=0.15 + 0.15 * abs(slope)), (slope, estimate)
-    assert NetworkConfig.from_saved({}).glm_slopes is False
+    saved = {"pooled_moments": True, "sufficient": "poisson"}  # saved before `glm_slopes` existed
+    assert network_from_saved(saved, 2).statistics.glm_slopes is False

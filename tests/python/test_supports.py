@@ -9,7 +9,8 @@ import torch
 from torch.autograd.functional import jacobian
 
 from mlnpe.errors import DataError, SpecError
-from mlnpe.core.constraints import (    Bijector,
+from mlnpe.core.constraints import (
+    Bijector,
     Correlation,
     Interval,
     Positive,
@@ -22,6 +23,7 @@ from mlnpe.core.constraints import (    Bijector,
     get_support,
     support_from_dict,
 )
+
 SUPPORTS = [
     Real(),
     Positive(),
@@ -234,12 +236,13 @@ def test_shape_and_dtype_errors() -> None:
 def test_bijector_concatenation(gen: torch.Generator) -> None:
     blocks = [Real(), Positive(), Correlation(3), Interval(0.0, 10.0), UnitInterval(), Correlation(2)]
     bij = Bijector(blocks)
-    assert bij.unconstrained_dim == bij.constrained_dim == 1 + 1 + 3 + 1 + 1 + 1
+    assert isinstance(bij, Support)
+    assert bij.unconstrained_dim() == bij.constrained_dim() == 1 + 1 + 3 + 1 + 1 + 1
     assert bij.constrained_sizes == [1, 1, 3, 1, 1, 1]
     assert len(bij) == len(blocks)
-    u = torch.randn(4, 5, bij.unconstrained_dim, generator=gen, dtype=torch.float64)
+    u = torch.randn(4, 5, bij.unconstrained_dim(), generator=gen, dtype=torch.float64)
     theta = bij.forward(u)
-    assert theta.shape == (4, 5, bij.constrained_dim)
+    assert theta.shape == (4, 5, bij.constrained_dim())
     assert bool(bij.check(theta).all())
     torch.testing.assert_close(bij.inverse(theta), u)
 
@@ -263,6 +266,15 @@ def test_bijector_dict_round_trip() -> None:
     bij = Bijector(["real", "positive", "correlation:4", "interval:-1:1"])
     restored = Bijector.from_dict(json.loads(json.dumps(bij.to_dict())))
     assert restored == bij
+    assert bij.to_dict()["name"] == "product"
+    assert Support.from_dict(bij.to_dict()) == bij and get_support(bij.to_dict()) == bij
+    assert Bijector.from_dict({"supports": bij.to_dict()["supports"]}) == bij
+    assert hash(restored) == hash(bij) and bij != Bijector(["real"])
+    nested = Bijector([bij, "positive"])
+    assert nested.constrained_sizes == [bij.constrained_dim(), 1]
+    assert Support.from_dict(json.loads(json.dumps(nested.to_dict()))) == nested
+    with pytest.raises(SpecError, match="no string form"):
+        bij.spec()
     with pytest.raises(SpecError, match="supports"):
         Bijector.from_dict({"blocks": []})
     with pytest.raises(SpecError, match=r"\[\]"):

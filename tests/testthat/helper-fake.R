@@ -13,8 +13,9 @@ fake_fit <- function(ndraws = 100, seed = 1) {
   value <- list(
     variables = as.list(vars), shape = list(ndraws, length(vars)), data = as.numeric(m),
     formula = "y ~ 1 + x + (1 + x | g)", group = "g", levels = as.list(levels), x_names = "x",
-    z_names = list("Intercept", "x"), aux = "sigma", nobs = 9L, pareto_k = 0.4, ess = 80, khat_threshold = 0.5,
-    diagnosis = "Good", resampled = FALSE, model_path = "/nonexistent/amortizer", from_cache = TRUE,
+    z_names = list("Intercept", "x"), aux = "sigma", nobs = 9L,
+    diagnostics = list(pareto_k = 0.4, ess = 80, khat_threshold = 0.5, diagnosis = "Good", resampled = FALSE),
+    model_path = "/nonexistent/amortizer", from_cache = TRUE,
     groups = list(2L, 5L), rows = list(1L, 5L), train_seconds = 1, network = list(), seconds = 0.01,
     prior_summary = list(prior = c("student_t(3, 0, 2.5)", "normal(0, 1)"), class = c("Intercept", "b"),
                          coef = c("", "x"), group = c("", ""), lb = c("", ""), ub = c("", ""),

@@ -40,8 +40,8 @@ tiny_data <- function(seed = 1, J = 8, n = 10) {
 # Training settings of the end-to-end tests: a few seconds of training; the draws are meaningless, which the
 # Pareto k-hat says with a warning that the tests silence.
 tiny_train <- list(steps = 40, batch_size = 16, progress = FALSE)
-tiny_network <- list(summary_hidden = 16, row_hidden = 8, global_hidden = c(32, 32), local_hidden = c(16, 16),
-                     global_transforms = 2, local_transforms = 1)
+tiny_network <- list(summary = list(hidden = 16, row_hidden = 8), global_flow = list(hidden = c(32, 32), transforms = 2),
+                     local_flow = list(hidden = c(16, 16), transforms = 1))
 tiny_cache <- function() file.path(tempdir(), "mlnpe-test-cache")
 
 quietly <- function(expr) {

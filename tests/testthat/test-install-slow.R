@@ -61,7 +61,8 @@ test_that("install_mlnpe() builds a working environment that a new session finds
     "d <- data.frame(g = rep(letters[1:6], each = 5), y = rnorm(30))",
     "fit <- suppressWarnings(mlnpe(y ~ 1 + (1 | g), data = d, ndraws = 50, seed = 1,",
     "  train = list(steps = 20, batch_size = 8, progress = FALSE, num_threads = 1),",
-    "  network = list(summary_hidden = 16, global_transforms = 1, local_transforms = 1)))",
+    "  network = list(summary = list(hidden = 16), global_flow = list(transforms = 1),",
+    "    local_flow = list(transforms = 1))))",
     "cat('VARIABLES=', paste(variables(fit)[1:3], collapse = ','), '\\n', sep = '')"
   ), env)
   expect_equal(attr(check, "status"), 0L, info = paste(utils::tail(check, 30), collapse = "\n"))

@@ -48,7 +48,8 @@ from ..amortizer import MultilevelNPE
 from ..core.data import GroupedBatch, GroupedData
 from ..core.draws import PosteriorDraws
 from ..errors import ConfigError, DataError, SpecError
-from ..estimator import NetworkConfig
+from ..io import read_config
+from ..networks.config import FlowConfig, NetworkConfig, SummaryConfig
 from ..core.models import MODELS
 from ..networks.summaries import RecurrentSummary
 from ..core.spec import ParamSpec, TwoLevelModel
@@ -419,35 +420,30 @@ class AR1Summary(nn.Module):
 
 def ar1_network(**overrides: Any) -> NetworkConfig:
     """Network sizes for the AR(1) case study: recurrent local summary (:class:`AR1Summary`, with
-    `local_summary` its cell and `row_hidden` its state size), set-transformer global summary (width
-    `summary_hidden`), neural spline flows.
+    `summary.local_kind` its cell and `summary.row_hidden` its state size), set-transformer global summary (width
+    `summary.hidden`), neural spline flows.
+
+    Arguments:
+        overrides: parts to change, as in `NetworkConfig.merged` (e.g. ``summary={"hidden": 16}``).
     """
-    settings: dict[str, Any] = dict(
-        local_summary="gru",
-        global_summary="set_transformer",
-        summary_hidden=32,
-        summary_depth=2,
-        row_hidden=32,
-        local_summary_dim=16,
-        global_summary_dim=32,
-        global_transforms=4,
-        global_hidden=(64, 64),
-        local_transforms=3,
-        local_hidden=(64, 64),
+    base = NetworkConfig(
+        summary=SummaryConfig(local_kind="gru", global_kind="set_transformer", hidden=32, depth=2, row_hidden=32,
+                              local_dim=16, global_dim=32),
+        global_flow=FlowConfig(transforms=4, hidden=(64, 64)),
+        local_flow=FlowConfig(transforms=3, hidden=(64, 64)),
     )
-    settings.update(overrides)
-    return NetworkConfig(**settings)
+    return base.merged(overrides)
 
 
 def _local_summary(network: NetworkConfig) -> AR1Summary:
-    if network.local_summary not in ("lstm", "gru"):
+    kind = network.summary.local_kind
+    if kind not in ("lstm", "gru"):
         raise ConfigError(
-            f"`network.local_summary` must be 'lstm' or 'gru' for time series (rows are ordered), got "
-            f"{network.local_summary!r}."
+            f"`network.summary.local_kind` must be 'lstm' or 'gru' for time series (rows are ordered), got {kind!r}."
         )
     if network.log_inputs:
         raise ConfigError("`network.log_inputs` must be empty: AR1Summary applies its own signed-log transform.")
-    return AR1Summary(3, network.local_summary_dim, network.row_hidden, network.local_summary)
+    return AR1Summary(3, network.summary.local_dim, network.summary.row_hidden, kind)
 
 
 def ar1_estimator(
@@ -489,9 +485,7 @@ def load_ar1_estimator(path: str | os.PathLike) -> MultilevelNPE:
     Raises:
         LoadError: missing or corrupt files (see MultilevelNPE.load).
     """
-    from ..amortizer import read_saved_json
-
-    network = NetworkConfig.from_saved(read_saved_json(Path(path), "config.json").get("network", {}))
+    network = read_config(Path(path))[1]
     return MultilevelNPE.load(path, local_summary=_local_summary(network))
 
 
@@ -557,7 +551,7 @@ def ar1_stan_program(model: HierarchicalAR1 | None = None) -> str:
     Stan function names); :func:`fit_ar1_stan` renames them.
     """
     del model  # the priors are fixed by eq. 17; the argument keeps the signature open for variants
-    from ..stan.reference import _real
+    from ..formula.stancode import stan_real
 
     means = "\n".join(f"  real mu_{h};\n  real<lower=0> sd_{h};" for h in _HYPER)
     locals_ = "\n".join(
@@ -565,7 +559,7 @@ def ar1_stan_program(model: HierarchicalAR1 | None = None) -> str:
         for k, (h, name) in enumerate(zip(_HYPER, ("alpha_j", "beta_j", "gamma_j", "delta_j", "log_sigma_j")))
     )
     priors = "\n".join(
-        f"  mu_{h} ~ normal({_real(m)}, {_real(s)});\n  sd_{h} ~ normal(0, {_real(sd)});"
+        f"  mu_{h} ~ normal({stan_real(m)}, {stan_real(s)});\n  sd_{h} ~ normal(0, {stan_real(sd)});"
         for h, (m, s), sd in zip(_HYPER, _MEAN_PRIORS, _SD_PRIOR_SCALES)
     )
     return f"""// Hierarchical AR(1) of Habermann et al. (2024), eqs. 16-17, written by mlnpe.case_studies.ar1.
@@ -634,7 +628,7 @@ def fit_ar1_stan(
     adapt_delta: float = 0.9,
     backend: str = "auto",
 ) -> AR1StanFit:
-    """Samples the AR(1) posterior of a dataset with Stan's NUTS (PyStan or cmdstanpy, as in mlnpe.stan.reference).
+    """Samples the AR(1) posterior of a dataset with Stan's NUTS (PyStan or cmdstanpy, by :func:`mlnpe.stan.sample`).
 
     Arguments:
         data: the dataset (see :func:`ar1_data`).
@@ -651,29 +645,18 @@ def fit_ar1_stan(
     Warns:
         StanDiagnosticWarning: divergences or R-hat > 1.01.
     """
-    from ..stan.reference import _check_int, _diagnostics, _pick_backend, _run_cmdstanpy, _run_pystan, _warn
+    from ..stan.backends import sample, warn_if_unreliable
 
-    chains, warmup = _check_int(chains, "chains", 1), _check_int(warmup, "warmup", 1)
-    draws, seed = _check_int(draws, "draws", 4), _check_int(seed, "seed", 0)
-    if not isinstance(adapt_delta, (int, float)) or not 0.0 < float(adapt_delta) < 1.0:
-        raise ConfigError(f"`adapt_delta` must be in (0, 1), e.g. 0.9 or 0.99, got {adapt_delta!r}.")
-    chosen = _pick_backend(backend)
     program, sdata = ar1_stan_program(model), ar1_stan_data(data)
     stan_locals = ["alpha_j", "beta_j", "gamma_j", "delta_j", "sigma_j"]
-    runner = _run_cmdstanpy if chosen == "cmdstanpy" else _run_pystan
-    variables, divergent, compile_s, sample_s = runner(
-        program, sdata, [*GLOBAL_NAMES, *stan_locals], chains=chains, warmup=warmup, draws=draws, seed=seed,
-        adapt_delta=float(adapt_delta),
+    fit = sample(
+        program, sdata, variables=[*GLOBAL_NAMES, *stan_locals], chains=chains, warmup=warmup, draws=draws,
+        seed=seed, adapt_delta=adapt_delta, backend=backend, warn=False,
     )
+    variables = fit.stan_variables
     global_draws = np.stack([variables[name].reshape(-1) for name in GLOBAL_NAMES], -1)
-    local_draws = np.stack([variables[name].reshape(chains * draws, -1) for name in stan_locals], -1)
+    local_draws = np.stack([variables[name].reshape(-1, data.n_groups) for name in stan_locals], -1)
     result = PosteriorDraws(global_draws, local_draws, GLOBAL_NAMES, LOCAL_NAMES, tuple(data.levels))
-    columns = {name: variables[name] for name in GLOBAL_NAMES}
-    for name, stan_name in zip(LOCAL_NAMES, stan_locals):
-        for j, level in enumerate(data.levels):
-            columns[f"{name}[{level}]"] = variables[stan_name][:, :, j]
-    diagnostics = _diagnostics(columns, divergent)
-    diagnostics.update(seconds=compile_s + sample_s, compile_seconds=compile_s, sample_seconds=sample_s,
-                       backend=chosen, chains=chains)  # fmt: skip
-    _warn(diagnostics)
+    diagnostics = {**fit.diagnostics, "chains": int(chains)}  # chains was checked by sample()
+    warn_if_unreliable(diagnostics)
     return AR1StanFit(result, diagnostics, program)

@@ -29,20 +29,20 @@ log; on the natural scale Normal(0, 0.05) would make thresholds of about 0 and i
   contradict (every subject gives 45-51 % "word" responses); the scale reading is the plausible one. Either
   is one argument away: ``DDMPriors(xi=(5, 1 / 3))`` is the rate reading.
 
-Contents: an exact first-passage sampler (:func:`sample_wiener`), the exact Wiener first-passage-time log
-density (:func:`wiener_log_density`, Navarro & Fuss 2009 series), the two models, the lexical decision data
-(:func:`load_speed_acc`) with validation (:func:`check_ddm_data`), Stan programs and a PyStan fit
-(:func:`fit_stan_ddm`), and leave-one-group-out cross-validation (:func:`logo_elpd`, :func:`compare_logo`).
+Contents: the two models, the lexical decision data (:func:`load_speed_acc`) with validation
+(:func:`check_ddm_data`), Stan programs and a PyStan fit (:func:`fit_stan_ddm`), and leave-one-group-out
+cross-validation (:func:`logo_elpd`, :func:`compare_logo`). The exact first-passage sampler
+(:func:`sample_wiener`), the exact Wiener first-passage-time log density (:func:`wiener_log_density`, Navarro &
+Fuss 2009 series) and the analytic moments live in :mod:`mlnpe.case_studies.ddm_wiener` and are re-exported
+here.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import time
 import warnings
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,10 +52,12 @@ from torch import Tensor
 
 from ..core.data import GroupedBatch, GroupedData
 from ..core.draws import PosteriorDraws
-from ..errors import ConfigError, DataError, SpecError
-from ..estimator import NetworkConfig
+from ..errors import ConfigError, DataError
+from ..networks.config import FlowConfig, NetworkConfig, ShiftConfig, StatisticsConfig, SummaryConfig
+from ..inference.logo import LogoRefit, LogoResult, compare_logo, logo
 from ..inference.refine import RefineConfig, refine
 from ..core.spec import ParamSpec, TwoLevelModel
+from .ddm_wiener import mean_decision_time, sample_wiener, upper_probability, wiener_log_density
 
 __all__ = [
     "DDMPriors",
@@ -84,182 +86,10 @@ MIN_RT = 0.15
 non-decision time (encoding plus motor time, rarely below 0.15-0.2 s) explains."""
 
 _LOG_2PI = math.log(2 * math.pi)
-_PI = math.pi
 
 
 class DDMDataWarning(UserWarning):
     """Trials were excluded while loading DDM data (the warning says how many and why)."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Analytic moments
-
-
-def upper_probability(v: Tensor, a: Tensor, w: Tensor) -> Tensor:
-    """P(response = upper) for drift v, boundary separation a and relative start w (unit diffusion)."""
-    v, a, w = (torch.as_tensor(t, dtype=torch.float64) for t in (v, a, w))
-    small = v.abs() * a < 1e-8
-    vs = torch.where(small, torch.ones_like(v), v)
-    p = torch.expm1(-2 * vs * a * w) / torch.expm1(-2 * vs * a)
-    return torch.where(small, w.expand_as(p), p)
-
-
-def mean_decision_time(v: Tensor, a: Tensor, w: Tensor) -> Tensor:
-    """E[decision time] over both responses: (a P(upper) - a w) / v, and a^2 w (1 - w) at v = 0."""
-    v, a, w = (torch.as_tensor(t, dtype=torch.float64) for t in (v, a, w))
-    small = v.abs() * a < 1e-6
-    vs = torch.where(small, torch.ones_like(v), v)
-    m = (a * upper_probability(vs, a, w) - a * w) / vs
-    return torch.where(small, (a * a * w * (1 - w)).expand_as(m), m)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Exact first-passage sampler
-
-
-@lru_cache(maxsize=1)
-def _exit_time_table(n: int = 8193, tail: float = 1e-3) -> tuple[Tensor, float]:
-    """Inverse CDF of the exit time of a driftless unit Brownian motion from (-1, 1) started at 0.
-
-    Returns log(tau) at n equally spaced probabilities on [0, 1 - tail]; beyond, the first large-time term
-    S(tau) = (4 / pi) exp(-pi^2 tau / 8) is exact to about exp(-pi^2 tau) relative error.
-    """
-    tau = np.exp(np.linspace(np.log(0.01), np.log(12.0), 40000))
-    k = np.arange(12)[:, None]
-    from scipy.special import erfc
-
-    small = 2 * np.sum((-1.0) ** k * erfc((2 * k + 1) / np.sqrt(2 * tau)), axis=0)
-    large = 1 - 4 / _PI * np.sum((-1.0) ** k / (2 * k + 1) * np.exp(-((2 * k + 1) ** 2) * _PI**2 * tau / 8), axis=0)
-    cdf = np.maximum.accumulate(np.where(tau < 1.0, small, large))
-    u = np.linspace(0.0, 1.0 - tail, n)
-    log_tau = np.interp(u, cdf, np.log(tau))
-    return torch.as_tensor(log_tau, dtype=torch.float64), 1.0 - tail
-
-
-def _driftless_exit_times(u: Tensor) -> Tensor:
-    """Exit times from (-1, 1) for uniform draws u (float64) by the tabulated inverse CDF."""
-    table, top = _exit_time_table()
-    n = table.shape[0]
-    pos = (u / top * (n - 1)).clamp(max=n - 1 - 1e-9)
-    i = pos.floor().long()
-    frac = pos - i
-    inside = torch.exp(table[i] * (1 - frac) + table[(i + 1).clamp(max=n - 1)] * frac)
-    beyond = 8 / _PI**2 * torch.log(4 / (_PI * (1 - u).clamp_min(1e-300)))
-    return torch.where(u < top, inside, beyond)
-
-
-def _exit_times(v: Tensor, r: Tensor, generator: torch.Generator) -> Tensor:
-    """Exit times from (x - r, x + r) with drift v, by rejection from the driftless ones.
-
-    With drift the density is cosh(v r) exp(-v^2 t / 2) f_0(t), so a driftless time t is accepted with
-    probability exp(-v^2 t / 2) (overall rate 1 / cosh(v r), at least 0.65 as |v| r <= 1 here).
-    """
-    def draw(vp: Tensor, rp: Tensor) -> tuple[Tensor, Tensor]:
-        t = rp * rp * _driftless_exit_times(torch.rand(rp.shape, generator=generator, dtype=torch.float64))
-        return t, torch.rand(rp.shape, generator=generator, dtype=torch.float64) < torch.exp(-0.5 * vp * vp * t)
-
-    out, accept = draw(v, r)  # the first pass needs no indexing
-    pending = (~accept).nonzero().squeeze(-1)
-    while pending.numel():
-        t, accept = draw(v[pending], r[pending])
-        out[pending[accept]] = t[accept]
-        pending = pending[~accept]
-    return out
-
-
-def sample_wiener(
-    v: Tensor, a: Tensor, w: Tensor, t0: Tensor, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Exact draws of (rt, response) of the Wiener diffusion, vectorized over trials.
-
-    The path moves by exits from symmetric intervals around its position ("walk on intervals"): the exit
-    side and the exit time of a symmetric interval are independent, the side is +r with probability
-    sigmoid(2 v r) and the time comes from the tabulated driftless law by rejection. The radius is the distance
-    to the nearer boundary (capped at 1 / |v|), so every step ends at a boundary with probability of order one
-    and a few vectorized steps finish all trials. Exact up to the interpolation of the inverse-CDF table.
-
-    Arguments:
-        v, a, w, t0: drift, boundary separation, relative start (from the lower boundary) and non-decision
-            time, broadcastable to one shape (trials,) or any shape.
-        generator: the source of randomness.
-
-    Returns:
-        rt (float64, seconds) and response (float64, 1 = upper, 0 = lower), of the broadcast shape.
-    """
-    v, a, w, t0 = torch.broadcast_tensors(*(torch.as_tensor(t, dtype=torch.float64) for t in (v, a, w, t0)))
-    shape = v.shape
-    v, a, w, t0 = (t.reshape(-1) for t in (v, a, w, t0))
-    if not ((a > 0).all() and (w > 0).all() and (w < 1).all()):
-        raise SpecError("sample_wiener needs a > 0 and 0 < w < 1 for every trial.")
-    x = w * a
-    t = torch.zeros_like(x)
-    response = torch.zeros_like(x)
-    idx = torch.arange(x.shape[0])
-    while idx.numel():
-        xa, aa, va = x[idx], a[idx], v[idx]
-        r = torch.minimum(torch.minimum(xa, aa - xa), 1.0 / va.abs().clamp_min(1e-12))
-        t[idx] += _exit_times(va, r, generator)
-        up = torch.rand(idx.shape, generator=generator, dtype=torch.float64) < torch.sigmoid(2 * va * r)
-        hit_upper = up & (aa - xa <= r)
-        hit_lower = ~up & (xa <= r)
-        x[idx] = torch.where(up, xa + r, xa - r)
-        done = hit_upper | hit_lower
-        response[idx[hit_upper]] = 1.0
-        idx = idx[~done]
-    return (t + t0).reshape(shape), response.reshape(shape)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Exact first-passage-time density
-
-
-def _log_fpt_lower_standard(u: Tensor, w: Tensor) -> Tensor:
-    """log f(u | v=0, a=1, w) at the lower boundary (Navarro & Fuss 2009), u > 0; float64, same shapes.
-
-    Small times (u < 1): (2 pi u^3)^(-1/2) sum_k (w + 2k) exp(-(w + 2k)^2 / (2u)), k = -4..4; large times:
-    pi sum_k k exp(-k^2 pi^2 u / 2) sin(k pi w), k = 1..6. Both truncations err below 1e-15 relative in their
-    ranges; the dominant term is factored out so the logs are accurate far into the tails.
-    """
-    out = torch.empty_like(u)
-    small = u < 1.0
-    if small.any():
-        us, ws = u[small][..., None], w[small][..., None]
-        c = ws + 2 * torch.arange(-4, 5, dtype=u.dtype)
-        inner = (c * torch.exp(-(c * c - ws * ws) / (2 * us))).sum(-1).clamp_min(1e-300)
-        us, ws = us[..., 0], ws[..., 0]
-        out[small] = -0.5 * (_LOG_2PI + 3 * torch.log(us)) - ws * ws / (2 * us) + torch.log(inner)
-    large = ~small
-    if large.any():
-        ul, wl = u[large][..., None], w[large][..., None]
-        k = torch.arange(1, 7, dtype=u.dtype)
-        inner = (k * torch.exp(-(k * k - 1) * _PI**2 * ul / 2) * torch.sin(k * _PI * wl)).sum(-1).clamp_min(1e-300)
-        out[large] = math.log(_PI) - _PI**2 * ul[..., 0] / 2 + torch.log(inner)
-    return out
-
-
-def wiener_log_density(rt: Tensor, response: Tensor, v: Tensor, a: Tensor, w: Tensor, t0: Tensor) -> Tensor:
-    """Exact log density of (rt, response) under the Wiener diffusion (Stan's ``wiener_lpdf`` for response 1,
-    ``wiener_lpdf(rt | a, t0, 1 - w, -v)`` for response 0).
-
-    Arguments:
-        rt: reaction times in seconds; response: 1 (upper) or 0 (lower); v, a, w, t0 as in
-            :func:`sample_wiener`. All broadcastable to one shape.
-
-    Returns:
-        float64 log densities of the broadcast shape; -inf where rt <= t0 (the density is zero there).
-    """
-    rt, response, v, a, w, t0 = torch.broadcast_tensors(
-        *(torch.as_tensor(x, dtype=torch.float64) for x in (rt, response, v, a, w, t0))
-    )
-    upper = response > 0.5
-    v = torch.where(upper, -v, v)  # the upper boundary is the lower one of the mirrored process
-    w = torch.where(upper, 1 - w, w)
-    t = rt - t0
-    ok = t > 0
-    tt = torch.where(ok, t, torch.ones_like(t))
-    u = tt / (a * a)
-    log_f = -2 * torch.log(a) - v * a * w - 0.5 * v * v * tt + _log_fpt_lower_standard(u.reshape(-1), w.reshape(-1)).reshape(u.shape)
-    return torch.where(ok, log_f, torch.full_like(log_f, -math.inf))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -474,22 +304,30 @@ class HierarchicalDDMBeta(HierarchicalDDM):
 
 def ddm_network(**overrides: Any) -> NetworkConfig:
     """Network sizes that train in minutes on a CPU: deep sets over trials and subjects, rt seen on log scale, and
-    each subject's fastest and slowest response (`local_extremes`): the non-decision time must lie below the
-    fastest, which no average of trials pins down. Every parameter the pooled statistics predict is shifted
-    (`shift_max_spread=None`), the drift's group-level sd included: with learned rather than sufficient
+    each subject's fastest and slowest response (`SummaryConfig.extremes`): the non-decision time must lie below
+    the fastest, which no average of trials pins down. Every parameter the pooled statistics predict is shifted
+    (`ShiftConfig.max_spread=None`), the drift's group-level sd included: with learned rather than sufficient
     summaries, that shift helps despite its uneven residuals (validation loss -72.2 against -71.0, and sigma_nu
-    on block 4 at 0.058 against 0.41 with the default limit; the HMC reference is 0.068; BENCHMARKS.md
-    section 5, session 9). The shift keeps one residual scale per parameter (`heteroscedastic_shift=False`, and
-    `profile_average=False`, as in session 9): with a per-dataset scale, block 4 of the lexical decision data, at
+    on block 4 at 0.058 against 0.41 with the default limit; the HMC reference is 0.068; BENCHMARKS.md, DDM
+    case study). The shift keeps one residual scale per parameter (`ShiftConfig.heteroscedastic=False`, and
+    `StatisticsConfig.profile_average=False`): with a per-dataset scale, block 4 of the lexical decision data, at
     the edge of the prior predictive, got a drift sd 22 times too wide and beta 6.9 Stan sds off, although the
-    validation loss was the same (BENCHMARKS.md section 5, session 10). The summaries are 32 (per subject) and 64
-    (per dataset) wide: with 16 and 32, block 4's mu_log_t0, sigma_log_alpha and beta were 1.5-1.9 Stan sds off
-    after the same training, with these 0.4-1.0 (BENCHMARKS.md section 5, session 11)."""
-    base = dict(local_summary="deepset", global_summary="deepset", summary_hidden=64, row_hidden=32,
-                local_summary_dim=32, global_summary_dim=64, global_transforms=4, local_transforms=3,
-                local_hidden=(64, 64), log_inputs=(0,), local_extremes=True, shift_max_spread=None,
-                heteroscedastic_shift=False, profile_average=False)  # fmt: skip
-    return NetworkConfig(**{**base, **overrides})
+    validation loss was the same (BENCHMARKS.md, DDM case study). The summaries are 32 (per subject) and 64 (per
+    dataset) wide: with 16 and 32, block 4's mu_log_t0, sigma_log_alpha and beta were 1.5-1.9 Stan sds off after
+    the same training, with these 0.4-1.0 (BENCHMARKS.md, DDM case study).
+
+    Arguments:
+        overrides: parts to change, as in `NetworkConfig.merged` (e.g. ``summary={"hidden": 16}``).
+    """
+    base = NetworkConfig(
+        summary=SummaryConfig(hidden=64, row_hidden=32, local_dim=32, global_dim=64, extremes=True),
+        global_flow=FlowConfig(transforms=4, hidden=(64, 64)),
+        local_flow=FlowConfig(transforms=3, hidden=(64, 64)),
+        statistics=StatisticsConfig(profile_average=False),
+        shift=ShiftConfig(heteroscedastic=False, max_spread=None),
+        log_inputs=(0,),
+    )
+    return base.merged(overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -752,77 +590,36 @@ def fit_stan_ddm(
     seed: int = 1,
     adapt_delta: float = 0.9,
 ) -> tuple[PosteriorDraws, dict[str, Any]]:
-    """Samples a DDM variant with PyStan (NUTS) as the reference posterior.
+    """Samples a DDM variant with PyStan (NUTS, by :func:`mlnpe.stan.sample`) as the reference posterior.
 
     Returns:
         PosteriorDraws in the layout of :class:`~mlnpe.amortizer.MultilevelNPE` draws (chains concatenated) and a
-        diagnostics dict: max R-hat, min bulk ESS, divergences, compile and sampling seconds.
+        diagnostics dict: max R-hat, min bulk and tail ESS, divergences, compile and sampling seconds, and the
+        sampler settings. Problems are reported there, not warned about.
 
     Raises:
+        ConfigError: bad sampler settings.
         ImportError: PyStan is not installed (``pip install pystan "setuptools<81"``).
     """
-    from ..stan.reference import _diagnostics, _run_pystan
+    from ..stan.backends import sample
 
     globals_ = [p.name for p in model.global_params]
     locals_ = [p.name for p in model.local_params]
-    variables, divergent, compile_s, sample_s = _run_pystan(
-        stan_program_ddm(model), stan_data_ddm(model, data), globals_ + locals_, chains=chains, warmup=warmup,
-        draws=draws, seed=seed, adapt_delta=adapt_delta,
+    fit = sample(
+        stan_program_ddm(model), stan_data_ddm(model, data), variables=globals_ + locals_, chains=chains,
+        warmup=warmup, draws=draws, seed=seed, adapt_delta=adapt_delta, backend="pystan", warn=False,
     )  # fmt: skip
+    variables = fit.stan_variables
     g = np.stack([variables[n].reshape(chains * draws) for n in globals_], -1)
     l = np.stack([variables[n].reshape(chains * draws, data.n_groups) for n in locals_], -1)
-    columns = {n: variables[n] for n in globals_}
-    columns.update({f"{n}[{j}]": variables[n][..., j] for n in locals_ for j in range(data.n_groups)})
-    diagnostics = _diagnostics(columns, divergent)
-    diagnostics.update(compile_seconds=compile_s, sample_seconds=sample_s, chains=chains, warmup=warmup, draws=draws)
+    keys = ("divergences", "max_rhat", "min_ess_bulk", "min_ess_tail", "compile_seconds", "sample_seconds")
+    diagnostics = {key: fit.diagnostics[key] for key in keys}
+    diagnostics.update(chains=chains, warmup=warmup, draws=draws)
     return PosteriorDraws(g, l, tuple(globals_), tuple(locals_), data.levels), diagnostics
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Leave-one-group-out cross-validation
-
-
-@dataclass(frozen=True)
-class LogoResult:
-    """Leave-one-subject-out elpd (eq. 26) per subject, in the spirit of loo's pointwise table.
-
-    Attributes:
-        levels: subject labels (J,).
-        elpd_j: (J,) log p(x_j | x_-j) estimates.
-        ess_j: (J,) effective number of the S * M Monte Carlo likelihood terms behind each elpd_j (small values
-            mean an unreliable estimate).
-        refit_seconds: total time of the J LOGO posteriors.
-        eval_seconds: total time of the predictive densities.
-        n_draws, n_local: global draws S per refit and local draws M per global draw.
-        posterior: "amortized" (the networks' draws) or "refined" (HMC through the amortizer, `mlnpe.inference.refine`).
-        max_rhat: the largest R-hat over the J refined refits (NaN for amortized draws).
-    """
-
-    levels: tuple[str, ...]
-    elpd_j: np.ndarray
-    ess_j: np.ndarray
-    refit_seconds: float
-    eval_seconds: float
-    n_draws: int
-    n_local: int
-    posterior: str = "amortized"
-    max_rhat: float = math.nan
-
-    @property
-    def elpd(self) -> float:
-        return float(self.elpd_j.sum())
-
-    @property
-    def se(self) -> float:
-        """sqrt(J var(elpd_j)), the standard error of loo."""
-        return float(math.sqrt(self.elpd_j.size * np.var(self.elpd_j, ddof=1))) if self.elpd_j.size > 1 else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "elpd_logo": self.elpd, "se": self.se, "elpd_j": self.elpd_j.tolist(), "ess_j": self.ess_j.tolist(),
-            "levels": list(self.levels), "refit_seconds": self.refit_seconds, "eval_seconds": self.eval_seconds,
-            "n_draws": self.n_draws, "n_local": self.n_local, "posterior": self.posterior, "max_rhat": self.max_rhat,
-        }  # fmt: skip
 
 
 def _group_log_likelihood(model: HierarchicalDDM, y: Tensor, g: Tensor, l: Tensor, chunk: int = 4096) -> Tensor:
@@ -846,7 +643,7 @@ def logo_elpd(
     posterior: str = "amortized",
     refine_config: Any = None,
 ) -> LogoResult:
-    """Leave-one-subject-out elpd by eq. 26 with amortized (or refined) LOGO posteriors.
+    """Leave-one-subject-out elpd by eq. 26 with amortized (or refined) LOGO posteriors (`mlnpe.inference.logo`).
 
     For each subject j: draw S global parameter sets theta^(s) = (tau, omega) from the amortized posterior of
     the other J - 1 subjects (an instant "refit"), then estimate p(x_j | theta^(s)) = integral of
@@ -863,8 +660,8 @@ def logo_elpd(
     but with 96 trials per subject a handful of draws carry all the weight and log(mean) is biased low.
 
     With ``posterior="refined"`` the S global draws of each refit come from HMC on the exact LOGO posterior,
-    started and preconditioned by the amortized one (`mlnpe.inference.refine`): a reference for the amortized estimate that
-    costs one HMC run per subject (tens of seconds each) instead of a fraction of a second.
+    started and preconditioned by the amortized one (`mlnpe.inference.refine`): a reference for the amortized
+    estimate that costs one HMC run per subject (tens of seconds each) instead of a fraction of a second.
 
     Arguments:
         npe: a trained MultilevelNPE of `model`.
@@ -872,15 +669,15 @@ def logo_elpd(
         data: validated DDM data (:func:`ddm_data`, :func:`load_speed_acc`).
         n_draws: S global draws per refit.
         n_local: M local draws per global draw.
-        seed: seed of all draws.
+        seed: seed of all draws (refit j's amortized draws use seed + j; the proposals share one generator).
         proposal: "flow" or "prior" (see above).
         posterior: "amortized" or "refined" (see above).
         refine_config: a `mlnpe.RefineConfig` for ``posterior="refined"`` (default: RefineConfig's defaults with
             seed `seed`); subject j's refit uses its seed + j.
 
     Returns:
-        A :class:`LogoResult`; `ess_j` is the importance-sampling effective sample size of each subject's
-        S x M weights.
+        A `mlnpe.inference.logo.LogoResult`; `ess_j` is the importance-sampling effective sample size of each
+        subject's S x M weights, `pareto_k` is NaN (the refits have no PSIS).
     """
     check_ddm_data(data, min_rt=1e-9)
     if data.n_groups < 2:
@@ -892,50 +689,27 @@ def logo_elpd(
     if posterior not in ("amortized", "refined"):
         raise ConfigError(f"`posterior` must be 'amortized' or 'refined', got {posterior!r}.")
     generator = torch.Generator().manual_seed(seed)
-    elpd, ess, refit, evaluate, rhats = [], [], 0.0, 0.0, []
-    for j in range(data.n_groups):
-        start = time.perf_counter()
+
+    def refit(j: int) -> LogoRefit:
         rest = data.subset([k for k in range(data.n_groups) if k != j])
-        if posterior == "refined":
-            base = refine_config or RefineConfig(seed=seed)
-            config = base if base.seed is None else replace(base, seed=base.seed + j)  # one stream per refit
-            fitted = refine(npe.estimator, model, rest, int(n_draws), config)
-            global_draws = fitted.global_draws[: int(n_draws)]
-            rhats.append(fitted.max_rhat)
-        else:
-            global_draws = npe.sample(rest, n_draws=n_draws, seed=seed + j, log_prob=False).global_draws
-        refit += time.perf_counter() - start
-        start = time.perf_counter()
+        if posterior == "amortized":
+            return LogoRefit(npe.sample(rest, n_draws=n_draws, seed=seed + j, log_prob=False).global_draws)
+        base = refine_config or RefineConfig(seed=seed)
+        config = base if base.seed is None else replace(base, seed=base.seed + j)  # one stream per refit
+        fitted = refine(npe.estimator, model, rest, int(n_draws), config)
+        return LogoRefit(fitted.global_draws[: int(n_draws)], rhat=fitted.max_rhat)
+
+    def local_proposal(j: int, global_draws: np.ndarray, m: int) -> tuple[Tensor, Tensor]:
         g = torch.as_tensor(global_draws, dtype=torch.float32)  # (S, G)
-        y_j = torch.as_tensor(data.group(j)[0], dtype=torch.float64)
-        if proposal == "prior":
-            l = model.sample_local(g.double(), int(n_local), generator)  # (S, M, L)
-            l = l.reshape(-1, l.shape[-1])
-            log_correction = torch.zeros(l.shape[0], dtype=torch.float64)
-        else:
-            l, log_correction = npe.local_proposal(data.subset([j]), g, int(n_local), generator, model=model)
-        g = g.double()[:, None].expand(-1, int(n_local), -1).reshape(-1, g.shape[-1])
-        log_w = _group_log_likelihood(model, y_j, g, l) + log_correction
-        lse = torch.logsumexp(log_w, 0)
-        elpd.append(float(lse - math.log(log_w.numel())))
-        weights = torch.exp(log_w - lse)
-        ess.append(float(1.0 / (weights * weights).sum()) if torch.isfinite(lse) else 0.0)
-        evaluate += time.perf_counter() - start
-    return LogoResult(data.levels, np.array(elpd), np.array(ess), refit, evaluate, int(n_draws), int(n_local),
-                      posterior, max(rhats) if rhats else math.nan)  # fmt: skip
+        if proposal == "flow":
+            return npe.local_proposal(data.subset([j]), g, m, generator, model=model)
+        l = model.sample_local(g.double(), m, generator)  # (S, M, L)
+        return l.reshape(-1, l.shape[-1]), torch.zeros(l.shape[0] * l.shape[1], dtype=torch.float64)
 
+    def held_out_log_lik(j: int, global_draws: np.ndarray, l: Tensor) -> Tensor:
+        g = torch.as_tensor(global_draws, dtype=torch.float32).double()
+        g = g[:, None].expand(-1, int(n_local), -1).reshape(-1, g.shape[-1])
+        return _group_log_likelihood(model, torch.as_tensor(data.group(j)[0], dtype=torch.float64), g, l)
 
-def compare_logo(a: LogoResult, b: LogoResult) -> dict[str, Any]:
-    """elpd_diff = sum_j (elpd_j of a - elpd_j of b) and its standard error sqrt(J var(differences)).
-
-    Raises:
-        DataError: the two results are for different subjects.
-    """
-    if a.levels != b.levels:
-        raise DataError("the two LOGO results are for different subjects; run both on the same data.")
-    d = a.elpd_j - b.elpd_j
-    return {
-        "elpd_diff": float(d.sum()),
-        "se_diff": float(math.sqrt(d.size * np.var(d, ddof=1))) if d.size > 1 else math.nan,
-        "diff_j": d.tolist(),
-    }
+    return logo(data.levels, refit, local_proposal, held_out_log_lik, n_draws=int(n_draws), n_local=int(n_local),
+                nobs=data.n_rows, posterior=posterior)  # fmt: skip

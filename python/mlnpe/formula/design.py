@@ -1,4 +1,4 @@
-"""Data -> design matrices with brms's column and parameter names: the second stage of the formula pipeline.
+"""Data -> design matrices with brms's column names: the second stage of the formula pipeline.
 
 :func:`build_design` turns parsed :class:`~mlnpe.formula.terms.FormulaTerms` and a data frame into a
 :class:`Design`: the response, the population-level matrix X (without the intercept), the group-level
@@ -23,9 +23,8 @@ strings by code point instead, and locale rules for punctuation are not reproduc
 Categorical to pin the order where this matters.
 
 Names. `x_names`/`z_names` are R's `model.matrix` column names and keep spaces of factor levels
-("fa b"). :func:`brms_names` gives the brms parameter names, where coefficient names pass through brms's
-renaming (spaces and ``()[],"'?`` removed; ``+ - * / ^ =`` become ``P M MU D E EQ``, so "fa b" gives
-`b_fab`) and whitespace in group levels becomes "." (`r_g[u.v,Intercept]`).
+("fa b"); :mod:`mlnpe.formula.names` gives the brms parameter names (`b_fab`, `r_g[u.v,Intercept]`). Columns
+whose brms names would collide are rejected here.
 
 Rows are never dropped: a missing value in any used column raises :class:`~mlnpe.errors.DataError`.
 """
@@ -39,16 +38,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, SpecError
+from .names import brms_rename
 from .terms import FormulaTerms, parse_formula
 
-__all__ = ["Design", "DesignInfo", "build_design", "brms_names", "uncenter_intercept"]
+__all__ = ["Design", "DesignInfo", "build_design"]
 
 # One design column: (variable, level) pairs multiplied together; level None means the numeric value.
 _Column = tuple[tuple[str, "str | None"], ...]
-_BRMS_RENAME = (
-    (" ", ""), ("(", ""), (")", ""), ("[", ""), ("]", ""), (",", ""), ('"', ""), ("'", ""), ("?", ""),
-    ("+", "P"), ("-", "M"), ("*", "MU"), ("/", "D"), ("^", "E"), ("=", "EQ"),
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,7 +130,8 @@ class Design:
         X: (rows, K) population-level columns without the intercept.
         x_names: (K,) column names of X, e.g. ("x", "SexFemale", "x:SexFemale").
         intercept: whether the model has a population-level intercept.
-        x_means: (K,) column means of X (brms centres X by them; see :func:`uncenter_intercept`).
+        x_means: (K,) column means of X (brms centres X by them; see
+            :func:`mlnpe.formula.names.uncenter_intercept`).
         Z: (rows, M) group-level columns.
         z_names: (M,) column names of Z, e.g. ("Intercept", "x").
         group: (rows,) int64 group codes 0..J-1 indexing `levels`.
@@ -227,63 +224,6 @@ def build_design(
         levels=group_levels,
         info=info,
     )
-
-
-def brms_names(design: Design) -> dict[str, tuple[str, ...]]:
-    """The brms names of the model's parameters, by class, in brms's order.
-
-    Arguments:
-        design: a design from :func:`build_design`.
-
-    Returns:
-        A dict with keys "b" (`b_Intercept` if there is an intercept, then `b_<column>`), "sd"
-        (`sd_<group>__<coef>`), "cor" (`cor_<group>__<ci>__<cj>` for i < j in column-major upper-triangle
-        order, only for correlated terms with 2 or more coefficients) and "r" (`r_<group>[<level>,<coef>]`,
-        all levels of the first coefficient, then of the second, ...). Coefficient names pass through
-        brms's renaming; whitespace in group levels becomes ".".
-
-    Example:
-        >>> data = {"y": [1.0, 2, 3], "x": [0.0, 1, 2], "g": ["a", "a", "b"]}
-        >>> d = build_design(parse_formula("y ~ x + (x | g)"), data)
-        >>> brms_names(d)["cor"], brms_names(d)["r"][:2]
-        (('cor_g__Intercept__x',), ('r_g[a,Intercept]', 'r_g[b,Intercept]'))
-    """
-    terms = design.info.terms
-    group = terms.group
-    coefs = [_brms_rename(name) for name in design.z_names]
-    b = (("b_Intercept",) if design.intercept else ()) + tuple(f"b_{_brms_rename(n)}" for n in design.x_names)
-    sd = tuple(f"sd_{group}__{c}" for c in coefs)
-    cor: tuple[str, ...] = ()
-    if terms.correlated:
-        cor = tuple(f"cor_{group}__{coefs[i]}__{coefs[j]}" for j in range(len(coefs)) for i in range(j))
-    levels = ["".join("." if ch.isspace() else ch for ch in level) for level in design.levels]
-    r = tuple(f"r_{group}[{level},{c}]" for c in coefs for level in levels)
-    return {"b": b, "sd": sd, "cor": cor, "r": r}
-
-
-def uncenter_intercept(intercept_c: Any, b: Any, x_means: Any) -> np.ndarray:
-    """brms's `b_Intercept = Intercept - dot(means_X, b)`, over any leading (draw) dimensions.
-
-    Arguments:
-        intercept_c: (...,) intercepts of the centred predictors.
-        b: (..., K) population-level coefficients.
-        x_means: (K,) column means of X (:attr:`Design.x_means`).
-
-    Returns:
-        (...,) intercepts on the scale of the uncentred predictors.
-
-    Raises:
-        DataError: the last dimension of `b` does not match `x_means`.
-    """
-    intercept_c = np.asarray(intercept_c, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    x_means = np.asarray(x_means, dtype=np.float64)
-    if x_means.ndim != 1 or b.ndim < 1 or b.shape[-1] != x_means.shape[0]:
-        raise DataError(
-            f"`b` must have shape (..., K) with K = len(`x_means`) = {x_means.shape}, got b.shape = {b.shape}. "
-            "Pass one coefficient per column of X."
-        )
-    return intercept_c - b @ x_means
 
 
 # --- data checks -------------------------------------------------------------------------------------------
@@ -385,7 +325,7 @@ def _trials(series: pd.Series, name: str, y: np.ndarray, response: str) -> np.nd
 
 
 def _check_brms_duplicates(names: Sequence[str], what: str) -> None:
-    renamed = [_brms_rename(n) for n in names]
+    renamed = [brms_rename(n) for n in names]
     dups = sorted({n for n, r in zip(names, renamed) if renamed.count(r) > 1})
     if dups:
         raise DataError(
@@ -558,10 +498,3 @@ def _evaluate(
         for var, level in column:
             out[:, j] *= values[var] if level is None else values[var] == levels[var].index(level)
     return out
-
-
-def _brms_rename(name: str) -> str:
-    """brms's renaming of coefficient names (spaces and brackets dropped, operators spelled out)."""
-    for old, new in _BRMS_RENAME:
-        name = name.replace(old, new)
-    return name

@@ -27,9 +27,10 @@ from ..core.data import GroupedBatch, make_masks
 from ..errors import SpecError
 from ..core.spec import ParamSpec, TwoLevelModel
 from ..core.constraints import corr_vector_to_matrix
-from .families import get_family
+from .families import Family, get_family
+from .names import brms_rename
 
-__all__ = ["CovariatePool", "FormulaModel", "GlobalSlot"]
+__all__ = ["CovariatePool", "FormulaModel", "GlobalSlot", "global_slots"]
 
 _MIN_FOCUS_LOG_MASS = float(np.log(1e-7))  # a focusing box with less prior mass stays unapplied
 
@@ -51,6 +52,34 @@ class GlobalSlot:
     prior: Any
     labels: tuple[str, ...]
     support: str
+
+
+def global_slots(resolved: Sequence[tuple[Any, Any, str]], group: str, family: Family) -> list[GlobalSlot]:
+    """The global parameter blocks of resolved priors (`mlnpe.formula.priors.design_priors`), in their order.
+
+    Arguments:
+        resolved: (ParamSlot, PriorDist, source) per parameter.
+        group: the grouping factor (names the correlations `cor_<g>__<zi>__<zj>`).
+        family: the response family (the supports of its parameters).
+    """
+    g = group
+    out = []
+    for slot, dist, _ in resolved:
+        if slot.class_ == "Intercept":
+            out.append(GlobalSlot("Intercept", "Intercept", dist, ("Intercept",), "real"))
+        elif slot.class_ == "b":
+            out.append(GlobalSlot(slot.name, "b", dist, (slot.name,), "real"))
+        elif slot.class_ == "sd":
+            out.append(GlobalSlot(slot.name, "sd", dist, (slot.name,), "positive"))
+        elif slot.class_ == "cor":
+            z = [s.coef for s, _, _ in resolved if s.class_ == "sd"]
+            z = [brms_rename(name) for name in z]
+            labels = tuple(f"cor_{g}__{z[i]}__{z[j]}" for i in range(len(z)) for j in range(i + 1, len(z)))
+            out.append(GlobalSlot(slot.name, "cor", dist, labels, f"correlation:{len(z)}"))
+        else:
+            support = dict(family.aux)[slot.class_]
+            out.append(GlobalSlot(slot.name, "aux", dist, (slot.name,), support))
+    return out
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,8 @@ class CovariatePool:
 
 class FormulaModel(TwoLevelModel):
     """The two-level simulator of a formula, a family and priors.
+
+    `offsets[i]:offsets[i + 1]` are the columns of global slot i in the (..., G) global parameters.
 
     Arguments:
         slots: global parameter blocks in order (see module docstring).
@@ -119,7 +150,7 @@ class FormulaModel(TwoLevelModel):
         self.local_params = tuple(ParamSpec(z, "real") for z in self.z_names)
         self.y_dim, self.x_dim = 1, len(feature_names)
         self.y_names, self.x_names = (y_name,), tuple(feature_names)
-        self._offsets = np.cumsum([0] + [ParamSpec(s.name, s.support, s.labels).dim for s in self.slots])
+        self.offsets = np.cumsum([0] + [ParamSpec(s.name, s.support, s.labels).dim for s in self.slots])
         self.region: dict[str, tuple[float, float]] = {}
         self._sampling_priors = [s.prior for s in self.slots]
         if len(self.z_source) != len(self.z_names):
@@ -130,7 +161,7 @@ class FormulaModel(TwoLevelModel):
         out = []
         for i, slot in enumerate(self.slots):
             if slot.kind == kind:
-                out.append((slot, global_params[..., self._offsets[i] : self._offsets[i + 1]]))
+                out.append((slot, global_params[..., self.offsets[i] : self.offsets[i + 1]]))
         return out
 
     def _vector(self, global_params: Tensor, kind: str) -> Tensor:

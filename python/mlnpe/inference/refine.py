@@ -23,7 +23,7 @@ draws with probabilities proportional to their importance weights; a shared step
 (Hoffman & Gelman 2014) to a target acceptance rate; a dense metric (a diagonal one above `_DENSE_MAX`
 dimensions) estimated from the chains in two warm-up windows, regularized as Stan does; a jittered number of
 leapfrog steps covering a fixed integration time. Diagnostics are Stan's: rank-normalized split R-hat and bulk
-ESS per parameter (mlnpe.stan.reference), divergent transitions and the mean acceptance rate. With many short chains
+ESS per parameter (mlnpe.inference.convergence), divergent transitions and the mean acceptance rate. With many short chains
 R-hat is noisier than with 4 long ones, so `problems()` flags R-hat above 1.05 rather than 1.01.
 """
 
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..core.data import GroupedData, collate
 from ..errors import ConfigError, DataError
-from ..stan.reference import ess_bulk, rhat
+from .convergence import ess_bulk, rhat
 
 __all__ = ["RefineConfig", "RefineResult", "RefineWarning", "refine"]
 

@@ -3,7 +3,7 @@
 `sbc(npe)` simulates datasets from the model's prior over the trained ranges of J and N_j, draws from the amortized
 posterior of each, and returns an :class:`SBCResult`: the rank of every true value among its draws, the pass/fail
 decision of the ECDF-difference band that holds simultaneously with probability `prob` (Säilynoja, Bürkner and
-Vehtari 2022; mlnpe.inference.diagnostics), the chi-square p-values, and recovery (posterior median and central interval
+Vehtari 2022; mlnpe.inference.calibration), the chi-square p-values, and recovery (posterior median and central interval
 against the truth: correlation and coverage). Plots: :meth:`SBCResult.plot_ecdf` and :meth:`SBCResult.plot_recovery`.
 
 Local parameters are checked twice: once with the first group of each dataset (independent ranks, so the band's
@@ -21,8 +21,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .diagnostics import plot_recovery, plot_sbc_ecdf, pool_local_ranks, recovery, sbc_check, sbc_ranks
 from ..errors import ConfigError
+from .calibration import pool_local_ranks, sbc_check, sbc_ranks
+from .plots import plot_recovery, plot_sbc_ecdf
+from .recovery import recovery
 
 __all__ = ["SBCResult", "sbc"]
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .summaries import MLP
 
-__all__ = ["ConditionalFlow"]
+__all__ = ["ConditionalFlow", "SplineTransform"]
 
 
 def _softmax_last(x: Tensor) -> Tensor:
@@ -21,7 +21,7 @@ def _softmax_last(x: Tensor) -> Tensor:
     return e / e.sum(-1, keepdim=True)
 
 
-class _SplineTransform(zuko.transforms.MonotonicRQSTransform):
+class SplineTransform(zuko.transforms.MonotonicRQSTransform):
     """zuko's monotonic rational-quadratic spline with the knots computed by `_softmax_last`.
 
     Same parametrization and bounds as the parent (bin sizes from a softmax of the squashed raw values, knot
@@ -101,7 +101,7 @@ def _knot_map(bins: int, log_slope: float, dtype: torch.dtype) -> tuple[Tensor, 
 
 
 def _rqs_knots(phi: Tensor, bins: int, log_slope: float) -> Tensor:
-    """zuko's monotonic RQS parametrization (`_SplineTransform`) from raw parameters phi (..., 3 bins - 1):
+    """zuko's monotonic RQS parametrization (`SplineTransform`) from raw parameters phi (..., 3 bins - 1):
     (..., 3 (bins + 1)) the unnormalized horizontal knots (c_0 = 0, ..., c_K), the same for the vertical knots,
     and the knot slopes. Knot i lies at bound (2 c_i / c_K - 1)."""
     squash, matrix, offset, _ = _knot_map(bins, log_slope, phi.dtype)
@@ -234,13 +234,13 @@ class ConditionalFlow(nn.Module):
     ):
         super().__init__()
         self.features = features
-        # zuko's NSF with a faster spline construction (`_SplineTransform`).
+        # zuko's NSF with a faster spline construction (`SplineTransform`).
         self.flow = zuko.flows.MAF(
             features,
             context,
             transforms=transforms,
             hidden_features=list(hidden),
-            univariate=_SplineTransform,
+            univariate=SplineTransform,
             shapes=[(bins,), (bins,), (bins - 1,)],
         )
         self.affine = MLP(context, list(hidden), 2 * features) if affine else None

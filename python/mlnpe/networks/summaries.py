@@ -1,4 +1,4 @@
-"""Mask-aware summary networks and conditional flows.
+"""Mask-aware summary networks.
 
 Summary-network interface (any ``nn.Module`` that follows it plugs in):
 
@@ -8,9 +8,9 @@ Summary-network interface (any ``nn.Module`` that follows it plugs in):
   items only (the estimator then skips the padding).
 - Optional: an integer attribute ``fixed_features``, or a list ``fixed_columns``: the last ``fixed_features``
   outputs (or those columns) of a local summary are fixed functions of the rows (no trained weights), such as
-  per-group least-squares estimates. The estimator's `regression_shift` then also regresses the global
-  parameters on their mean and log variance over groups, and each group's local parameters on them, the
-  globals and their products (`MultilevelEstimator._local_inputs`).
+  per-group least-squares estimates (`fixed_columns`). The estimator's regression shift (`ShiftConfig`) then
+  also regresses the global parameters on their mean and log variance over groups, and each group's local
+  parameters on them, the globals and their products (`mlnpe.networks.shift.LocalShift`).
 - Optional: a list ``group_estimates`` of (estimate column, log sampling variance column) pairs among the fixed
   outputs: a per-group estimate of a local parameter on a linear scale and the log of its sampling variance. The
   regression shift then also uses, per pair, the estimate's variance over groups minus the mean sampling
@@ -38,6 +38,7 @@ __all__ = [
     "SetTransformer",
     "RecurrentSummary",
     "build_summary",
+    "fixed_columns",
 ]
 
 
@@ -442,3 +443,13 @@ def build_summary(
         f"unknown summary network {kind!r}; choose 'deepset', 'set_transformer', 'lstm' or 'gru', or pass a "
         "module that follows the interface in mlnpe.networks.summaries."
     )
+
+
+def fixed_columns(summary: nn.Module, width: int) -> list[int]:
+    """The columns of a local summary's output (`width` wide) that are fixed functions of the rows (see the module
+    docstring): `fixed_columns` if it has them, else its last `fixed_features` columns, else none."""
+    columns = getattr(summary, "fixed_columns", None)
+    if columns is not None:
+        return [int(c) for c in columns]
+    k = int(getattr(summary, "fixed_features", 0))
+    return list(range(width - k, width))

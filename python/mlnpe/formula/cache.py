@@ -1,0 +1,61 @@
+"""The on-disk cache of trained formula amortizers: the same specification is trained once.
+
+`trained_model(formula, data, ...)` keys the cache by `FormulaNPE.spec_hash` (`mlnpe.formula.saved.spec_hash`:
+formula, family, priors in force, design information, covariate pool, ranges, network, training settings and
+`focus`) under :func:`cache_dir`, loads a stored amortizer of that key, or trains and stores one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoadError
+from ..train import TrainConfig
+from .api import FormulaNPE
+from .saved import FORMULA_FILE
+
+__all__ = ["cache_dir", "trained_model"]
+
+
+def cache_dir() -> Path:
+    """The on-disk cache of trained amortizers: $MLNPE_CACHE_DIR, else ~/.cache/mlnpe."""
+    return Path(os.environ.get("MLNPE_CACHE_DIR") or Path.home() / ".cache" / "mlnpe")
+
+
+def trained_model(
+    formula: str,
+    data: Any,
+    family: Any = "gaussian",
+    prior: Any = None,
+    *,
+    train: TrainConfig | dict[str, Any] | None = None,
+    cache: bool | str | os.PathLike = True,
+    focus: int = 1,
+    **kwargs: Any,
+) -> tuple[FormulaNPE, bool]:
+    """A trained FormulaNPE for this specification, from the cache when the same one was trained before.
+
+    The cache key covers everything that determines the amortizer: formula, family, priors in force, design
+    information, covariate pool, ranges, network, training settings and `focus` (see `FormulaNPE.train`; 1 by
+    default, as in R's `mlnpe()`: this entry point fits the user's data). The first call trains and stores it.
+
+    Returns:
+        (model, from_cache).
+    """
+    config = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(dict(train or {}))
+    model = FormulaNPE(formula, data, family, prior, **kwargs)
+    if cache is False:
+        model.train(config, focus=focus)
+        return model, False
+    root = cache_dir() if cache is True else Path(cache)
+    path = root / model.spec_hash(config, focus)
+    if (path / FORMULA_FILE).exists():
+        try:
+            return FormulaNPE.load(path, data=data), True
+        except LoadError:
+            pass  # a corrupt cache entry is retrained and overwritten
+    model.train(config, focus=focus)
+    model.save(path)
+    return model, False

@@ -1,0 +1,343 @@
+"""Posterior draws of one dataset under a formula model, and the predictions brms makes from them.
+
+* :func:`design_features`: the per-row features the networks see beside y (X columns, extra Z columns, trials).
+* :func:`fit_dataset`: amortized draws of a dataset, certified by PSIS and refined by HMC where PSIS finds them
+  unreliable (`mlnpe.inference.policy.psis_unreliable`); what `FormulaNPE.fit` runs.
+* :class:`FormulaFit`: the draws in brms's names, with brms's verbs `linear_predictor`, `posterior_epred`,
+  `posterior_predict`, `log_lik`, `summary` and importance resampling (`resampled`). All the numerics of the
+  predictions are here, so R never re-implements them.
+
+Shapes: draws (S, ...) first; predictions are (draws, rows) with rows in the order of the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from ..core.data import GroupedData
+from ..core.draws import PosteriorDraws
+from ..errors import ConfigError, DataError, RangeWarning
+from ..inference.policy import psis_unreliable
+from .design import Design, build_design
+from .focus import region_edges
+from .names import brms_draws
+
+if TYPE_CHECKING:
+    from .api import FormulaNPE
+
+__all__ = ["FormulaFit", "design_features", "fit_dataset", "log_joint", "prediction_frame", "with_new_levels"]
+
+
+def design_features(design: Design, trials: bool) -> tuple[np.ndarray, list[str], list[int], int | None]:
+    """Per-row features the networks see beside y: X columns, extra Z columns, trials.
+
+    Returns the feature matrix, its column names, the Z-source index of every Z column (-1 = intercept) and the
+    trials column index.
+    """
+    columns = [design.X[:, k] for k in range(design.X.shape[1])]
+    names = list(design.x_names)
+    z_source = []
+    for m, z in enumerate(design.z_names):
+        if z == "Intercept":
+            z_source.append(-1)
+        elif z in names:
+            z_source.append(names.index(z))
+        else:
+            z_source.append(len(names))
+            names.append(z)
+            columns.append(design.Z[:, m])
+    trials_column = None
+    if trials:
+        trials_column = len(names)
+        names.append("trials")
+        columns.append(design.trials.astype(float))
+    x = np.stack(columns, 1) if columns else np.zeros((len(design.y), 0))
+    return x, names, z_source, trials_column
+
+
+def fit_dataset(
+    model: FormulaNPE,
+    newdata: Any = None,
+    n_draws: int = 4000,
+    seed: int | None = None,
+    psis: bool = True,
+    allow_extrapolation: bool = False,
+    refine: bool | str = "auto",
+    refine_config: Any = None,
+) -> FormulaFit:
+    """Posterior draws for a dataset (the training data when `newdata` is None): see `FormulaNPE.fit`.
+
+    Warnings point at the caller of `FormulaNPE.fit`.
+    """
+    from ..inference.refine import RefineConfig
+
+    if not (refine == "auto" or isinstance(refine, bool)):
+        raise ConfigError(f"`refine` must be True, False or \"auto\", got {refine!r}.")
+    if refine_config is not None and not isinstance(refine_config, RefineConfig):
+        raise ConfigError(f"`refine_config` must be a mlnpe.inference.refine.RefineConfig, got {type(refine_config).__name__}.")
+    data = model.data if newdata is None else newdata
+    if data is None:
+        raise DataError("`newdata` is required: this model was loaded without its training data.")
+    grouped, design = model.grouped_data(data)
+    t = time.perf_counter()
+    draws = model.npe.sample(grouped, n_draws, seed=seed, allow_extrapolation=allow_extrapolation)
+    seconds = time.perf_counter() - t
+    edges = region_edges(model, draws)
+    result = None
+    if psis and draws.n_draws >= 10:  # PSIS needs a tail to fit; fewer draws come without a certificate
+        result = _psis(model, draws, grouped, warn=refine is False)
+    refinement = None
+    if refine is True or (refine == "auto" and psis_unreliable(result, draws.n_draws)):
+        try:
+            refinement, draws = _refine(model, grouped, draws, n_draws, refine_config, seed)
+        except DataError as error:  # no starting points: "auto" keeps the amortized draws and says why
+            if refine is True:
+                raise
+            from ..inference.refine import RefineWarning
+
+            warnings.warn(
+                f"the amortized draws are unreliable for this dataset (Pareto k-hat {result.pareto_k:.2f}, PSIS ESS "
+                f"{result.ess:.0f}) "
+                f"and could not be refined: {error} These are the amortized draws.", RefineWarning, stacklevel=3,
+            )
+    if edges and refinement is None:  # refined draws follow the exact posterior under the full prior
+        warnings.warn(
+            "the posterior of this dataset reaches the edge of the region the amortizer was focused on: "
+            + "; ".join(edges) + ". Its draws may be cut off there. Refine them (refine=True), train on this "
+            "dataset (mlnpe() / FormulaNPE(..., data=this dataset).train(focus=1)) or train with focus=0 "
+            "(amortized over the whole prior).", RangeWarning, stacklevel=3,
+        )
+    return FormulaFit(model, draws, design, result, seconds, refinement=refinement)
+
+
+def _refine(
+    model: FormulaNPE, grouped: GroupedData, draws: PosteriorDraws, n_draws: int, config: Any, seed: int | None
+) -> tuple[Any, PosteriorDraws]:
+    """HMC draws of the exact posterior through the amortized posterior's map (mlnpe.inference.refine)."""
+    from ..inference.refine import RefineConfig, RefineWarning, refine
+
+    if config is None:
+        config = RefineConfig(seed=seed)
+    result = refine(
+        model.npe.estimator, model.model, grouped, n_draws, config, labels=(model.npe.global_names, model.npe.local_names)
+    )
+    problems = result.problems()
+    if problems:
+        warnings.warn(
+            "the HMC refinement of the amortized draws did not converge cleanly: " + "; ".join(problems) + ". "
+            "Its draws may still be closer to the exact posterior than the amortized ones, but check them: "
+            "run it longer (RefineConfig(warmup=..., chains=...); in R `refine_control`), or train the "
+            "amortizer longer or focused on these data (focus=1 or 2) so that it starts closer.",
+            RefineWarning, stacklevel=4,
+        )
+    refined = PosteriorDraws(
+        result.global_draws[:n_draws], result.local_draws[:n_draws], draws.global_names, draws.local_names,
+        draws.levels, None,
+    )
+    return result, refined
+
+
+def log_joint(model: FormulaNPE, draws: PosteriorDraws, data: GroupedData) -> np.ndarray:
+    """log p(theta, y) of every draw: (draws,)."""
+    batch = data.to_batch()
+    g = torch.as_tensor(draws.global_draws, dtype=torch.float32)[:, None]
+    l = torch.as_tensor(draws.local_draws, dtype=torch.float32)[:, None]
+    with torch.no_grad():
+        lp = (
+            model.model.log_prior_global(g).double()
+            + model.model.log_prior_local(l, g).double().sum(-1)
+            + model.model.log_likelihood(batch, g, l).double().sum(-1)
+        )
+    return lp[:, 0].numpy()
+
+
+def _psis(model: FormulaNPE, draws: PosteriorDraws, data: GroupedData, warn: bool = True):
+    from ..inference.psis import psis
+
+    log_ratio = log_joint(model, draws, data) - draws.log_q
+    return psis(log_ratio, warn=warn)
+
+
+@dataclass
+class FormulaFit:
+    """Posterior draws of one dataset, named as brms names them, with the PSIS certificate.
+
+    Attributes:
+        model: the FormulaNPE that produced it.
+        raw: the structured draws (globals on the centred-intercept scale, group-level effects).
+        design: the dataset's design.
+        psis: the PsisResult (k-hat, ESS, smoothed weights) of the amortized draws, or None.
+        seconds: time taken by sampling (the refinement's time is in `refinement.seconds`).
+        refinement: the mlnpe.inference.refine.RefineResult when the draws were refined by HMC (then `raw` holds the
+            refined draws, and the PSIS result describes the amortized draws they replaced), else None.
+    """
+
+    model: FormulaNPE
+    raw: PosteriorDraws
+    design: Design
+    psis: Any = None
+    seconds: float = 0.0
+    refinement: Any = None
+    _draws: Any = field(default=None, repr=False)
+
+    @property
+    def draws(self) -> Any:
+        """A pandas DataFrame of draws with brms's variable names, in brms's order."""
+        if self._draws is None:
+            self._draws = brms_draws(self.model, self.raw, self.design)
+        return self._draws
+
+    @property
+    def pareto_k(self) -> float | None:
+        return None if self.psis is None else float(self.psis.pareto_k)
+
+    @property
+    def ess(self) -> float | None:
+        return None if self.psis is None else float(self.psis.ess)
+
+    def resampled(self, n: int | None = None, seed: int | None = None) -> Any:
+        """Draws resampled by their PSIS weights (importance resampling), as a brms-named DataFrame."""
+        if self.refinement is not None:
+            raise ConfigError(
+                "this fit's draws were refined by HMC: they are exact-posterior draws already, and the PSIS weights "
+                "belong to the amortized draws they replaced; use `draws` (or fit with `refine=False`)."
+            )
+        if self.psis is None:
+            raise ConfigError("this fit has no PSIS weights; fit with `psis=True`.")
+        idx = self.psis.resample(n, rng=np.random.default_rng(seed))
+        return self.draws.iloc[idx].reset_index(drop=True)
+
+    # ---- predictions (all numerics here, so R never re-implements them) ------------------------------------
+    def _components(self, ndraws: int | None, seed: int | None) -> tuple[np.ndarray, ...]:
+        """Draw-wise (centred intercept (S,), b (S, K), r (S, J, M), aux (S, A)), optionally subsampled."""
+        g = torch.as_tensor(self.raw.global_draws, dtype=torch.float64)
+        idx = np.arange(self.raw.n_draws)
+        if ndraws is not None and ndraws < len(idx):
+            idx = np.sort(np.random.default_rng(seed).choice(len(idx), int(ndraws), replace=False))
+        g = g[idx]
+        m = self.model.model
+        return (m.intercept(g).numpy(), m.coefficients(g).numpy(), self.raw.local_draws[idx], m.aux(g).numpy(), idx)
+
+    def _design_for(self, newdata: Any) -> Design:
+        if newdata is None:
+            return self.design
+        design = build_design(self.model.terms, newdata, reference=self.model.info, min_groups=1)
+        unknown = sorted(set(design.levels) - set(self.design.levels))
+        if unknown:
+            raise DataError(
+                f"`newdata` has levels {unknown[:5]} of {self.model.terms.group!r} that this fit has no group-level "
+                "effects for; fit the new data with `model.fit(newdata)` instead."
+            )
+        return design
+
+    def linear_predictor(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
+        """eta (draws, rows) on the link scale, rows in the order of the data."""
+        design = self._design_for(newdata)
+        intercept, b, r, _, _ = self._components(ndraws, seed)
+        eta = np.repeat(intercept[:, None], len(design.y), 1)
+        if b.shape[1]:
+            eta = eta + b @ (design.X - self.model.x_means).T
+        codes = np.array([self.design.levels.index(level) for level in design.levels])[design.group]
+        eta = eta + np.einsum("nm,snm->sn", design.Z, r[:, codes, :])
+        return eta
+
+    def posterior_epred(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Expected response (draws, rows): inverse link of eta (times trials for binomial, as brms)."""
+        design = self._design_for(newdata)
+        eta = torch.as_tensor(self.linear_predictor(newdata, ndraws, seed))
+        mu = self.model.family.inverse_link(eta).numpy()
+        return mu * design.trials if design.trials is not None else mu
+
+    def posterior_predict(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Posterior predictive draws (draws, rows)."""
+        design = self._design_for(newdata)
+        _, _, _, aux, _ = self._components(ndraws, seed)
+        eta = torch.as_tensor(self.linear_predictor(newdata, ndraws, seed), dtype=torch.float32)[:, None, :]
+        trials = None if design.trials is None else torch.as_tensor(design.trials, dtype=torch.float32).expand_as(eta)
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        y = self.model.family.simulate(eta, torch.as_tensor(aux, dtype=torch.float32), trials, gen)
+        return y[:, 0].double().numpy()
+
+    def log_lik(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Pointwise log-likelihood (draws, rows), as brms's log_lik (for loo)."""
+        design = self._design_for(newdata)
+        _, _, _, aux, _ = self._components(ndraws, seed)
+        eta = torch.as_tensor(self.linear_predictor(newdata, ndraws, seed))[:, None, :]
+        y = torch.tensor(design.y, dtype=torch.float64).expand_as(eta)
+        trials = None if design.trials is None else torch.as_tensor(design.trials, dtype=torch.float64).expand_as(eta)
+        return self.model.family.log_lik(y, eta, torch.as_tensor(aux), trials)[:, 0].numpy()
+
+    def summary(self, probs: Sequence[float] = (0.025, 0.975)) -> Any:
+        """Estimate (mean), Est.Error (sd) and quantiles per variable, brms style."""
+        import pandas as pd
+
+        d = self.draws
+        table = {"Estimate": d.mean(0), "Est.Error": d.std(0, ddof=1)}
+        for p in probs:
+            table[f"Q{100 * p:g}"] = d.quantile(p)
+        return pd.DataFrame(table)
+
+    def to_arviz(self, seed: int | None = None) -> Any:
+        """The fit as an ``arviz.InferenceData`` (``pip install arviz``): posterior (brms names), log_likelihood,
+        posterior_predictive (drawn with `seed`) and observed_data groups, as PyMC and bambi users plot them.
+
+        Example:
+            >>> idata = fit.to_arviz(seed=1)
+            >>> arviz.loo(idata)
+        """
+        from ..inference.arviz import to_inference_data
+
+        return to_inference_data(
+            self.draws, log_likelihood=self.log_lik(), posterior_predictive=self.posterior_predict(seed=seed),
+            observed_data=self.design.y, response=self.model.terms.response,
+        )
+
+
+def prediction_frame(model: FormulaNPE, frame: Any, need_response: bool, need_group: bool) -> Any:
+    """Adds a placeholder response (and group) column to `newdata` where predictions do not use it."""
+    terms = model.terms
+    frame = frame.copy()
+    if terms.response not in frame.columns:
+        if need_response:
+            raise DataError(
+                f"`newdata` lacks the response {terms.response!r}, which log_lik() needs; add the column."
+            )
+        placeholder = 1.0 if model.family.name in ("lognormal", "Gamma") else 0.0
+        frame[terms.response] = placeholder  # a value inside every family's support; predictions ignore it
+    if need_group and terms.group not in frame.columns:
+        frame[terms.group] = "__mlnpe_none__"
+    return frame
+
+
+def with_new_levels(
+    model: FormulaNPE, raw: PosteriorDraws, design: Design, newdata: Any, allow_new_levels: bool, seed: int | None
+) -> tuple[PosteriorDraws, Design]:
+    """Draws and design extended by the levels of `newdata` that the fit has not seen.
+
+    The effects of a new level are drawn from their prior given each global draw, r ~ MVN(0, Sigma_s), as brms's
+    ``sample_new_levels = "gaussian"`` does.
+    """
+    levels = build_design(model.terms, newdata, reference=model.info, min_groups=1).levels
+    new = [level for level in levels if level not in design.levels]
+    if not new:
+        return raw, design
+    if not allow_new_levels:
+        raise DataError(
+            f"`newdata` has levels {new[:5]} of {model.terms.group!r} that the fit has no group-level effects for; "
+            "pass allow_new_levels = TRUE to draw their effects from the prior, or refit with update(fit, newdata =)."
+        )
+    generator = torch.Generator().manual_seed(0 if seed is None else int(seed) + 1)
+    g = torch.as_tensor(raw.global_draws, dtype=torch.float32)
+    r_new = model.model.sample_local(g, len(new), generator).double().numpy()
+    extended = PosteriorDraws(
+        raw.global_draws, np.concatenate([raw.local_draws, r_new], 1), raw.global_names, raw.local_names,
+        tuple(design.levels) + tuple(new),
+    )
+    return extended, dataclasses.replace(design, levels=tuple(design.levels) + tuple(new))

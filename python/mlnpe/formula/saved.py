@@ -1,0 +1,121 @@
+"""The saved form of a formula model: a JSON specification, the covariate pool's tensors and the amortizer.
+
+A saved FormulaNPE is a directory: `formula.json` (:func:`config_dict`: formula, family, priors in force, user
+priors, design information, features, ranges, network, seed, focusing region and rounds), `pool.pt` (the
+covariate pool, loaded with `weights_only=True`) and `amortizer/` (`MultilevelNPE.save`). No pickle.
+:func:`spec_hash` keys the on-disk cache (`mlnpe.formula.cache`) by everything that determines the trained
+amortizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from ..train import TrainConfig
+from ..version import __version__
+from .distributions import PriorDist, parse_prior
+from .model import CovariatePool
+from .priors import ParamSlot, PriorSpec
+
+if TYPE_CHECKING:
+    from .api import FormulaNPE
+
+__all__ = [
+    "AMORTIZER_DIR",
+    "FORMULA_FILE",
+    "POOL_FILE",
+    "config_dict",
+    "load_pool",
+    "saved_priors",
+    "saved_user_priors",
+    "save",
+    "spec_hash",
+]
+
+FORMULA_FILE, POOL_FILE, AMORTIZER_DIR = "formula.json", "pool.pt", "amortizer"
+
+
+def config_dict(model: FormulaNPE) -> dict[str, Any]:
+    """The JSON specification of a formula model (`formula.json`), training results (region, rounds) included."""
+    return {
+        "mlnpe_version": __version__,
+        "formula": model.terms.formula,
+        "family": model.family.name,
+        "priors": [
+            {"class": s.class_, "coef": s.coef, "group": s.group, "name": s.name, "lb": s.lb,
+             "prior": str(d), "dist": d.to_dict() if hasattr(d, "to_dict") else str(d), "source": src}
+            for s, d, src in model.resolved
+        ],
+        "user_priors": [{"prior": p.prior, "class_": p.class_, "coef": p.coef, "group": p.group,
+                         "lb": p.lb, "ub": p.ub} for p in model.user_priors],
+        "design_info": model.info.to_dict(),
+        "x_means": model.x_means.tolist(),
+        "feature_names": list(model.feature_names),
+        "z_names": list(model.z_names),
+        "z_source": list(model.z_source),
+        "trials_column": model.trials_column,
+        "groups": list(model.groups),
+        "rows": list(model.rows),
+        "network": model.network.to_dict(),
+        "seed": model.seed,
+        "region": {k: list(v) for k, v in model.model.region.items()},
+        "rounds": model.rounds,
+    }
+
+
+def spec_hash(model: FormulaNPE, config: TrainConfig | None = None, focus: int = 0) -> str:
+    """A key of everything that determines the trained amortizer (for the on-disk cache)."""
+    payload = config_dict(model)
+    del payload["region"], payload["rounds"]  # results of training, not part of the specification
+    payload["focus"] = int(focus)
+    payload["pool"] = hashlib.sha256(model.pool.x.numpy().tobytes() + model.pool.n.numpy().tobytes()).hexdigest()
+    payload["train"] = (config or TrainConfig()).to_dict()
+    payload["train"].pop("progress", None)
+    payload["train"].pop("num_threads", None)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def save(model: FormulaNPE, path: str | os.PathLike) -> Path:
+    """Saves to a directory: formula.json, pool.pt (tensors) and the amortizer (config.json, weights.pt)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / FORMULA_FILE).write_text(json.dumps(config_dict(model), indent=1))
+    torch.save({"x": model.pool.x, "n": model.pool.n}, path / POOL_FILE)
+    model.npe.save(path / AMORTIZER_DIR)
+    return path
+
+
+def load_pool(path: Path) -> CovariatePool:
+    """The covariate pool saved in `path` (tensors only).
+
+    Raises:
+        FileNotFoundError: there is no pool.pt.
+        KeyError: pool.pt lacks a tensor.
+    """
+    pool = torch.load(path / POOL_FILE, weights_only=True)
+    return CovariatePool(pool["x"], pool["n"])
+
+
+def saved_priors(entries: Sequence[dict[str, Any]]) -> list[tuple[ParamSlot, PriorDist, str]]:
+    """The priors in force, (slot, prior, source) per parameter, from `config_dict`'s "priors"."""
+    return [(ParamSlot(p["class"], p["coef"], p["group"], p["name"], p["lb"]), _dist_from(p), p["source"])
+            for p in entries]
+
+
+def saved_user_priors(entries: Sequence[dict[str, Any]]) -> list[PriorSpec]:
+    """The user's priors from `config_dict`'s "user_priors"."""
+    return [PriorSpec(**p) for p in entries]
+
+
+def _dist_from(p: dict[str, Any]) -> Any:
+    d = p.get("dist")
+    if isinstance(d, dict) and hasattr(PriorDist, "from_dict"):
+        return PriorDist.from_dict(d)
+    dist = parse_prior(p["prior"])
+    return dist

@@ -1,0 +1,192 @@
+"""Saved estimators: a directory with config.json (JSON) and weights.pt (tensors only, read with
+``torch.load(weights_only=True)``); no pickled modules.
+
+Format versions (``config.json``'s ``format_version``):
+
+- 3: the nested `NetworkConfig` (one config per part); the shifts' coefficients under ``global_shift.`` and
+  ``local_shift.`` in the weights.
+- 2: a flat network config of up to 31 keys (files written before a key existed lack it: it then takes the value
+  that reproduces them, off for every statistic and shift option), and the shifts' coefficients on the estimator.
+
+Files of an older version are mapped to the present one here (`network_from_saved`, `weights_from_saved`), so they
+load and give the same log densities as when they were saved.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, LoadError
+from .networks.config import NetworkConfig
+
+__all__ = [
+    "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "read_saved_json",
+    "read_config",
+    "write_saved",
+    "load_weights",
+    "network_from_saved",
+    "weights_from_saved",
+]
+
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.pt"
+
+# Format 2: the flat network config's keys with their defaults, and the keys added while format 2 was current,
+# which files written before them lack (they load as False; `shift_max_spread` as None, no limit).
+_FLAT_DEFAULTS: dict[str, Any] = {
+    "local_summary": "deepset", "global_summary": "deepset", "summary_hidden": 64, "summary_depth": 2,
+    "row_hidden": 16, "global_attention": 8, "local_summary_dim": 16, "global_summary_dim": 32,
+    "global_transforms": 3, "global_hidden": (64, 64), "local_transforms": 1, "local_hidden": (32, 32), "bins": 8,
+    "affine": True, "global_context": 64, "log_inputs": (), "sufficient": "none", "design_only": (),
+    "local_extremes": False, "log_response": False,
+}  # fmt: skip
+_FLAT_ADDED = ("pooled_moments", "between_moments", "profile", "group_moments", "regression_shift", "glm_slopes",
+               "log_scale_shift", "scale_statistics", "profile_average", "heteroscedastic_shift")
+# Format 2: the estimator's buffers that format 3 keeps in its `GlobalShift` and `LocalShift` modules.
+_MOVED_BUFFERS = {
+    "stat_loc": "global_shift.stat_loc", "stat_scale": "global_shift.stat_scale",
+    "stat_range": "global_shift.stat_range", "shift_coef": "global_shift.coef",
+    "shift_range": "global_shift.coef_range", "context_loc": "global_shift.prior_loc",
+    "context_scale": "global_shift.prior_scale", "shift_log": "global_shift.log_columns",
+    "shift_sd": "global_shift.sd", "scale_coef": "global_shift.scale_coef", "scale_range": "global_shift.scale_range",
+    "local_stat_loc": "local_shift.stat_loc", "local_stat_scale": "local_shift.stat_scale",
+    "local_stat_range": "local_shift.stat_range", "local_shift_coef": "local_shift.coef",
+    "local_shift_range": "local_shift.coef_range",
+}  # fmt: skip
+# the top-level keys of a format-3 network config that a flat one never has
+_NESTED_KEYS = {"summary", "global_flow", "local_flow", "statistics", "shift"}
+
+
+def read_saved_json(path: Path, filename: str) -> Any:
+    """The JSON file `filename` of a save directory, with a LoadError naming the file when it is missing or corrupt."""
+    try:
+        return json.loads((Path(path) / filename).read_text())
+    except FileNotFoundError:
+        raise LoadError(f"no {filename} in {str(path)!r}; pass the directory written by `save`.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoadError(f"{str(Path(path) / filename)!r} is not valid JSON ({e}); the save is corrupt.") from None
+
+
+def read_config(path: Path) -> tuple[dict[str, Any], NetworkConfig]:
+    """A save directory's config.json, checked for a readable format version, and its network config in the
+    present format.
+
+    Raises:
+        LoadError: a missing or corrupt file, an unreadable format version or a missing network entry.
+    """
+    config = read_saved_json(path, CONFIG_FILE)
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise LoadError(
+            f"{str(path)!r} has format_version {version!r}; this mlnpe reads versions {list(READABLE_VERSIONS)}. "
+            "Re-save it with a matching mlnpe version."
+        )
+    if not isinstance(config.get("network"), dict):
+        raise LoadError(f"{str(Path(path) / CONFIG_FILE)!r} lacks its `network` entry; the save is corrupt.")
+    return config, network_from_saved(config["network"], version)
+
+
+def write_saved(path: Path, config: Mapping[str, Any], estimator: nn.Module) -> Path:
+    """Writes a save directory: `config` (with `format_version` FORMAT_VERSION) as config.json and the estimator's
+    tensors as weights.pt."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).write_text(json.dumps({**config, "format_version": FORMAT_VERSION}, indent=1))
+    torch.save(estimator.state_dict(), path / WEIGHTS_FILE)
+    return path
+
+
+def load_weights(estimator: nn.Module, path: Path, format_version: int = FORMAT_VERSION) -> None:
+    """Loads weights.pt of a save directory (of `format_version`) into `estimator`.
+
+    Raises:
+        LoadError: a missing or unreadable file, or weights that do not match the estimator's configuration.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path / WEIGHTS_FILE, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise LoadError(f"no {WEIGHTS_FILE} in {str(path)!r}; the save is incomplete.") from None
+    except Exception as e:  # torch raises several types for corrupt archives
+        raise LoadError(f"{str(path / WEIGHTS_FILE)!r} cannot be read as tensors ({type(e).__name__}: {e}).") from None
+    try:
+        estimator.load_state_dict(weights_from_saved(state, format_version))
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise LoadError(
+            f"the weights in {str(path)!r} do not match its configuration: {str(e).splitlines()[0]}"
+        ) from None
+
+
+def weights_from_saved(state: Mapping[str, Tensor], format_version: int) -> dict[str, Tensor]:
+    """An estimator's saved tensors (of `format_version`) under the present names."""
+    if format_version >= 3:
+        return dict(state)
+    return {_MOVED_BUFFERS.get(key, key): value for key, value in state.items()}
+
+
+def network_from_saved(network: Mapping[str, Any], format_version: int | None = None) -> NetworkConfig:
+    """The network config of a saved model in the present format.
+
+    Arguments:
+        network: the saved network entry.
+        format_version: the format it was saved in; None infers it from the keys (a flat config is format 2).
+    Raises:
+        ConfigError: keys that no format knows.
+    """
+    if format_version is None:
+        format_version = 3 if _NESTED_KEYS & set(network) else 2
+    if format_version >= 3:
+        return NetworkConfig.from_dict(network)
+    return _network_from_flat(network)
+
+
+def _network_from_flat(network: Mapping[str, Any]) -> NetworkConfig:
+    """A format-2 flat network config -> the NetworkConfig that builds the same estimator."""
+    unknown = sorted(set(network) - set(_FLAT_DEFAULTS) - set(_FLAT_ADDED) - {"shift_max_spread"})
+    if unknown:
+        raise ConfigError(f"the saved (format 2) network config has unknown keys {unknown}.")
+    flat = {**_FLAT_DEFAULTS, **{key: False for key in _FLAT_ADDED}, "shift_max_spread": None, **network}
+    scale_statistics = bool(flat["scale_statistics"])
+    sufficient = None
+    if flat["sufficient"] != "none":
+        sufficient = {"family": flat["sufficient"], "design_only": flat["design_only"],
+                      "floor": 1e-6 if scale_statistics else 1e-3, "origin": scale_statistics}
+    elif flat["design_only"]:
+        raise ConfigError("the saved (format 2) network config has `design_only` without `sufficient`; it cannot be read.")
+    summary = {
+        "local_kind": flat["local_summary"], "global_kind": flat["global_summary"], "hidden": flat["summary_hidden"],
+        "depth": flat["summary_depth"], "row_hidden": flat["row_hidden"], "attention": flat["global_attention"],
+        "local_dim": flat["local_summary_dim"], "global_dim": flat["global_summary_dim"],
+        "embedding": flat["global_context"], "extremes": flat["local_extremes"],
+        "group_moments": flat["group_moments"], "sufficient": sufficient,
+    }  # fmt: skip
+    statistics = shift = None
+    if flat["pooled_moments"]:
+        statistics = {
+            "between": flat["between_moments"], "profile": flat["profile"],
+            "profile_average": bool(flat["profile"] and flat["profile_average"]), "glm_slopes": flat["glm_slopes"],
+            "group_fits": scale_statistics, "floor": 1e-8 if scale_statistics else 1e-4,
+        }  # fmt: skip
+        if flat["regression_shift"]:
+            shift = {"log_scale": flat["log_scale_shift"],
+                     "heteroscedastic": bool(flat["log_scale_shift"] and flat["heteroscedastic_shift"]),
+                     "max_spread": flat["shift_max_spread"]}  # fmt: skip
+    return NetworkConfig.from_dict({
+        "summary": summary,
+        "global_flow": {"transforms": flat["global_transforms"], "hidden": flat["global_hidden"],
+                        "bins": flat["bins"], "affine": flat["affine"]},
+        "local_flow": {"transforms": flat["local_transforms"], "hidden": flat["local_hidden"],
+                       "bins": flat["bins"], "affine": flat["affine"]},
+        "statistics": statistics, "shift": shift,
+        "log_inputs": flat["log_inputs"], "log_response": flat["log_response"],
+    })  # fmt: skip
