@@ -85,6 +85,16 @@ def test_focus_rounds_region_and_save_load(tmp_path):
     assert model.spec_hash(focus=1) == _model(data).spec_hash(focus=1)
 
 
+def test_focused_cache_key_covers_the_response():
+    """Focused training learns around the data's posterior: two data sets with the same covariates and groups but
+    another response must not share a focused amortizer, while unfocused ones (which see the covariates only) do."""
+    a, b = _data(seed=0), _data(seed=0, mu=41.0)
+    assert _model(a).spec_hash(focus=1) != _model(b).spec_hash(focus=1)
+    assert _model(a).spec_hash(focus=0) == _model(b).spec_hash(focus=0)
+    regrouped = a.assign(g=a["g"].to_numpy()[::-1])
+    assert _model(a).spec_hash(focus=1) != _model(regrouped).spec_hash(focus=1)
+
+
 def test_regression_region_narrows_a_wide_prior_around_the_posterior():
     """Intercept prior normal(0, 100), sd and sigma normal+(0, 5): regression on the pooled statistics alone
     (no training) boxes every parameter around its posterior, far inside the prior. A box that missed the

@@ -70,7 +70,12 @@ def config_dict(model: FormulaNPE) -> dict[str, Any]:
 
 
 def spec_hash(model: FormulaNPE, config: TrainConfig | None = None, focus: int = 0) -> str:
-    """A key of everything that determines the trained amortizer (for the on-disk cache)."""
+    """A key of everything that determines the trained amortizer (for the on-disk cache).
+
+    With `focus` > 0 training depends on the data themselves, so the key covers the response, the trials and the
+    grouping as well as the covariate pool; with `focus` = 0 it covers the covariate pool only, and data that differ
+    in the response share one amortizer.
+    """
     payload = config_dict(model)
     del payload["region"], payload["rounds"]  # results of training, not part of the specification
     payload["focus"] = int(focus)
@@ -78,6 +83,11 @@ def spec_hash(model: FormulaNPE, config: TrainConfig | None = None, focus: int =
     payload["train"] = (config or TrainConfig()).to_dict()
     payload["train"].pop("progress", None)
     payload["train"].pop("num_threads", None)
+    if focus > 0:  # focused training learns around the data's posterior: the response and grouping matter too
+        _, design = model.grouped_data(model.data)
+        trials = b"" if design.trials is None else design.trials.astype("int64").tobytes()
+        arrays = design.y.astype("float64").tobytes() + trials + design.group.astype("int64").tobytes()
+        payload["data"] = hashlib.sha256(arrays).hexdigest()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
