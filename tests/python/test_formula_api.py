@@ -160,3 +160,31 @@ def test_na_and_unseen_factor_level(gaussian):
     df = _df().assign(sex="Other")
     with pytest.raises(DataError, match="Other"):
         gaussian.fit(df)
+
+
+def test_training_designs_copy_observed_groups_in_a_random_order():
+    """A simulated group that keeps its source group's size copies that group's rows, permuted (so each observed
+    design is among the training designs); the other groups draw rows with replacement over the trained range."""
+    sizes = [3, 5, 8, 13]
+    df = pd.DataFrame({
+        "g": np.repeat([f"g{k}" for k in range(4)], sizes),
+        "x": np.concatenate([100.0 * k + np.arange(n) for k, n in enumerate(sizes)]),
+        "y": np.zeros(sum(sizes)),
+    })
+    model = FormulaNPE("y ~ x + (1 | g)", df, "gaussian", groups=(2, 6), rows=(2, 20), seed=0)
+    batch = model.model.sample_design(400, (2, 6), (2, 20), torch.Generator().manual_seed(1))
+    x_col = model.feature_names.index("x")
+    copies = shuffled = groups = 0
+    for b in range(batch.x.shape[0]):
+        for j in range(int(batch.group_mask[b].sum())):
+            values = batch.x[b, j, batch.row_mask[b, j], x_col].double().numpy()
+            groups += 1
+            k = int(values[0] // 100)
+            own = np.arange(sizes[k]) + 100.0 * k
+            if len(values) == sizes[k] and np.array_equal(np.sort(values), own):
+                copies += 1
+                shuffled += not np.array_equal(values, own)
+            else:
+                assert np.all(values // 100 == k)  # drawn with replacement from one source group
+    assert copies / groups > 0.7  # 75 % keep their source's size and rows
+    assert shuffled / copies > 0.5  # in a random order

@@ -8,10 +8,11 @@ Parameters, in brms's order:
 
 Model: eta_ij = Intercept + (x_ij - x_means) b + z_ij r_j; r_j ~ MVN(0, diag(sd) Omega diag(sd)); y_ij ~ family(eta).
 
-Covariates for training datasets are resampled from the user's data. A simulated group copies the covariate
-rows of a randomly chosen observed group, drawn with replacement. Its number of rows is that group's size 75 % of
-the time and log-uniform over the trained range otherwise. This keeps the designs realistic for users who refit
-new data of the same design or leave groups out, while still covering the whole range of N_j.
+Covariates for training datasets are resampled from the user's data. A simulated group takes the covariate
+rows of a randomly chosen observed group. 75 % of the time it keeps that group's size and copies its rows in a
+random order, so every observed group's design is among the training designs; otherwise its size is log-uniform
+over the trained range and its rows are drawn with replacement. This keeps the designs realistic for users who
+refit new data of the same design or leave groups out, while still covering the whole range of N_j.
 """
 
 from __future__ import annotations
@@ -261,7 +262,16 @@ class FormulaModel(TwoLevelModel):
         n_rows = torch.where(pick_own, own, spread)
         group_mask, row_mask = make_masks(n_groups, n_rows)
         u = torch.rand(*row_mask.shape, generator=generator)
-        row_index = (u * self.pool.n[source][..., None]).long()
+        source_n = self.pool.n[source]
+        row_index = (u * source_n[..., None]).long()  # with replacement
+        # a group of its source's own size copies the source's rows, permuted (random keys, padding sorted last)
+        copy = pick_own & (own == source_n)
+        keys = torch.rand(n, j_max, self.pool.x.shape[1], generator=generator)
+        keys = keys.masked_fill(torch.arange(self.pool.x.shape[1]) >= source_n[..., None], 2.0)
+        width = min(row_mask.shape[-1], keys.shape[-1])
+        permuted = row_index.clone()
+        permuted[..., :width] = keys.argsort(-1)[..., :width]
+        row_index = torch.where(copy[..., None], permuted, row_index)
         x = self.pool.x[source[..., None], row_index] * row_mask[..., None]
         return GroupedBatch(None, row_mask, group_mask, x)
 
