@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--ema", type=float, default=0.0,
                         help="TrainConfig.ema_decay: average the weights over training (0: off)")
+    parser.add_argument("--self-consistency", type=float, default=0.0,
+                        help="TrainConfig.self_consistency: weight of the self-consistency loss (0: off)")
     parser.add_argument("--refine", type=int, default=0,
                         help="also refine the first N held-out fits by HMC (mlnpe.inference.refine) and report both")
     args = parser.parse_args(argv)
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         time_limit=None if args.steps else seconds,
         seed=args.seed,
         ema_decay=args.ema,
+        self_consistency=args.self_consistency,
     )
     history = npe.train(config)
     if args.save:
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         "learning_rate": args.lr,
         "batch_size": args.batch,
         "ema_decay": args.ema,
+        "self_consistency": args.self_consistency,
         "machine": f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads)".strip(),
         "command": "python " + " ".join(sys.argv),
     }

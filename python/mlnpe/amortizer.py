@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .core.spec import ParamSpec, SimulatedBatch, TwoLevelModel, bijector_of, ch
 from .estimator import MultilevelEstimator
 from .io import CONFIG_FILE, FORMAT_VERSION, load_weights, read_config, write_saved
 from .networks.config import NetworkConfig
+from .consistency import has_likelihood, self_consistency
 from .train import TrainConfig, TrainHistory, train_estimator
 
 __all__ = ["MultilevelNPE"]
@@ -124,10 +125,34 @@ class MultilevelNPE:
         generator = torch.Generator().manual_seed(config.seed + 12345 * (1 + len(self.history.step)))
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
-            self.history = train_estimator(self.estimator, self.simulate, config, generator, self.history)
+            self.history = train_estimator(
+                self.estimator, self.simulate, config, generator, self.history, self._consistency(config)
+            )
         self.trained = True
         self.train_config = config
         return self.history
+
+    def _consistency(self, config: TrainConfig) -> Callable[[SimulatedBatch], Tensor] | None:
+        """The weighted self-consistency loss of a training batch (`mlnpe.consistency`), or None when it is off."""
+        if not config.self_consistency:
+            return None
+        if self.model is None or not has_likelihood(self.model):
+            raise ConfigError(
+                "TrainConfig `self_consistency` needs a model with log_prior_global, log_prior_local and "
+                f"log_likelihood; {type(self.model).__name__} lacks them. Set self_consistency=0."
+            )
+        generator = torch.Generator().manual_seed(config.seed + 7919)  # apart from the simulations' stream
+
+        def loss(sims: SimulatedBatch) -> Tensor:
+            # the first k datasets of a batch of independent simulations are a random subset of it; scaled by B / k
+            b = sims.global_params.shape[0]
+            k = min(config.consistency_datasets, b)
+            term = self_consistency(
+                self.estimator, self.model, sims.batch.index(slice(0, k)), config.consistency_draws, generator
+            )
+            return torch.nn.functional.pad(term * (config.self_consistency * b / k), (0, b - k))
+
+        return loss
 
     # ---- inference ------------------------------------------------------------------------------------------
     def batch(self, data: Any, allow_extrapolation: bool = False) -> tuple[GroupedBatch, list[tuple[str, ...]]]:

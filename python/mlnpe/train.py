@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
 from .errors import ConfigError
 from .estimator import MultilevelEstimator
@@ -47,6 +48,12 @@ class TrainConfig:
             few hundred steps of stochastic gradients on fresh simulations. In offline mode the average is also
             what the validation loss is computed on. On the exact normal benchmark, behind the cosine decay of the
             learning rate, it did not improve the posteriors (BENCHMARKS.md, exact posterior), so it is off by default.
+        self_consistency: weight of the self-consistency loss (`mlnpe.consistency`; 0: off), for models with
+            tractable densities: the variance over `consistency_draws` draws from q of log p(theta, x) - log q(theta |
+            x), added to the NPE loss of every simulated dataset.
+        consistency_draws: draws per dataset for that variance (at least 2).
+        consistency_datasets: datasets of each batch that get the self-consistency term (a random subset, since
+            the datasets of a batch are independent; the term is scaled by batch_size / consistency_datasets).
     """
 
     mode: str = "online"
@@ -64,6 +71,9 @@ class TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     ema_decay: float = 0.0
+    self_consistency: float = 0.0
+    consistency_draws: int = 4
+    consistency_datasets: int = 16
 
     def __post_init__(self) -> None:
         if self.mode not in ("online", "offline"):
@@ -81,6 +91,18 @@ class TrainConfig:
             raise ConfigError("TrainConfig: `n_simulations * validation_fraction` leaves no validation datasets.")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"TrainConfig `ema_decay` must be in [0, 1) (0: no averaging), got {self.ema_decay!r}.")
+        if not self.self_consistency >= 0:
+            raise ConfigError(
+                f"TrainConfig `self_consistency` must be a weight >= 0 (0: off), got {self.self_consistency!r}."
+            )
+        if int(self.consistency_draws) < 2:
+            raise ConfigError(
+                f"TrainConfig `consistency_draws` must be at least 2 (a variance over draws), got {self.consistency_draws!r}."
+            )
+        if int(self.consistency_datasets) < 1:
+            raise ConfigError(
+                f"TrainConfig `consistency_datasets` must be a positive number of datasets, got {self.consistency_datasets!r}."
+            )
         if self.time_limit is not None and not self.time_limit > 0:
             raise ConfigError(f"TrainConfig `time_limit` must be positive seconds or None, got {self.time_limit!r}.")
 
@@ -152,6 +174,7 @@ def train_estimator(
     config: TrainConfig,
     generator: torch.Generator,
     history: TrainHistory | None = None,
+    extra_loss: Callable[[SimulatedBatch], Tensor] | None = None,
 ) -> TrainHistory:
     """Trains the estimator in place.
 
@@ -161,6 +184,7 @@ def train_estimator(
         config: training settings.
         generator: randomness of the simulations.
         history: an earlier history to extend (resumed training).
+        extra_loss: a per-dataset loss (B,) added to the NPE loss of each training batch (self-consistency).
     """
     history = history or TrainHistory()
     old_threads = torch.get_num_threads()
@@ -168,17 +192,20 @@ def train_estimator(
         torch.set_num_threads(config.num_threads)
     try:
         if config.mode == "online":
-            _train_online(estimator, simulate, config, generator, history)
+            _train_online(estimator, simulate, config, generator, history, extra_loss)
         else:
-            _train_offline(estimator, simulate, config, generator, history)
+            _train_offline(estimator, simulate, config, generator, history, extra_loss)
     finally:
         torch.set_num_threads(old_threads)
     estimator.eval()
     return history
 
 
-def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig) -> float:
-    loss = estimator.loss(sims.global_params, sims.local_params, sims.batch).mean()
+def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, extra_loss=None) -> float:
+    loss = estimator.loss(sims.global_params, sims.local_params, sims.batch)
+    if extra_loss is not None:
+        loss = loss + extra_loss(sims)
+    loss = loss.mean()
     if not torch.isfinite(loss):
         raise FloatingPointError(
             "the training loss became non-finite; lower `learning_rate` or check the simulator's output scale."
@@ -242,7 +269,7 @@ def _log(history: TrainHistory, step: int, losses: list[float], lr: float, start
     del losses[:]
 
 
-def _train_online(estimator, simulate, config, generator, history) -> None:
+def _train_online(estimator, simulate, config, generator, history, extra_loss=None) -> None:
     estimator.train()
     optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
     schedule = _Schedule(config, config.steps)
@@ -253,7 +280,7 @@ def _train_online(estimator, simulate, config, generator, history) -> None:
     step = 0
     while step < config.steps and schedule.progress(step) < 1.0:
         lr = schedule.set_lr(optimizer, step)
-        losses.append(_step(estimator, optimizer, simulate(config.batch_size, generator), config))
+        losses.append(_step(estimator, optimizer, simulate(config.batch_size, generator), config, extra_loss))
         if average is not None:
             average.update()
         seen += config.batch_size
@@ -276,7 +303,7 @@ def _validation_loss(estimator, batches: list[SimulatedBatch]) -> float:
     return total / sum(s.global_params.shape[0] for s in batches)
 
 
-def _train_offline(estimator, simulate, config, generator, history) -> None:
+def _train_offline(estimator, simulate, config, generator, history, extra_loss=None) -> None:
     # Store the budget as chunks of batch_size datasets, each padded only to its own maximum sizes.
     n_chunks = max(config.n_simulations // config.batch_size, 2)
     n_val = max(int(round(n_chunks * config.validation_fraction)), 1)
@@ -293,7 +320,7 @@ def _train_offline(estimator, simulate, config, generator, history) -> None:
         order = torch.randperm(len(train_chunks), generator=generator).tolist()
         for i in order:
             lr = schedule.set_lr(optimizer, step)
-            losses.append(_step(estimator, optimizer, train_chunks[i], config))
+            losses.append(_step(estimator, optimizer, train_chunks[i], config, extra_loss))
             if average is not None:
                 average.update()
             seen += config.batch_size
