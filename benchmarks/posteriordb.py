@@ -118,7 +118,8 @@ def _moments(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, flo
 
 
 def run_case(
-    name: str, seconds: float, seed: int, threads: int, focus: int, network: dict | None = None, refine: bool = True
+    name: str, seconds: float, seed: int, threads: int, focus: int, network: dict | None = None, refine: bool = True,
+    self_consistency: float = 0.0,
 ) -> dict:
     spec = CASES[name]
     data = spec["data"]()
@@ -126,7 +127,7 @@ def run_case(
     torch.set_num_threads(threads)
     model = FormulaNPE(spec["formula"], data, spec["family"], spec["prior"], seed=seed, network=network)
     model.train(TrainConfig(steps=1_000_000, batch_size=64, learning_rate=2e-3, time_limit=seconds, seed=seed,
-                            progress=False), focus=focus)
+                            progress=False, self_consistency=self_consistency), focus=focus)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
         t = time.perf_counter()
@@ -186,8 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--focus", type=int, default=1)
     parser.add_argument("--network", type=json.loads, default=None, help='NetworkConfig parts to change as nested JSON, e.g. {"summary": {"hidden": 32}}')
     parser.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.inference.refine) arm")
+    parser.add_argument("--self-consistency", type=float, default=0.0,
+                        help="TrainConfig.self_consistency: weight of the self-consistency loss (0: off)")
     args = parser.parse_args(argv)
-    results = [run_case(c, args.seconds, args.seed, args.threads, args.focus, args.network, not args.no_refine)
+    results = [run_case(c, args.seconds, args.seed, args.threads, args.focus, args.network, not args.no_refine,
+                        args.self_consistency)
                for c in (args.cases or list(CASES))]
     summary = {}
     for r in results:
