@@ -29,7 +29,13 @@
 #'   `global_flow`, `local_flow`, `statistics` and `shift` (`FALSE` turns the last two off), beside `log_inputs`
 #'   and `log_response`; Python checks every value.
 #' @param train Training settings (Python's `TrainConfig`): `steps`, `batch_size`, `learning_rate`,
-#'   `time_limit` (seconds), `seed`, `progress`, ...
+#'   `time_limit` (seconds), `seed`, `progress`, `device` (`"auto"`: a CUDA GPU when torch finds one, else the
+#'   CPU), ... Besides simulations, training uses `data`: every step adds the reverse KL divergence of the
+#'   amortized posterior from the exact one for `data`, its leave-one-group-out subsets and bootstrap
+#'   resamples of its groups (`observed_weight`, 1; `0` turns it off), and every `check_every` (250) steps
+#'   checks the PSIS certificate of `data`: training stops once its Pareto k-hat is below 0.7 and the
+#'   held-out loss has stopped improving, or when the budget runs out. The message after training and
+#'   [summary()][summary.mlnpefit] say which.
 #' @param focus Focusing rounds of training. `1` (the default) first boxes the parameters without training
 #'   (a linear regression of each parameter on pooled statistics of simulated datasets, prediction for `data`
 #'   -/+ 6 residual sds), then trains in two rounds on the same budget: an amortizer in that box (40 %), then a
@@ -94,7 +100,8 @@ mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups 
   value <- py_fit(spec$text, encode_data(data, spec$vars, spec$response, fam), unclass(fam), priors,
                   control = c(settings, list(ndraws = ndraws, seed = seed)), save_to = save_to)
   if (!isTRUE(value$from_cache)) {
-    message(sprintf("Trained the amortizer in %.0f s; stored in %s", value$setup_seconds, value$model_path))
+    message(sprintf("Trained the amortizer in %.0f s (%s); stored in %s", value$setup_seconds,
+                    training_line(value$training), value$model_path))
   }
   new_mlnpefit(value, spec = spec, data = data[spec$vars], data_name = data_name, family = fam,
                prior = prior, settings = settings, seed = seed, call = call)
@@ -123,7 +130,7 @@ new_mlnpefit <- function(value, spec, data, data_name, family, prior, settings, 
     amortizer = list(
       path = value$model_path, from_cache = isTRUE(value$from_cache),
       groups = as.integer(unlist(value$groups)), rows = as.integer(unlist(value$rows)),
-      train_seconds = value$train_seconds, network = value$network
+      train_seconds = value$train_seconds, network = value$network, training = value$training
     ),
     seconds = value$seconds,
     settings = settings,

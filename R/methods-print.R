@@ -47,7 +47,8 @@ summary.mlnpefit <- function(object, prob = 0.95, robust = FALSE, ...) {
     pareto_k = object$diagnostics$pareto_k, ess = object$diagnostics$ess,
     khat_threshold = object$diagnostics$khat_threshold, resampled = object$diagnostics$resampled,
     refined = isTRUE(object$diagnostics$refined), refine = object$diagnostics$refine,
-    fixed = fixed, random = random, spec_pars = spec_pars, prior = object$prior
+    fixed = fixed, random = random, spec_pars = spec_pars, prior = object$prior,
+    training = object$amortizer$training
   ), class = "mlnpesummary")
 }
 
@@ -70,6 +71,7 @@ print.mlnpesummary <- function(x, digits = 2, ...) {
         " draws from the amortized posterior (NPE)\n", sep = "")
     cat("   PSIS: ", psis_line(x$pareto_k, x$ess, x$khat_threshold), "\n", sep = "")
   }
+  if (!is.null(x$training)) cat("  Train: ", training_line(x$training), "\n", sep = "")
   cat("\nGroup-Level Effects: \n")
   for (g in names(x$random)) {
     cat("~", g, " (Number of levels: ", x$ngrps[[g]], ") \n", sep = "")
@@ -102,6 +104,19 @@ refine_line <- function(r) {
   verdict <- if (length(unlist(r$problems))) "check the chains" else "converged"
   sprintf("%d chains, max R-hat = %.3f, min bulk ESS = %.0f, %d divergences, %.1f s (%s)", as.integer(r$chains),
           r$rhat_max, r$ess_bulk_min, as.integer(r$divergences), r$seconds, verdict)
+}
+
+# How training ended (Python's TrainHistory: `stopped`, the last certificate check's k-hat).
+training_line <- function(t) {
+  if (is.null(t) || !nzchar(t$stopped %||% "")) return("stop reason not recorded")
+  where <- sprintf("%d steps on %s", as.integer(t$steps), t$device)
+  if (identical(t$stopped, "certificate")) {
+    return(sprintf("stopped at the certificate: training data's k-hat %.2f at step %d; %s", t$khat,
+                   as.integer(t$khat_step), where))
+  }
+  if (is.null(t$khat)) return(sprintf("the whole budget (%s), without certificate checks; %s", t$stopped, where))
+  sprintf("budget (%s) spent before the certificate; last check: training data's k-hat %.2f at step %d; %s",
+          t$stopped, t$khat, as.integer(t$khat_step), where)
 }
 
 psis_line <- function(k, ess, threshold, verdict = TRUE) {

@@ -29,7 +29,7 @@ from .core.spec import ParamSpec, SimulatedBatch, TwoLevelModel, bijector_of, ch
 from .estimator import MultilevelEstimator
 from .io import CONFIG_FILE, FORMAT_VERSION, load_weights, read_config, write_saved
 from .networks.config import NetworkConfig
-from .consistency import has_likelihood, self_consistency
+from .consistency import ObservedSets, has_likelihood, reverse_kl, self_consistency
 from .train import TrainConfig, TrainHistory, train_estimator
 
 __all__ = ["MultilevelNPE"]
@@ -111,46 +111,82 @@ class MultilevelNPE:
             raise ConfigError("this estimator was loaded without its model; pass `model=` to `load` to simulate.")
         return simulate_batch(self.model, n, self.groups, self.rows, generator)
 
-    def train(self, config: TrainConfig | None = None, **overrides: Any) -> TrainHistory:
+    def train(
+        self,
+        config: TrainConfig | None = None,
+        *,
+        observed: GroupedData | None = None,
+        monitor: Callable[[int], str | None] | None = None,
+        **overrides: Any,
+    ) -> TrainHistory:
         """Trains (or continues training) the networks on simulations.
 
         Arguments:
             config: training settings; keyword overrides replace single fields (e.g. `steps=500`).
+            observed: an observed dataset: with `config.observed_weight` > 0 (a model with tractable densities),
+                every step adds `config.observed_loss` of it, its leave-one-group-out subsets and bootstrap
+                resamples of its groups (`mlnpe.consistency.ObservedSets`; Mishra et al. 2025).
+            monitor: called every `config.check_every` steps; a string it returns stops training (e.g.
+                `mlnpe.inference.certificate.Certificate`).
         Returns:
             the training history (also kept in `self.history`).
         """
         config = config or TrainConfig()
         if overrides:
             config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+        if observed is not None:
+            self.check_design(observed, argument="`observed`")
         generator = torch.Generator().manual_seed(config.seed + 12345 * (1 + len(self.history.step)))
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.history = train_estimator(
-                self.estimator, self.simulate, config, generator, self.history, self._consistency(config)
+                self.estimator, self.simulate, config, generator, self.history, self._consistency(config, observed),
+                monitor,
             )
         self.trained = True
         self.train_config = config
         return self.history
 
-    def _consistency(self, config: TrainConfig) -> Callable[[SimulatedBatch], Tensor] | None:
-        """The weighted self-consistency loss of a training batch (`mlnpe.consistency`), or None when it is off."""
-        if not config.self_consistency:
+    def _consistency(
+        self, config: TrainConfig, observed: GroupedData | None = None
+    ) -> Callable[[SimulatedBatch], Tensor] | None:
+        """The extra losses of a training step (`mlnpe.consistency`): self-consistency on the simulated batch
+        (`config.self_consistency`) and the unlabeled loss on observed data (`config.observed_loss`, weight
+        `config.observed_weight`), or None when both are off."""
+        simulated = bool(config.self_consistency)
+        on_observed = observed is not None and bool(config.observed_weight) and self.model is not None
+        if on_observed and not has_likelihood(self.model):
+            raise ConfigError(
+                f"`observed` data train with self-consistency, which needs a model with log_prior_global, "
+                f"log_prior_local and log_likelihood; {type(self.model).__name__} lacks them. Leave out `observed` "
+                "or set TrainConfig observed_weight=0."
+            )
+        if not simulated and not on_observed:
             return None
-        if self.model is None or not has_likelihood(self.model):
+        if simulated and (self.model is None or not has_likelihood(self.model)):
             raise ConfigError(
                 "TrainConfig `self_consistency` needs a model with log_prior_global, log_prior_local and "
                 f"log_likelihood; {type(self.model).__name__} lacks them. Set self_consistency=0."
             )
         generator = torch.Generator().manual_seed(config.seed + 7919)  # apart from the simulations' stream
+        sets = ObservedSets(observed, self.groups[0]) if on_observed else None
 
         def loss(sims: SimulatedBatch) -> Tensor:
-            # the first k datasets of a batch of independent simulations are a random subset of it; scaled by B / k
             b = sims.global_params.shape[0]
-            k = min(config.consistency_datasets, b)
-            term = self_consistency(
-                self.estimator, self.model, sims.batch.index(slice(0, k)), config.consistency_draws, generator
-            )
-            return torch.nn.functional.pad(term * (config.self_consistency * b / k), (0, b - k))
+            total = torch.zeros(b, device=sims.global_params.device)
+            if simulated:
+                # the first k datasets of a batch of independent simulations are a random subset of it; scaled by B / k
+                k = min(config.consistency_datasets, b)
+                term = self_consistency(
+                    self.estimator, self.model, sims.batch.index(slice(0, k)), config.consistency_draws, generator
+                )
+                total = total + torch.nn.functional.pad(term * (config.self_consistency * b / k), (0, b - k))
+            if sets is not None:
+                batch = sets.batch(config.observed_datasets, generator).to(sims.global_params.device)
+                unlabeled = reverse_kl if config.observed_loss == "reverse_kl" else self_consistency
+                term = unlabeled(self.estimator, self.model, batch, config.observed_draws, generator)
+                total = total + config.observed_weight * term.mean()
+            return total
 
         return loss
 
@@ -172,18 +208,27 @@ class MultilevelNPE:
                 "GroupedData.from_dataframe(df, response=..., group=...) or GroupedData.from_arrays(y, group)."
             )
         for i, d in enumerate(datasets):
-            if d.y_dim != self.y_dim or d.x_dim != self.x_dim:
-                raise DataError(
-                    f"`data`[{i}] has {d.y_dim} response and {d.x_dim} covariate columns; the model expects "
-                    f"{self.y_dim} and {self.x_dim}."
-                )
-            check_range("groups", [d.n_groups], self.groups, allow=allow_extrapolation)
-            check_range("rows per group", d.n_rows.tolist(), self.rows, allow=allow_extrapolation)
+            self.check_design(d, allow_extrapolation, f"`data`[{i}]")
         if not self.trained:
             import warnings
 
             warnings.warn("this estimator has not been trained yet; its draws are meaningless.", stacklevel=3)
         return collate(datasets), [d.levels for d in datasets]
+
+    def check_design(self, data: GroupedData, allow_extrapolation: bool = False, argument: str = "`data`") -> None:
+        """Checks that a dataset has the model's columns and lies in the trained ranges of J and N_j.
+
+        Raises:
+            DataError: its columns differ from the model's.
+            RangeError: J or N_j lie far outside the trained ranges (unless `allow_extrapolation`).
+        """
+        if data.y_dim != self.y_dim or data.x_dim != self.x_dim:
+            raise DataError(
+                f"{argument} has {data.y_dim} response and {data.x_dim} covariate columns; the model expects "
+                f"{self.y_dim} and {self.x_dim}."
+            )
+        check_range("groups", [data.n_groups], self.groups, allow=allow_extrapolation)
+        check_range("rows per group", data.n_rows.tolist(), self.rows, allow=allow_extrapolation)
 
     def sample(
         self,

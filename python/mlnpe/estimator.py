@@ -208,6 +208,7 @@ class MultilevelEstimator(nn.Module):
         also log q(gu | x) (n, B), from the same pass (the flow's log-Jacobian at the draws)."""
         context = self._split_global(h_global)[0]
         noise = torch.randn(n, *context.shape[:-1], self.global_flow.features, generator=generator, dtype=context.dtype)
+        noise = noise.to(context.device)  # drawn on the CPU generator wherever the networks live
         if not log_prob:
             return self.global_from_noise(noise, h_global)
         gu, log_det = self.global_from_noise(noise, h_global, log_det=True)
@@ -334,6 +335,7 @@ class MultilevelEstimator(nn.Module):
         `log_prob`, also log q(lu_j | gu, x_j) (..., B, J), from the same pass."""
         shape = torch.broadcast_shapes(gu.shape[:-1], h_local.shape[:-2]) + h_local.shape[-2:-1]
         noise = torch.randn(*shape, self.local_flow.features, generator=generator, dtype=h_local.dtype)
+        noise = noise.to(h_local.device)
         if not log_prob:
             return self.local_from_noise(noise, h_local, gu)
         lu, log_det = self.local_from_noise(noise, h_local, gu, log_det=True)
@@ -403,11 +405,28 @@ class MultilevelEstimator(nn.Module):
             global draws (n, B, G) and local draws (n, B, J, L), constrained (padded groups hold junk); with
             `return_log_prob` also the log densities of `log_prob`.
         """
-        h_local, h_global = self.summarize(batch)
         if not return_log_prob:
+            h_local, h_global = self.summarize(batch)
             gu = self.global_sample(n, h_global, generator)
             lu = self.local_sample(h_local, gu, generator)
             return self.global_bijector.forward(gu), self.local_bijector.forward(lu)
+        return self.draw(n, batch, generator)
+
+    def draw(
+        self,
+        n: int,
+        batch: GroupedBatch,
+        generator: torch.Generator | None = None,
+        summaries: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Ancestral draws with their log densities, differentiable in the networks' weights (reparameterized: the
+        draws are the flows' maps of fixed noise), for losses on the flows' own draws (`mlnpe.consistency`).
+
+        Returns:
+            global draws (n, B, G), local draws (n, B, J, L) (constrained), log q(tau, omega | x) (n, B) and
+            log q(lambda_j | tau, omega, x_j) (n, B, J) (0 for padded groups).
+        """
+        h_local, h_global = summaries if summaries is not None else self.summarize(batch)
         # The flows' log densities at their own draws come from the sampling pass (base density minus the
         # log-Jacobian of the map from the noise), not from a second, density pass.
         gu, lq_global = self.global_sample(n, h_global, generator, log_prob=True)

@@ -341,10 +341,24 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
         "trained": bool(model.npe.trained),
         "train_seconds": float(model.train_seconds or model.npe.history.train_seconds),
         "focus": max(len(model.rounds) - 1, 0),
+        "training": _training(model.npe.history),
         "region": {k: [float(a), float(b)] for k, (a, b) in model.region.items()},
         "prior_summary": _prior_table(model),
         "model_path": str(path),
         "versions": _versions(),
+    }
+
+
+def _training(history: Any) -> dict[str, Any]:
+    """How the last training ended: `stopped` ("certificate", "steps", "time limit", ...), its steps, device and
+    last certificate check (k-hat of the training data at that step), for R's messages and summary()."""
+    last = history.checks[-1] if history.checks else None
+    return {
+        "stopped": str(history.stopped or ""),
+        "steps": int(history.step[-1]) if history.step else 0,
+        "device": str(history.device),
+        "khat": None if last is None else float(last["khat"]),
+        "khat_step": None if last is None else int(last["step"]),
     }
 
 

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .estimator import MultilevelEstimator
 from .core.spec import SimulatedBatch
 
-__all__ = ["TrainConfig", "TrainHistory", "train_estimator"]
+__all__ = ["TrainConfig", "TrainHistory", "resolve_device", "train_estimator"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,20 @@ class TrainConfig:
         consistency_draws: draws per dataset for that variance (at least 2).
         consistency_datasets: datasets of each batch that get the self-consistency term (a random subset, since
             the datasets of a batch are independent; the term is scaled by batch_size / consistency_datasets).
+        observed_loss: the loss on observed data, added to each step when training is given observed data
+            (`MultilevelNPE.train(observed=)`; the dataset, its leave-one-group-out subsets and bootstrap resamples
+            of its groups, `mlnpe.consistency.ObservedSets`): "reverse_kl" (the negative evidence lower bound
+            over reparameterized draws, `mlnpe.consistency.reverse_kl`) or "self_consistency" (as on simulations).
+        observed_weight: its weight (0: off).
+        observed_draws: draws per observed dataset for that loss (at least 2).
+        observed_datasets: observed datasets per step: the dataset itself and observed_datasets - 1 subsets or
+            resamples.
+        device: where the networks train: "auto" (CUDA when torch finds a GPU, else the CPU), "cpu", "cuda" or
+            "cuda:<index>". Simulations and the model's densities stay on the CPU; the trained estimator returns to
+            the CPU, where sampling runs.
+        check_every: steps between two checks of a training monitor, when training is given one (the PSIS
+            certificate of `mlnpe.inference.certificate`, which `FormulaNPE.train` uses whenever it has the
+            data); 0: no checks, train the whole budget.
     """
 
     mode: str = "online"
@@ -74,6 +88,12 @@ class TrainConfig:
     self_consistency: float = 0.0
     consistency_draws: int = 4
     consistency_datasets: int = 16
+    observed_loss: str = "reverse_kl"
+    observed_weight: float = 1.0
+    observed_draws: int = 16
+    observed_datasets: int = 4
+    device: str = "auto"
+    check_every: int = 250
 
     def __post_init__(self) -> None:
         if self.mode not in ("online", "offline"):
@@ -103,6 +123,30 @@ class TrainConfig:
             raise ConfigError(
                 f"TrainConfig `consistency_datasets` must be a positive number of datasets, got {self.consistency_datasets!r}."
             )
+        if self.observed_loss not in ("reverse_kl", "self_consistency"):
+            raise ConfigError(
+                f"TrainConfig `observed_loss` must be 'reverse_kl' or 'self_consistency', got {self.observed_loss!r}."
+            )
+        if not self.observed_weight >= 0:
+            raise ConfigError(f"TrainConfig `observed_weight` must be a weight >= 0 (0: off), got {self.observed_weight!r}.")
+        if int(self.observed_draws) < 2:
+            raise ConfigError(
+                f"TrainConfig `observed_draws` must be at least 2 (a variance over draws), got {self.observed_draws!r}."
+            )
+        if int(self.observed_datasets) < 1:
+            raise ConfigError(
+                f"TrainConfig `observed_datasets` must be a positive integer, got {self.observed_datasets!r}."
+            )
+        if int(self.check_every) < 0:
+            raise ConfigError(
+                f"TrainConfig `check_every` must be a number of steps >= 0 (0: no checks), got {self.check_every!r}."
+            )
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
+            raise ConfigError(
+                f"TrainConfig `device` must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}."
+            )
         if self.time_limit is not None and not self.time_limit > 0:
             raise ConfigError(f"TrainConfig `time_limit` must be positive seconds or None, got {self.time_limit!r}.")
 
@@ -118,10 +162,25 @@ class TrainConfig:
         return cls(**d)
 
 
+def resolve_device(device: str) -> torch.device:
+    """The torch device of `TrainConfig.device`: "auto" is CUDA when torch finds a GPU, else the CPU.
+
+    Raises:
+        ConfigError: CUDA was asked for and torch finds no GPU.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"TrainConfig `device` is {device!r} but torch finds no CUDA GPU; use 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
 @dataclass
 class TrainHistory:
     """Training curves: per logged step the mean training loss, the learning rate and elapsed seconds;
-    per epoch (offline) the validation loss."""
+    per epoch (offline) the validation loss; why training stopped (`stopped`: "steps", "time limit", "early
+    stopping" or the reason a monitor gave, e.g. "certificate"), the monitor's records (`checks`) and the device
+    of the last training."""
 
     step: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
@@ -130,6 +189,9 @@ class TrainHistory:
     val_loss: list[float] = field(default_factory=list)
     datasets_seen: int = 0
     train_seconds: float = 0.0
+    stopped: str = ""
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +237,7 @@ def train_estimator(
     generator: torch.Generator,
     history: TrainHistory | None = None,
     extra_loss: Callable[[SimulatedBatch], Tensor] | None = None,
+    monitor: Callable[[int], str | None] | None = None,
 ) -> TrainHistory:
     """Trains the estimator in place.
 
@@ -184,19 +247,32 @@ def train_estimator(
         config: training settings.
         generator: randomness of the simulations.
         history: an earlier history to extend (resumed training).
-        extra_loss: a per-dataset loss (B,) added to the NPE loss of each training batch (self-consistency).
+        extra_loss: a per-dataset loss (B,) (or a scalar) added to the NPE loss of each training batch
+            (self-consistency).
+        monitor: called every `config.check_every` steps with the step number (the estimator in eval mode, no
+            gradients); a returned string stops training and is recorded as the reason (`TrainHistory.stopped`).
     """
     history = history or TrainHistory()
     old_threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    if device.type != "cpu":
+        estimator.to(device)
+        cpu_simulate = simulate
+
+        def simulate(n: int, gen: torch.Generator) -> SimulatedBatch:
+            return cpu_simulate(n, gen).to(device)
+
     try:
         if config.mode == "online":
-            _train_online(estimator, simulate, config, generator, history, extra_loss)
+            _train_online(estimator, simulate, config, generator, history, extra_loss, monitor)
         else:
-            _train_offline(estimator, simulate, config, generator, history, extra_loss)
+            _train_offline(estimator, simulate, config, generator, history, extra_loss, monitor)
     finally:
         torch.set_num_threads(old_threads)
+        estimator.to("cpu")
+    history.device = str(device)
     estimator.eval()
     return history
 
@@ -269,7 +345,25 @@ def _log(history: TrainHistory, step: int, losses: list[float], lr: float, start
     del losses[:]
 
 
-def _train_online(estimator, simulate, config, generator, history, extra_loss=None) -> None:
+def _check(estimator, monitor, step: int, average: "_Average | None") -> str | None:
+    """Runs the monitor on the weights training would return (the average, with EMA)."""
+    if average is not None:
+        average.swap()
+    estimator.eval()
+    with torch.no_grad():
+        reason = monitor(step)
+    estimator.train()
+    if average is not None:
+        average.swap()
+    return reason
+
+
+def _budget_reason(config: TrainConfig, step: int) -> str:
+    """Why training without a monitor's verdict stopped: its steps, or else its time limit."""
+    return "time limit" if config.time_limit is not None and step < config.steps else "steps"
+
+
+def _train_online(estimator, simulate, config, generator, history, extra_loss=None, monitor=None) -> None:
     estimator.train()
     optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
     schedule = _Schedule(config, config.steps)
@@ -277,7 +371,7 @@ def _train_online(estimator, simulate, config, generator, history, extra_loss=No
     average = _Average(estimator, config.ema_decay) if config.ema_decay else None
     start, losses, seen = time.perf_counter(), [], 0
     log_every = max(min(config.steps // 200, 25), 1)
-    step = 0
+    step, reason = 0, None
     while step < config.steps and schedule.progress(step) < 1.0:
         lr = schedule.set_lr(optimizer, step)
         losses.append(_step(estimator, optimizer, simulate(config.batch_size, generator), config, extra_loss))
@@ -288,7 +382,12 @@ def _train_online(estimator, simulate, config, generator, history, extra_loss=No
         if step % log_every == 0:
             bar.update(step, losses[-1])
             _log(history, step, losses, lr, start, seen)
+        if monitor is not None and config.check_every and step % config.check_every == 0 and step < config.steps:
+            reason = _check(estimator, monitor, step, average)
+            if reason:
+                break
     bar.close()
+    history.stopped = reason or _budget_reason(config, step)
     if average is not None:
         average.swap()  # the estimator keeps the averaged weights
     history.datasets_seen += seen
@@ -303,7 +402,7 @@ def _validation_loss(estimator, batches: list[SimulatedBatch]) -> float:
     return total / sum(s.global_params.shape[0] for s in batches)
 
 
-def _train_offline(estimator, simulate, config, generator, history, extra_loss=None) -> None:
+def _train_offline(estimator, simulate, config, generator, history, extra_loss=None, monitor=None) -> None:
     # Store the budget as chunks of batch_size datasets, each padded only to its own maximum sizes.
     n_chunks = max(config.n_simulations // config.batch_size, 2)
     n_val = max(int(round(n_chunks * config.validation_fraction)), 1)
@@ -315,8 +414,8 @@ def _train_offline(estimator, simulate, config, generator, history, extra_loss=N
     bar = _Progress(schedule, config.progress)
     average = _Average(estimator, config.ema_decay) if config.ema_decay else None
     start, losses, seen, step = time.perf_counter(), [], 0, 0
-    best, best_state, stale = math.inf, None, 0
-    while step < config.steps and schedule.progress(step) < 1.0 and stale < config.patience:
+    best, best_state, stale, reason = math.inf, None, 0, None
+    while step < config.steps and schedule.progress(step) < 1.0 and stale < config.patience and not reason:
         order = torch.randperm(len(train_chunks), generator=generator).tolist()
         for i in order:
             lr = schedule.set_lr(optimizer, step)
@@ -327,6 +426,10 @@ def _train_offline(estimator, simulate, config, generator, history, extra_loss=N
             step += 1
             if step >= config.steps or schedule.progress(step) >= 1.0:
                 break
+            if monitor is not None and config.check_every and step % config.check_every == 0:
+                reason = _check(estimator, monitor, step, average)
+                if reason:
+                    break
         bar.update(step, losses[-1], force=True)
         _log(history, step, losses, lr, start, seen)
         if average is not None:
@@ -340,7 +443,8 @@ def _train_offline(estimator, simulate, config, generator, history, extra_loss=N
         if average is not None:
             average.swap()
     bar.close()
-    if best_state is not None:
+    history.stopped = reason or ("early stopping" if stale >= config.patience else _budget_reason(config, step))
+    if best_state is not None and not reason:  # a monitor's verdict is on the current weights: keep them
         estimator.load_state_dict(best_state)
     history.datasets_seen += seen
     history.train_seconds += time.perf_counter() - start

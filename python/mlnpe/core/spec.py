@@ -184,6 +184,11 @@ class SimulatedBatch:
     batch: GroupedBatch
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to(self, device: torch.device | str) -> "SimulatedBatch":
+        """A copy on `device` (the extras stay where they are)."""
+        return SimulatedBatch(self.global_params.to(device), self.local_params.to(device), self.batch.to(device),
+                              self.extra)  # fmt: skip
+
 
 def check_sizes(name: str, value: tuple[int, int], minimum: int = 1) -> tuple[int, int]:
     """Validates a (min, max) pair of sizes."""

@@ -35,7 +35,9 @@ from . import saved
 from .design import Design, DesignInfo, build_design
 from .families import get_family
 from .fit import FormulaFit, design_features, fit_dataset, log_joint
-from .focus import check_focus, posterior_region, record_round, region_edges, regression_region, train_focused
+from .focus import (
+    check_focus, posterior_region, record_round, region_edges, regression_region, train_focused, training_data,
+)
 from .model import CovariatePool, FormulaModel, global_slots
 from .names import brms_globals, brms_local_names
 from .priors import as_prior_specs, design_priors, prior_table
@@ -159,7 +161,13 @@ class FormulaNPE:
 
     # ---- training ---------------------------------------------------------------------------------------------
     def train(self, config: TrainConfig | None = None, *, focus: int = 0, **overrides: Any):
-        """Trains the amortizer on simulations (see MultilevelNPE.train).
+        """Trains the amortizer on simulations (see MultilevelNPE.train), and on the training data when it has them.
+
+        With the training data (`data`), every step also adds an unlabeled loss of the data, their
+        leave-one-group-out subsets and bootstrap resamples of their groups (`TrainConfig.observed_loss` and
+        `observed_weight`; `mlnpe.consistency`), and every `TrainConfig.check_every` steps the PSIS certificate of the data's amortized
+        posterior is checked: training stops once k-hat is below 0.7 and the held-out loss has stopped improving
+        (`mlnpe.inference.certificate`; `self.npe.history.stopped` says why training ended).
 
         Arguments:
             config: training settings; keyword overrides replace single fields (e.g. `steps=500`).
@@ -182,7 +190,7 @@ class FormulaNPE:
             config = TrainConfig.from_dict({**config.to_dict(), **overrides})
         focus = check_focus(focus)
         if focus == 0:
-            history = self.npe.train(config)
+            history = self.npe.train(config, **training_data(self, config))
             record_round(self, history, continued=True)
             return history
         return train_focused(self, config, focus)

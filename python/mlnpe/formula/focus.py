@@ -22,13 +22,17 @@ import torch
 from ..amortizer import MultilevelNPE
 from ..core.constraints import Positive, get_support
 from ..core.draws import PosteriorDraws
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RangeError
+from ..inference.certificate import Certificate
 from ..train import TrainConfig, TrainHistory
 
 if TYPE_CHECKING:
     from .api import FormulaNPE
 
-__all__ = ["check_focus", "posterior_region", "record_round", "region_edges", "regression_region", "train_focused"]
+__all__ = [
+    "check_focus", "posterior_region", "record_round", "region_edges", "regression_region", "train_focused",
+    "training_data",
+]
 
 
 def check_focus(focus: Any) -> int:
@@ -43,6 +47,28 @@ def check_focus(focus: Any) -> int:
             "to amortize over the whole prior and 1 to focus on datasets like the training data."
         )
     return int(focus)
+
+
+def training_data(model: FormulaNPE, config: TrainConfig, certify: bool = True) -> dict[str, Any]:
+    """The training data's part in training `model.npe` (the keyword arguments of `MultilevelNPE.train`): the
+    observed data for self-consistency (with `config.observed_weight` > 0) and the PSIS certificate as the
+    monitor (with `config.check_every` > 0 and `certify`). {} without training data; data outside the trained
+    ranges of J and N_j warn and take no part."""
+    if model.data is None or (not config.observed_weight and not (certify and config.check_every)):
+        return {}
+    grouped, _ = model.grouped_data(model.data)
+    try:
+        model.npe.check_design(grouped)
+    except RangeError as e:
+        warnings.warn(f"the training data take no part in training (no self-consistency, no certificate): {e}",
+                      stacklevel=3)  # fmt: skip
+        return {}
+    out: dict[str, Any] = {}
+    if config.observed_weight:
+        out["observed"] = grouped
+    if certify and config.check_every:
+        out["monitor"] = Certificate(model.npe, grouped, seed=config.seed)
+    return out
 
 
 def train_focused(model: FormulaNPE, config: TrainConfig, focus: int) -> TrainHistory:
@@ -74,7 +100,8 @@ def train_focused(model: FormulaNPE, config: TrainConfig, focus: int) -> TrainHi
             region = posterior_region(model, seed=config.seed + 1000 + k)
             model.model.set_region(region)
             model.npe = MultilevelNPE(model.model, model.groups, model.rows, model.network, seed=model.seed + k)
-        history = model.npe.train(TrainConfig.from_dict({**config.to_dict(), **budget}))
+        round_config = TrainConfig.from_dict({**config.to_dict(), **budget})
+        history = model.npe.train(round_config, **training_data(model, round_config, certify=k == focus))
         record_round(model, history, continued=False)
     return history
 
