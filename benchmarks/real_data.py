@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from mlnpe import TrainConfig
-from mlnpe.formula import FormulaNPE, prior
+from mlnpe.formula import prior
 from mlnpe.formula.cache import trained_model
 from mlnpe.inference.psis import ParetoKWarning, psis_moments
 
