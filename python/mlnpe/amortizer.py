@@ -34,6 +34,8 @@ from .train import TrainConfig, TrainHistory, train_estimator
 
 __all__ = ["MultilevelNPE"]
 
+OBSERVED_RAMP = (0.1, 0.2)  # training progress where the observed data's loss starts, and where it reaches full weight
+
 
 class MultilevelNPE:
     """Amortized posterior of a two-level model (ML-NPE).
@@ -149,10 +151,14 @@ class MultilevelNPE:
 
     def _consistency(
         self, config: TrainConfig, observed: GroupedData | None = None
-    ) -> Callable[[SimulatedBatch], Tensor] | None:
+    ) -> Callable[[SimulatedBatch, float], Tensor] | None:
         """The extra losses of a training step (`mlnpe.consistency`): self-consistency on the simulated batch
         (`config.self_consistency`) and the unlabeled loss on observed data (`config.observed_loss`, weight
-        `config.observed_weight`), or None when both are off."""
+        `config.observed_weight`), or None when both are off.
+
+        The observed data's loss starts once the NPE loss has shaped q: it is off for the first
+        `OBSERVED_RAMP[0]` of training and reaches its full weight at `OBSERVED_RAMP[1]`. An untrained flow may draw
+        group-level sds of 1e-30, whose reverse KL (1e36) overflows the gradients (sleepstudy's first steps)."""
         simulated = bool(config.self_consistency)
         on_observed = observed is not None and bool(config.observed_weight) and self.model is not None
         if on_observed and not has_likelihood(self.model):
@@ -171,7 +177,7 @@ class MultilevelNPE:
         generator = torch.Generator().manual_seed(config.seed + 7919)  # apart from the simulations' stream
         sets = ObservedSets(observed, self.groups[0]) if on_observed else None
 
-        def loss(sims: SimulatedBatch) -> Tensor:
+        def loss(sims: SimulatedBatch, progress: float) -> Tensor:
             b = sims.global_params.shape[0]
             total = torch.zeros(b, device=sims.global_params.device)
             if simulated:
@@ -181,11 +187,15 @@ class MultilevelNPE:
                     self.estimator, self.model, sims.batch.index(slice(0, k)), config.consistency_draws, generator
                 )
                 total = total + torch.nn.functional.pad(term * (config.self_consistency * b / k), (0, b - k))
-            if sets is not None:
+            ramp = min(max((progress - OBSERVED_RAMP[0]) / (OBSERVED_RAMP[1] - OBSERVED_RAMP[0]), 0.0), 1.0)
+            if sets is not None and ramp > 0:
                 batch = sets.batch(config.observed_datasets, generator).to(sims.global_params.device)
-                unlabeled = reverse_kl if config.observed_loss == "reverse_kl" else self_consistency
-                term = unlabeled(self.estimator, self.model, batch, config.observed_draws, generator)
-                total = total + config.observed_weight * term.mean()
+                args = (self.estimator, self.model, batch, config.observed_draws, generator)
+                if config.observed_loss == "self_consistency":
+                    term = self_consistency(*args)
+                else:
+                    term = reverse_kl(*args, importance_weighted=config.observed_loss == "importance_weighted")
+                total = total + ramp * config.observed_weight * term.mean()
             return total
 
         return loss

@@ -19,6 +19,8 @@ bound of the same joint density, whose pathwise gradient is far less noisy on on
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -85,19 +87,37 @@ def self_consistency(
 
 
 def reverse_kl(
-    estimator: MultilevelEstimator, model: TwoLevelModel, batch: GroupedBatch, n_draws: int, generator: torch.Generator
+    estimator: MultilevelEstimator,
+    model: TwoLevelModel,
+    batch: GroupedBatch,
+    n_draws: int,
+    generator: torch.Generator,
+    importance_weighted: bool = False,
 ) -> Tensor:
     """KL(q || p) of each dataset in `batch` up to its constant log p(x): mean_s [log q(theta_s | x) -
     log p(theta_s, x)] over reparameterized draws theta_s = T(noise_s) of the joint factorized q: (B,).
 
     The negative evidence lower bound, minimized (to -log p(x)) exactly at the true posterior. Its pathwise
     gradient flows through the draws into log p(theta, x) and log q. Draws with a non-finite log density (outside
-    the prior's support) are left out of the mean.
+    the prior's support) are left out of the mean. With `importance_weighted`, the negative importance-weighted
+    bound -log mean_s p(theta_s, x) / q(theta_s | x) instead (Burda et al. 2016), which covers more of the
+    posterior's mass than the plain bound.
     """
     g, l, lq_global, lq_local = estimator.draw(n_draws, batch, generator)
-    gap = (lq_global + lq_local.sum(-1)) - log_joint(model, batch, g, l)  # (S, B)
-    finite = torch.isfinite(gap)
-    return torch.where(finite, gap, 0.0).sum(0) / finite.sum(0).clamp_min(1)
+    log_p = log_joint(model, batch, g, l)
+    finite = torch.isfinite(log_p) & torch.isfinite(lq_global) & torch.isfinite(lq_local.sum(-1))  # (S, B)
+    if not finite.all():
+        # Recompute with the failed draws held fixed: the derivative of a non-finite density (an sd that underflowed
+        # to 0) is not finite either, and 0 * inf would turn every gradient into NaN.
+        g = torch.where(finite[..., None], g, g.detach())
+        l = torch.where(finite[..., None, None], l, l.detach())
+        log_p = log_joint(model, batch, g, l)
+    gap = torch.where(finite, (lq_global + lq_local.sum(-1)) - log_p, 0.0)
+    if importance_weighted:
+        # -log mean_s exp(-gap_s) over the finite draws: the importance-weighted bound (Burda et al. 2016)
+        log_w = torch.where(finite, -gap, -math.inf)
+        return -(torch.logsumexp(log_w, 0) - torch.log(finite.sum(0).clamp_min(1).to(log_w.dtype)))
+    return gap.sum(0) / finite.sum(0).clamp_min(1)
 
 
 class ObservedSets:

@@ -23,6 +23,9 @@ from .core.spec import SimulatedBatch
 __all__ = ["TrainConfig", "TrainHistory", "resolve_device", "train_estimator"]
 
 
+OBSERVED_LOSSES = ("reverse_kl", "importance_weighted", "self_consistency")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings.
@@ -57,7 +60,8 @@ class TrainConfig:
         observed_loss: the loss on observed data, added to each step when training is given observed data
             (`MultilevelNPE.train(observed=)`; the dataset, its leave-one-group-out subsets and bootstrap resamples
             of its groups, `mlnpe.consistency.ObservedSets`): "reverse_kl" (the negative evidence lower bound
-            over reparameterized draws, `mlnpe.consistency.reverse_kl`) or "self_consistency" (as on simulations).
+            over reparameterized draws, `mlnpe.consistency.reverse_kl`), "importance_weighted" (the importance-weighted
+            bound over the same draws) or "self_consistency" (as on simulations).
         observed_weight: its weight (0: off).
         observed_draws: draws per observed dataset for that loss (at least 2).
         observed_datasets: observed datasets per step: the dataset itself and observed_datasets - 1 subsets or
@@ -123,9 +127,9 @@ class TrainConfig:
             raise ConfigError(
                 f"TrainConfig `consistency_datasets` must be a positive number of datasets, got {self.consistency_datasets!r}."
             )
-        if self.observed_loss not in ("reverse_kl", "self_consistency"):
+        if self.observed_loss not in OBSERVED_LOSSES:
             raise ConfigError(
-                f"TrainConfig `observed_loss` must be 'reverse_kl' or 'self_consistency', got {self.observed_loss!r}."
+                f"TrainConfig `observed_loss` must be one of {list(OBSERVED_LOSSES)}, got {self.observed_loss!r}."
             )
         if not self.observed_weight >= 0:
             raise ConfigError(f"TrainConfig `observed_weight` must be a weight >= 0 (0: off), got {self.observed_weight!r}.")
@@ -236,7 +240,7 @@ def train_estimator(
     config: TrainConfig,
     generator: torch.Generator,
     history: TrainHistory | None = None,
-    extra_loss: Callable[[SimulatedBatch], Tensor] | None = None,
+    extra_loss: Callable[[SimulatedBatch, float], Tensor] | None = None,
     monitor: Callable[[int], str | None] | None = None,
 ) -> TrainHistory:
     """Trains the estimator in place.
@@ -247,8 +251,8 @@ def train_estimator(
         config: training settings.
         generator: randomness of the simulations.
         history: an earlier history to extend (resumed training).
-        extra_loss: a per-dataset loss (B,) (or a scalar) added to the NPE loss of each training batch
-            (self-consistency).
+        extra_loss: (batch, progress in [0, 1]) -> a per-dataset loss (B,) (or a scalar) added to the NPE loss of
+            each training batch (self-consistency, the observed data's loss).
         monitor: called every `config.check_every` steps with the step number (the estimator in eval mode, no
             gradients); a returned string stops training and is recorded as the reason (`TrainHistory.stopped`).
     """
@@ -277,10 +281,10 @@ def train_estimator(
     return history
 
 
-def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, extra_loss=None) -> float:
+def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, extra_loss=None, progress: float = 0.0) -> float:
     loss = estimator.loss(sims.global_params, sims.local_params, sims.batch)
     if extra_loss is not None:
-        loss = loss + extra_loss(sims)
+        loss = loss + extra_loss(sims, progress)
     loss = loss.mean()
     if not torch.isfinite(loss):
         raise FloatingPointError(
@@ -288,8 +292,9 @@ def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, extra
         )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(estimator.parameters(), config.clip_norm)
-    optimizer.step()
+    norm = torch.nn.utils.clip_grad_norm_(estimator.parameters(), config.clip_norm)
+    if torch.isfinite(norm):  # a non-finite gradient (an overflow in one draw of an extra loss) skips the step
+        optimizer.step()
     return float(loss.detach())
 
 
@@ -374,7 +379,8 @@ def _train_online(estimator, simulate, config, generator, history, extra_loss=No
     step, reason = 0, None
     while step < config.steps and schedule.progress(step) < 1.0:
         lr = schedule.set_lr(optimizer, step)
-        losses.append(_step(estimator, optimizer, simulate(config.batch_size, generator), config, extra_loss))
+        sims = simulate(config.batch_size, generator)
+        losses.append(_step(estimator, optimizer, sims, config, extra_loss, schedule.progress(step)))
         if average is not None:
             average.update()
         seen += config.batch_size
@@ -419,7 +425,7 @@ def _train_offline(estimator, simulate, config, generator, history, extra_loss=N
         order = torch.randperm(len(train_chunks), generator=generator).tolist()
         for i in order:
             lr = schedule.set_lr(optimizer, step)
-            losses.append(_step(estimator, optimizer, train_chunks[i], config, extra_loss))
+            losses.append(_step(estimator, optimizer, train_chunks[i], config, extra_loss, schedule.progress(step)))
             if average is not None:
                 average.update()
             seen += config.batch_size

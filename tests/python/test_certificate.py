@@ -74,3 +74,12 @@ def test_device_auto_trains_where_torch_finds_a_gpu_and_returns_to_the_cpu():
     if not torch.cuda.is_available():
         for a, b in zip(npe.estimator.parameters(), other.estimator.parameters()):
             torch.testing.assert_close(a, b)
+
+
+def test_the_held_out_loss_must_stop_improving_before_the_certificate_stops_training():
+    """A k-hat below 0.7 alone does not stop training while the held-out loss still improves by more than 0.1 %."""
+    cert = Certificate(_npe(), _data(), n_draws=100, validation=8, patience=1)
+    losses = iter([10.0, 9.0, 8.995, 8.0])
+    cert.khat, cert.held_out_loss = (lambda: 0.3), (lambda: next(losses))
+    assert [cert(step) for step in (1, 2, 3, 4)] == [None, None, "certificate", None]
+    assert [r["held_out_loss"] for r in cert.records] == [10.0, 9.0, 8.995, 8.0]

@@ -13,6 +13,8 @@ test_that("mlnpe() trains once, fits, and names the draws as brms does", {
   expect_equal(dimnames(ranef(fit)$g)[[1]], sprintf("s %d", 1:8))
   expect_equal(nrow(posterior::summarise_draws(fit)), nvariables(fit))
   expect_output(print(fit), "Population-Level Effects")
+  expect_true(fit$amortizer$training$stopped %in% c("steps", "certificate"))
+  expect_output(print(fit), "Train: ")
 })
 
 test_that("an identical call loads the amortizer from the cache and gives the same draws", {

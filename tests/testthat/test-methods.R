@@ -100,3 +100,19 @@ test_that("logo objects have loo's shape and work with loo_compare", {
   expect_equal(unname(cmp["second", "elpd_diff"]), -2.5)
   expect_output(print(a), "Leave-one-group-out")
 })
+
+test_that("summary() says how training ended: at the certificate or at the budget", {
+  fit <- fake_fit()
+  fit$amortizer$training <- list(stopped = "certificate", steps = 1500, device = "cpu", khat = 0.52,
+                                 khat_step = 1500)
+  out <- capture.output(print(fit))
+  expect_true(any(grepl("^  Train: stopped at the certificate: training data's k-hat 0.52 at step 1500; 1500 steps on cpu",
+                        out)))
+  fit$amortizer$training <- list(stopped = "steps", steps = 3000, device = "cpu", khat = 0.91, khat_step = 2750)
+  out <- capture.output(print(fit))
+  expect_true(any(grepl("budget \\(steps\\) spent before the certificate; last check: training data's k-hat 0.91 at step 2750",
+                        out)))
+  fit$amortizer$training <- list(stopped = "time limit", steps = 800, device = "cuda")
+  expect_true(any(grepl("the whole budget \\(time limit\\), without certificate checks; 800 steps on cuda",
+                        capture.output(print(fit)))))
+})

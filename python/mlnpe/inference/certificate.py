@@ -79,7 +79,7 @@ class Certificate:
 
     def __call__(self, step: int) -> str | None:
         khat, loss = self.khat(), self.held_out_loss()
-        if loss < self.best - 1e-3 * max(1.0, abs(self.best)):
+        if not math.isfinite(self.best) or loss < self.best - 1e-3 * max(1.0, abs(self.best)):
             self.best, self.stale = loss, 0
         else:
             self.stale += 1
