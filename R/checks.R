@@ -134,7 +134,7 @@ check_settings <- function(x, arg) {
   if (is.null(x)) return(list())
   if (!is.list(x) || (length(x) && (is.null(names(x)) || any(!nzchar(names(x)))))) {
     mlnpe_abort(c(sprintf("`%s` must be a named list, not %s.", arg, describe_value(x)),
-                  i = sprintf("E.g. %s = list(steps = 3000, batch_size = 64).", arg)),
+                  i = sprintf("E.g. %s = list(steps = 1500, batch_size = 64).", arg)),
                 "mlnpe_argument_error")
   }
   x

@@ -28,7 +28,8 @@
 #'   `list(summary = list(hidden = 64), global_flow = list(transforms = 4))`. The parts are `summary`,
 #'   `global_flow`, `local_flow`, `statistics` and `shift` (`FALSE` turns the last two off), beside `log_inputs`
 #'   and `log_response`; Python checks every value.
-#' @param train Training settings (Python's `TrainConfig`): `steps`, `batch_size`, `learning_rate`,
+#' @param train Training settings (Python's `TrainConfig`), changing single fields of the default budget of
+#'   1500 steps of 64 datasets at a learning rate of 0.002: `steps`, `batch_size`, `learning_rate`,
 #'   `time_limit` (seconds), `seed`, `progress`, `device` (`"auto"`: a CUDA GPU when torch finds one, else the
 #'   CPU), ... Besides simulations, training uses `data`: every step adds the reverse KL divergence of the
 #'   amortized posterior from the exact one for `data`, its leave-one-group-out subsets and bootstrap
@@ -76,7 +77,7 @@
 #' }
 #' @export
 mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups = NULL, rows = NULL,
-                  network = list(), train = list(steps = 3000, batch_size = 64), focus = 1, cache = TRUE,
+                  network = list(), train = list(), focus = 1, cache = TRUE,
                   ndraws = 4000, seed = NULL, psis = TRUE, resample = "auto", refine = "auto",
                   refine_control = list()) {
   call <- match.call()

@@ -190,11 +190,8 @@ class MultilevelNPE:
             ramp = min(max((progress - OBSERVED_RAMP[0]) / (OBSERVED_RAMP[1] - OBSERVED_RAMP[0]), 0.0), 1.0)
             if sets is not None and ramp > 0:
                 batch = sets.batch(config.observed_datasets, generator).to(sims.global_params.device)
-                args = (self.estimator, self.model, batch, config.observed_draws, generator)
-                if config.observed_loss == "self_consistency":
-                    term = self_consistency(*args)
-                else:
-                    term = reverse_kl(*args, importance_weighted=config.observed_loss == "importance_weighted")
+                unlabeled = reverse_kl if config.observed_loss == "reverse_kl" else self_consistency
+                term = unlabeled(self.estimator, self.model, batch, config.observed_draws, generator)
                 total = total + ramp * config.observed_weight * term.mean()
             return total
 

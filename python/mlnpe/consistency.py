@@ -19,8 +19,6 @@ bound of the same joint density, whose pathwise gradient is far less noisy on on
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -87,21 +85,15 @@ def self_consistency(
 
 
 def reverse_kl(
-    estimator: MultilevelEstimator,
-    model: TwoLevelModel,
-    batch: GroupedBatch,
-    n_draws: int,
-    generator: torch.Generator,
-    importance_weighted: bool = False,
+    estimator: MultilevelEstimator, model: TwoLevelModel, batch: GroupedBatch, n_draws: int, generator: torch.Generator
 ) -> Tensor:
     """KL(q || p) of each dataset in `batch` up to its constant log p(x): mean_s [log q(theta_s | x) -
     log p(theta_s, x)] over reparameterized draws theta_s = T(noise_s) of the joint factorized q: (B,).
 
     The negative evidence lower bound, minimized (to -log p(x)) exactly at the true posterior. Its pathwise
     gradient flows through the draws into log p(theta, x) and log q. Draws with a non-finite log density (outside
-    the prior's support) are left out of the mean. With `importance_weighted`, the negative importance-weighted
-    bound -log mean_s p(theta_s, x) / q(theta_s | x) instead (Burda et al. 2016), which covers more of the
-    posterior's mass than the plain bound.
+    the prior's support) are left out of the mean. (The importance-weighted bound over the same draws, which covers
+    more of the posterior's mass, was less accurate on sleepstudy and radon: BENCHMARKS.md.)
     """
     g, l, lq_global, lq_local = estimator.draw(n_draws, batch, generator)
     log_p = log_joint(model, batch, g, l)
@@ -113,10 +105,6 @@ def reverse_kl(
         l = torch.where(finite[..., None, None], l, l.detach())
         log_p = log_joint(model, batch, g, l)
     gap = torch.where(finite, (lq_global + lq_local.sum(-1)) - log_p, 0.0)
-    if importance_weighted:
-        # -log mean_s exp(-gap_s) over the finite draws: the importance-weighted bound (Burda et al. 2016)
-        log_w = torch.where(finite, -gap, -math.inf)
-        return -(torch.logsumexp(log_w, 0) - torch.log(finite.sum(0).clamp_min(1).to(log_w.dtype)))
     return gap.sum(0) / finite.sum(0).clamp_min(1)
 
 

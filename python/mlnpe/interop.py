@@ -163,9 +163,10 @@ def _coerce_fields(cls: type, values: Mapping[str, Any] | None, argument: str) -
 
 
 def _train_config(train: Mapping[str, Any] | None) -> Any:
+    from .formula.cache import training_config
     from .train import TrainConfig
 
-    return TrainConfig.from_dict(_coerce_fields(TrainConfig, train, "train"))
+    return training_config(_coerce_fields(TrainConfig, train, "train"))
 
 
 def _network(network: Mapping[str, Any] | None) -> dict[str, Any]:

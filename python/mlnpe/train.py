@@ -23,7 +23,7 @@ from .core.spec import SimulatedBatch
 __all__ = ["TrainConfig", "TrainHistory", "resolve_device", "train_estimator"]
 
 
-OBSERVED_LOSSES = ("reverse_kl", "importance_weighted", "self_consistency")
+OBSERVED_LOSSES = ("reverse_kl", "self_consistency")
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,7 @@ class TrainConfig:
         observed_loss: the loss on observed data, added to each step when training is given observed data
             (`MultilevelNPE.train(observed=)`; the dataset, its leave-one-group-out subsets and bootstrap resamples
             of its groups, `mlnpe.consistency.ObservedSets`): "reverse_kl" (the negative evidence lower bound
-            over reparameterized draws, `mlnpe.consistency.reverse_kl`), "importance_weighted" (the importance-weighted
-            bound over the same draws) or "self_consistency" (as on simulations).
+            over reparameterized draws, `mlnpe.consistency.reverse_kl`) or "self_consistency" (as on simulations).
         observed_weight: its weight (0: off).
         observed_draws: draws per observed dataset for that loss (at least 2).
         observed_datasets: observed datasets per step: the dataset itself and observed_datasets - 1 subsets or

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -80,6 +82,8 @@ def test_the_held_out_loss_must_stop_improving_before_the_certificate_stops_trai
     """A k-hat below 0.7 alone does not stop training while the held-out loss still improves by more than 0.1 %."""
     cert = Certificate(_npe(), _data(), n_draws=100, validation=8, patience=1)
     losses = iter([10.0, 9.0, 8.995, 8.0])
-    cert.khat, cert.held_out_loss = (lambda: 0.3), (lambda: next(losses))
+    cert.khat, cert.held_out_loss = (lambda: 0.3), (lambda: (next(losses), 0.1))
     assert [cert(step) for step in (1, 2, 3, 4)] == [None, None, "certificate", None]
     assert [r["held_out_loss"] for r in cert.records] == [10.0, 9.0, 8.995, 8.0]
+    loss, se = Certificate(_npe(), _data(), n_draws=100, validation=16).held_out_loss()
+    assert math.isfinite(loss) and 0 < se < abs(loss) + 10

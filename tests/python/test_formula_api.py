@@ -188,3 +188,16 @@ def test_training_designs_copy_observed_groups_in_a_random_order():
                 assert np.all(values // 100 == k)  # drawn with replacement from one source group
     assert copies / groups > 0.7  # 75 % keep their source's size and rows
     assert shuffled / copies > 0.5  # in a random order
+
+
+def test_fits_train_on_one_default_budget_that_single_fields_change():
+    from mlnpe.formula.cache import TRAINING, training_config
+    from mlnpe.interop import FitControl
+
+    config = training_config()
+    assert (config.steps, config.batch_size, config.learning_rate) == (1500, 64, 2e-3) == tuple(TRAINING.values())
+    assert config.observed_weight > 0 and config.check_every > 0  # the data's loss and certificate are on
+    changed = training_config({"steps": 10})
+    assert changed.steps == 10 and changed.learning_rate == 2e-3
+    assert FitControl.from_r({"train": {"steps": 50.0}}).train == training_config({"steps": 50})
+    assert training_config(TrainConfig(steps=7)).learning_rate == TrainConfig().learning_rate  # a full config as is

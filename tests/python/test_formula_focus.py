@@ -86,11 +86,15 @@ def test_focus_rounds_region_and_save_load(tmp_path):
 
 
 def test_focused_cache_key_covers_the_response():
-    """Focused training learns around the data's posterior: two data sets with the same covariates and groups but
-    another response must not share a focused amortizer, while unfocused ones (which see the covariates only) do."""
+    """Focused training and training on the data (their loss, their certificate) learn around the data's posterior:
+    two data sets with the same covariates and groups but another response must not share such an amortizer, while
+    ones trained on simulations alone (which see the covariates only) do."""
     a, b = _data(seed=0), _data(seed=0, mu=41.0)
     assert _model(a).spec_hash(focus=1) != _model(b).spec_hash(focus=1)
-    assert _model(a).spec_hash(focus=0) == _model(b).spec_hash(focus=0)
+    assert _model(a).spec_hash(focus=0) != _model(b).spec_hash(focus=0)  # the data's loss and certificate
+    simulations_only = TrainConfig(observed_weight=0.0, check_every=0)
+    assert _model(a).spec_hash(simulations_only, focus=0) == _model(b).spec_hash(simulations_only, focus=0)
+    assert _model(a).spec_hash(TrainConfig(device="cpu")) == _model(a).spec_hash(TrainConfig(device="auto"))
     regrouped = a.assign(g=a["g"].to_numpy()[::-1])
     assert _model(a).spec_hash(focus=1) != _model(regrouped).spec_hash(focus=1)
 

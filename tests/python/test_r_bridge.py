@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlnpe import TrainConfig
 from mlnpe.formula import trained_model
+from mlnpe.formula.cache import training_config
 from mlnpe.inference.psis import ParetoKWarning
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ def test_r_draws_equal_python_draws(r_library, tmp_path):
     # (factor codes, numbers) gives the same cache key, and the draws are again identical.
     from_cache_r, path_r = Path(paths["fit_info"]).read_text().split("\n")[:2]
     assert from_cache_r == "TRUE"
-    assert Path(path_r).resolve() == (cache / model.spec_hash(TrainConfig.from_dict(dict(TRAIN)), focus=1)).resolve()
+    assert Path(path_r).resolve() == (cache / model.spec_hash(training_config(TRAIN), focus=1)).resolve()
     fitted = np.fromfile(paths["fit_bin"], dtype="<f8").reshape(shape).T
     _assert_same_draws(fitted, expected.to_numpy(), how)
 

@@ -16,7 +16,19 @@ from ..train import TrainConfig
 from .api import FormulaNPE
 from .saved import FORMULA_FILE
 
-__all__ = ["cache_dir", "trained_model"]
+__all__ = ["TRAINING", "cache_dir", "trained_model", "training_config"]
+
+# The training budget of a fit (`mlnpe()`, `trained_model`): 1500 steps of 64 datasets at a peak learning rate of
+# 2e-3, which on sleepstudy, seeds and radon reach the targets against Stan within 3 minutes on 2 CPU cores
+# (BENCHMARKS.md, real data); the certificate may stop training earlier.
+TRAINING = {"steps": 1500, "batch_size": 64, "learning_rate": 2e-3}
+
+
+def training_config(train: TrainConfig | dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig of a fit: a TrainConfig as it is; otherwise `TRAINING` changed by the fields `train` names."""
+    if isinstance(train, TrainConfig):
+        return train
+    return TrainConfig.from_dict({**TRAINING, **dict(train or {})})
 
 
 def cache_dir() -> Path:
@@ -39,12 +51,14 @@ def trained_model(
 
     The cache key covers everything that determines the amortizer: formula, family, priors in force, design
     information, covariate pool, ranges, network, training settings and `focus` (see `FormulaNPE.train`; 1 by
-    default, as in R's `mlnpe()`: this entry point fits the user's data). The first call trains and stores it.
+    default, as in R's `mlnpe()`: this entry point fits the user's data), and the data themselves where training
+    uses them. `train` changes single fields of `TRAINING` (or is a full TrainConfig). The first call trains and
+    stores it.
 
     Returns:
         (model, from_cache).
     """
-    config = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(dict(train or {}))
+    config = training_config(train)
     model = FormulaNPE(formula, data, family, prior, **kwargs)
     if cache is False:
         model.train(config, focus=focus)

@@ -72,18 +72,20 @@ def config_dict(model: FormulaNPE) -> dict[str, Any]:
 def spec_hash(model: FormulaNPE, config: TrainConfig | None = None, focus: int = 0) -> str:
     """A key of everything that determines the trained amortizer (for the on-disk cache).
 
-    With `focus` > 0 training depends on the data themselves, so the key covers the response, the trials and the
-    grouping as well as the covariate pool; with `focus` = 0 it covers the covariate pool only, and data that differ
-    in the response share one amortizer.
+    When training depends on the data themselves (`focus` > 0, the observed data's loss, the certificate), the key
+    covers the response, the trials and the grouping as well as the covariate pool; otherwise it covers the
+    covariate pool only, and data that differ in the response share one amortizer.
     """
     payload = config_dict(model)
     del payload["region"], payload["rounds"]  # results of training, not part of the specification
     payload["focus"] = int(focus)
     payload["pool"] = hashlib.sha256(model.pool.x.numpy().tobytes() + model.pool.n.numpy().tobytes()).hexdigest()
-    payload["train"] = (config or TrainConfig()).to_dict()
-    payload["train"].pop("progress", None)
-    payload["train"].pop("num_threads", None)
-    if focus > 0:  # focused training learns around the data's posterior: the response and grouping matter too
+    config = config or TrainConfig()
+    payload["train"] = config.to_dict()
+    for setting in ("progress", "num_threads", "device"):  # how training runs, not what it learns
+        payload["train"].pop(setting, None)
+    uses_data = model.data is not None and (config.observed_weight > 0 or config.check_every > 0)
+    if focus > 0 or uses_data:  # training learns around the data's posterior: the response and grouping matter too
         _, design = model.grouped_data(model.data)
         trials = b"" if design.trials is None else design.trials.astype("int64").tobytes()
         arrays = design.y.astype("float64").tobytes() + trials + design.group.astype("int64").tobytes()
