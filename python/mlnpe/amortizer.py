@@ -255,8 +255,11 @@ class MultilevelNPE:
             log_prob: also compute each draw's log density (`log_q`, needed for importance sampling); this
                 evaluates the flows a second time.
         """
-        if int(n_draws) < 1:
+        if isinstance(n_draws, bool) or not isinstance(n_draws, (int, float, np.integer, np.floating)) or not (
+            math.isfinite(n_draws) and float(n_draws).is_integer() and n_draws >= 1
+        ):
             raise ConfigError(f"`n_draws` must be a positive integer, got {n_draws!r}.")
+        n_draws = int(n_draws)
         batch, levels = self.batch(data, allow_extrapolation)
         generator = torch.Generator()
         generator.manual_seed(seed) if seed is not None else generator.seed()

@@ -15,6 +15,7 @@ load and give the same log densities as when they were saved.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -114,11 +115,25 @@ def load_weights(estimator: nn.Module, path: Path, format_version: int = FORMAT_
     """
     path = Path(path)
     try:
-        state = torch.load(path / WEIGHTS_FILE, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch's warnings about a foreign file: the LoadError below says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path / WEIGHTS_FILE, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise LoadError(f"no {WEIGHTS_FILE} in {str(path)!r}; the save is incomplete.") from None
     except Exception as e:  # torch raises several types for corrupt archives
-        raise LoadError(f"{str(path / WEIGHTS_FILE)!r} cannot be read as tensors ({type(e).__name__}: {e}).") from None
+        # torch's first sentence only: its advice to load with weights_only=False would run arbitrary code
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise LoadError(
+            f"{str(path / WEIGHTS_FILE)!r} cannot be read as tensors ({type(e).__name__}: {reason}); the file is "
+            "corrupt or not an mlnpe save. Save the model again (it is never loaded through pickle)."
+        ) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise LoadError(f"{str(path / WEIGHTS_FILE)!r} holds no mapping of tensors; the save is corrupt.")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise LoadError(
+            f"{str(path / WEIGHTS_FILE)!r} has non-finite values in {broken[:3]}; the save is corrupt: retrain it."
+        )
     try:
         estimator.load_state_dict(weights_from_saved(state, format_version))
     except (RuntimeError, TypeError, AttributeError) as e:

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +25,51 @@ __all__ = ["TrainConfig", "TrainHistory", "resolve_device", "train_estimator"]
 
 
 OBSERVED_LOSSES = ("reverse_kl", "self_consistency")
+
+# Every numeric field of TrainConfig: (int or float, lower bound, upper bound, what it is). Bounds are inclusive,
+# except where the meaning says "(0, ...)" (checked by `_checked`'s `open` set).
+_RANGES: dict[str, tuple[type, float, float, str]] = {
+    "steps": (int, 1, math.inf, "a positive number of steps"),
+    "batch_size": (int, 1, math.inf, "a positive number of datasets"),
+    "learning_rate": (float, 0, 1, "a learning rate in (0, 1)"),
+    "warmup_fraction": (float, 0, 1, "a fraction in (0, 1)"),
+    "min_lr_fraction": (float, 0, 1, "a fraction in (0, 1]"),
+    "clip_norm": (float, 0, math.inf, "a positive gradient norm"),
+    "n_simulations": (int, 1, math.inf, "a positive number of datasets"),
+    "validation_fraction": (float, 0, 1, "a fraction in (0, 1)"),
+    "patience": (int, 1, math.inf, "a positive number of epochs"),
+    "time_limit": (float, 0, math.inf, "positive seconds or None"),
+    "seed": (int, 0, 2**63 - 1, "an integer >= 0"),
+    "num_threads": (int, 1, 4096, "a positive number of threads or None"),
+    "ema_decay": (float, 0, 1, "a decay in [0, 1) (0: no averaging)"),
+    "self_consistency": (float, 0, math.inf, "a weight >= 0 (0: off)"),
+    "consistency_draws": (int, 2, math.inf, "at least 2 (a variance over draws)"),
+    "consistency_datasets": (int, 1, math.inf, "a positive number of datasets"),
+    "observed_weight": (float, 0, math.inf, "a weight >= 0 (0: off)"),
+    "observed_draws": (int, 2, math.inf, "at least 2 draws"),
+    "observed_datasets": (int, 1, math.inf, "a positive number of datasets"),
+    "check_every": (int, 0, math.inf, "a number of steps >= 0 (0: no checks)"),
+}
+_OPEN = {("learning_rate", 0), ("learning_rate", 1), ("warmup_fraction", 0), ("warmup_fraction", 1),
+         ("min_lr_fraction", 0), ("clip_norm", 0), ("validation_fraction", 0), ("validation_fraction", 1),
+         ("time_limit", 0), ("ema_decay", 1)}  # fmt: skip
+
+
+def _checked(name: str, value: Any, kind: type, low: float, high: float, meaning: str) -> int | float:
+    """`value` as an int or float in [low, high] (open where `_OPEN` says), or a ConfigError naming the field."""
+    bad = ConfigError(f"TrainConfig `{name}` must be {meaning}, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise bad
+    number = float(value)
+    if not math.isfinite(number) and not (high == math.inf and number == math.inf and kind is float):
+        raise bad
+    if kind is int:
+        if not number.is_integer():
+            raise bad
+        number = int(value)
+    if number < low or number > high or (name, low) in _OPEN and number == low or (name, high) in _OPEN and number == high:
+        raise bad
+    return number
 
 
 @dataclass(frozen=True)
@@ -99,59 +145,24 @@ class TrainConfig:
     check_every: int = 250
 
     def __post_init__(self) -> None:
-        if self.mode not in ("online", "offline"):
-            raise ConfigError(f"TrainConfig `mode` must be 'online' or 'offline', got {self.mode!r}.")
-        for name in ("steps", "batch_size", "n_simulations", "patience"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"TrainConfig `{name}` must be a positive integer, got {getattr(self, name)!r}.")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"TrainConfig `learning_rate` must be in (0, 1), got {self.learning_rate!r}.")
-        if not 0 < self.validation_fraction < 1:
-            raise ConfigError(
-                f"TrainConfig `validation_fraction` must be in (0, 1), got {self.validation_fraction!r}."
-            )
+        for name, (kind, low, high, meaning) in _RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in ("time_limit", "num_threads"):
+                continue
+            object.__setattr__(self, name, _checked(name, value, kind, low, high, meaning))
+        for name, allowed in (("mode", ("online", "offline")), ("observed_loss", OBSERVED_LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"TrainConfig `{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        if not isinstance(self.progress, bool):
+            raise ConfigError(f"TrainConfig `progress` must be True or False, got {self.progress!r}.")
         if self.mode == "offline" and self.n_simulations * self.validation_fraction < 1:
             raise ConfigError("TrainConfig: `n_simulations * validation_fraction` leaves no validation datasets.")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"TrainConfig `ema_decay` must be in [0, 1) (0: no averaging), got {self.ema_decay!r}.")
-        if not self.self_consistency >= 0:
-            raise ConfigError(
-                f"TrainConfig `self_consistency` must be a weight >= 0 (0: off), got {self.self_consistency!r}."
-            )
-        if int(self.consistency_draws) < 2:
-            raise ConfigError(
-                f"TrainConfig `consistency_draws` must be at least 2 (a variance over draws), got {self.consistency_draws!r}."
-            )
-        if int(self.consistency_datasets) < 1:
-            raise ConfigError(
-                f"TrainConfig `consistency_datasets` must be a positive number of datasets, got {self.consistency_datasets!r}."
-            )
-        if self.observed_loss not in OBSERVED_LOSSES:
-            raise ConfigError(
-                f"TrainConfig `observed_loss` must be one of {list(OBSERVED_LOSSES)}, got {self.observed_loss!r}."
-            )
-        if not self.observed_weight >= 0:
-            raise ConfigError(f"TrainConfig `observed_weight` must be a weight >= 0 (0: off), got {self.observed_weight!r}.")
-        if int(self.observed_draws) < 2:
-            raise ConfigError(
-                f"TrainConfig `observed_draws` must be at least 2 (a variance over draws), got {self.observed_draws!r}."
-            )
-        if int(self.observed_datasets) < 1:
-            raise ConfigError(
-                f"TrainConfig `observed_datasets` must be a positive integer, got {self.observed_datasets!r}."
-            )
-        if int(self.check_every) < 0:
-            raise ConfigError(
-                f"TrainConfig `check_every` must be a number of steps >= 0 (0: no checks), got {self.check_every!r}."
-            )
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
             raise ConfigError(
                 f"TrainConfig `device` must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}."
             )
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise ConfigError(f"TrainConfig `time_limit` must be positive seconds or None, got {self.time_limit!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

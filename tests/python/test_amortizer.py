@@ -1,4 +1,5 @@
 import json
+import re
 import warnings
 
 import numpy as np
@@ -85,8 +86,22 @@ def test_load_errors(trained, tmp_path):
         MultilevelNPE.load(tmp_path / "missing")
     path = trained.save(tmp_path / "m")
     (path / "weights.pt").write_bytes(b"not a torch file")
-    with pytest.raises(LoadError, match="cannot be read as tensors"):
+    with pytest.raises(LoadError, match="cannot be read as tensors") as err:
         MultilevelNPE.load(path)
+    assert "weights_only=False" not in str(err.value)  # torch's advice would run arbitrary code
+    # a pickled object (not tensors) is refused without running it, and without torch's advice
+    (path / "weights.pt").write_bytes(b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94.")  # os.system
+    with pytest.raises(LoadError, match="cannot be read as tensors") as err:
+        MultilevelNPE.load(path)
+    assert "weights_only" not in str(err.value)
+    # weights that load but are not finite (bits flipped on disk) are rejected, not sampled into NaN draws
+    good = trained.save(tmp_path / "m3")
+    state = torch.load(good / "weights.pt", weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key] = state[key].clone().fill_(float("nan"))
+    torch.save(state, good / "weights.pt")
+    with pytest.raises(LoadError, match=f"non-finite values in \\['{re.escape(key)}'\\]"):
+        MultilevelNPE.load(good)
     (path / "config.json").write_text("{oops")
     with pytest.raises(LoadError, match="not valid JSON"):
         MultilevelNPE.load(path)
@@ -121,8 +136,10 @@ def test_bad_inputs(trained):
     two_col = GroupedData.from_groups([np.zeros((4, 2))] * 3)
     with pytest.raises(DataError, match="2 response and 0 covariate columns; the model expects 1 and 0"):
         trained.sample(two_col, 5)
-    with pytest.raises(ConfigError, match="n_draws"):
-        trained.sample(_data(), 0)
+    for bad in (0, 2.7, "10", True, float("nan")):
+        with pytest.raises(ConfigError, match=f"`n_draws` must be a positive integer, got {re.escape(repr(bad))}"):
+            trained.sample(_data(), bad)
+    assert trained.sample(_data(), 3.0).n_draws == 3
     with pytest.raises(ConfigError, match="groups"):
         MultilevelNPE(NormalHierarchical(), groups=(0, 3))
     with pytest.raises(ConfigError, match="TwoLevelModel"):
@@ -195,3 +212,23 @@ def test_custom_summary_module_plugs_in_and_must_be_passed_on_load(tmp_path):
     data = _data()
     d = npe.sample(data, 10, seed=0)
     assert np.allclose(loaded.log_prob(d, data), npe.log_prob(d, data), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("clip_norm", 0.0), ("clip_norm", -1.0), ("min_lr_fraction", 0.0), ("min_lr_fraction", 1.5),
+     ("warmup_fraction", -0.1), ("warmup_fraction", 0.0), ("batch_size", 2.5), ("steps", "10"), ("seed", "abc"),
+     ("seed", -1), ("steps", True), ("learning_rate", float("nan")), ("time_limit", 0.0), ("num_threads", 0),
+     ("observed_draws", 1), ("progress", "yes"), ("patience", 1.5), ("batch_size", float("inf"))],
+)  # fmt: skip
+def test_every_train_setting_is_checked_for_type_and_range(field, value):
+    """A setting of the wrong type or outside its range is a ConfigError that names the field and the value, never
+    a silent truncation, a raw TypeError or training into garbage."""
+    with pytest.raises(ConfigError, match=f"TrainConfig `{field}` must be .*got {re.escape(repr(value))}"):
+        TrainConfig(**{field: value})
+
+
+def test_integral_numbers_are_accepted_as_integers():
+    config = TrainConfig(steps=10.0, batch_size=np.int64(8), seed=np.int32(3), time_limit=5, min_lr_fraction=1)
+    assert (config.steps, config.batch_size, config.seed) == (10, 8, 3)
+    assert all(type(v) is int for v in (config.steps, config.batch_size, config.seed))

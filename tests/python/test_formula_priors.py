@@ -220,3 +220,17 @@ def test_prior_table_and_priors_from_table():
         priors_from_table([{"prior": "normal(0, 1)", "class": "b", "dpar": "sigma"}])
     with pytest.raises(SpecError, match="must have columns 'prior' and 'class'"):
         priors_from_table([{"prior": "normal(0, 1)"}])
+
+
+def test_a_prior_string_is_a_class_b_prior_and_other_inputs_get_clear_errors():
+    """As brms's set_prior("normal(0, 1)") sets class b; a number or an unknown field is a SpecError naming it (a
+    plain string once recursed over its characters)."""
+    from mlnpe.errors import SpecError
+    from mlnpe.formula.priors import PriorSpec, as_prior_specs
+
+    assert as_prior_specs("normal(0, 2)") == [PriorSpec("normal(0, 2)", "b")]
+    assert as_prior_specs(("normal(0, 2)", {"prior": "normal(0, 1)", "class_": "sd"}))[1].class_ == "sd"
+    with pytest.raises(SpecError, match="got float 3.0"):
+        as_prior_specs(3.0)
+    with pytest.raises(SpecError, match="'foo'"):
+        as_prior_specs({"foo": 1})

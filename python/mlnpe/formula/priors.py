@@ -215,16 +215,31 @@ def priors_from_table(table: Any) -> list[PriorSpec]:
 
 
 def as_prior_specs(prior: Any) -> list[PriorSpec]:
-    """User priors from any accepted form: None, a `PriorSpec`, a dict of its fields, a ``brmsprior``-like data
-    frame (see `priors_from_table`), or a list of these."""
+    """User priors from any accepted form: None, a `PriorSpec`, a dict of its fields, a prior string (class ``b``,
+    as ``brms::set_prior("normal(0, 1)")``), a ``brmsprior``-like data frame (see `priors_from_table`), or a list
+    of these.
+
+    Raises:
+        SpecError: anything else, named with its type.
+    """
     if prior is None:
         return []
     if isinstance(prior, PriorSpec):
         return [prior]
+    if isinstance(prior, str):
+        return [PriorSpec(prior)]
     if isinstance(prior, dict):
-        return [PriorSpec(**prior)]
+        try:
+            return [PriorSpec(**prior)]
+        except TypeError as e:
+            raise SpecError(f"`prior` entry {prior!r} is not a prior's fields ({e}); use prior('normal(0, 1)', 'b').") from None
     if hasattr(prior, "to_dict") and hasattr(prior, "columns"):  # a brmsprior-like data frame
         return list(priors_from_table(prior))
+    if not isinstance(prior, (list, tuple)):
+        raise SpecError(
+            f"`prior` must be prior() objects, prior strings, a brmsprior-like table or a list of them, got "
+            f"{type(prior).__name__} {prior!r}; e.g. prior=[prior('normal(0, 5)', 'b')]."
+        )
     out = []
     for p in prior:
         out.extend(as_prior_specs(p))
