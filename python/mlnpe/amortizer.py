@@ -420,7 +420,7 @@ class MultilevelNPE:
             )
         except (KeyError, TypeError) as e:
             raise LoadError(f"{str(path / CONFIG_FILE)!r} lacks or mangles an entry ({e}); the save is corrupt.") from None
-        load_weights(npe.estimator, path, config["format_version"])
+        load_weights(npe.estimator, path, config["format_version"], config)
         npe.trained = bool(config.get("trained", True))
         npe.history = TrainHistory(**config.get("history", {}))
         npe.estimator.eval()

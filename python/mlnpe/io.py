@@ -14,7 +14,11 @@ load and give the same log densities as when they were saved.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,11 +34,15 @@ __all__ = [
     "READABLE_VERSIONS",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
+    "atomic_write",
+    "checksum",
     "read_saved_json",
     "read_config",
+    "verify_checksum",
     "write_saved",
     "load_weights",
     "network_from_saved",
+    "tensor_bytes",
     "weights_from_saved",
 ]
 
@@ -97,29 +105,85 @@ def read_config(path: Path) -> tuple[dict[str, Any], NetworkConfig]:
     return config, network_from_saved(config["network"], version)
 
 
+def checksum(config: Mapping[str, Any], *blobs: bytes) -> str:
+    """SHA-256 over a JSON config (without its own "checksum" entry) and the bytes of the files it describes."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k != "checksum"}, sort_keys=True,
+                                       default=str).encode())  # fmt: skip
+    for blob in blobs:
+        digest.update(blob)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path, config: Mapping[str, Any], *blobs: bytes, filename: str = CONFIG_FILE) -> None:
+    """Checks the "checksum" entry of a saved config against the config and its files (saves written before
+    checksums have none and are not checked).
+
+    Raises:
+        LoadError: the config or a file changed after saving (an edit, a torn write, a flipped bit).
+    """
+    expected = config.get("checksum")
+    if expected is not None and expected != checksum(config, *blobs):
+        raise LoadError(
+            f"{str(Path(path) / filename)!r} or the files it describes changed after they were saved (checksum "
+            "mismatch): the save is corrupt or was edited. Save or train the model again."
+        )
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    """Writes `data` to `target` through a temporary file in the same directory and a rename, so that a reader sees
+    the old file or the new one, never half of one."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def tensor_bytes(tensors: Mapping[str, Tensor]) -> bytes:
+    """A mapping of tensors as the bytes of a `torch.save` file (read back with weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(dict(tensors), buffer)
+    return buffer.getvalue()
+
+
 def write_saved(path: Path, config: Mapping[str, Any], estimator: nn.Module) -> Path:
-    """Writes a save directory: `config` (with `format_version` FORMAT_VERSION) as config.json and the estimator's
-    tensors as weights.pt."""
+    """Writes a save directory: `config` (with `format_version` FORMAT_VERSION and a checksum over it and the
+    weights) as config.json and the estimator's tensors as weights.pt, each file atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / CONFIG_FILE).write_text(json.dumps({**config, "format_version": FORMAT_VERSION}, indent=1))
-    torch.save(estimator.state_dict(), path / WEIGHTS_FILE)
+    weights = tensor_bytes(estimator.state_dict())
+    config = {**config, "format_version": FORMAT_VERSION}
+    config["checksum"] = checksum(config, weights)
+    atomic_write(path / WEIGHTS_FILE, weights)
+    atomic_write(path / CONFIG_FILE, json.dumps(config, indent=1).encode())
     return path
 
 
-def load_weights(estimator: nn.Module, path: Path, format_version: int = FORMAT_VERSION) -> None:
-    """Loads weights.pt of a save directory (of `format_version`) into `estimator`.
+def load_weights(
+    estimator: nn.Module, path: Path, format_version: int = FORMAT_VERSION, config: Mapping[str, Any] | None = None
+) -> None:
+    """Loads weights.pt of a save directory (of `format_version`) into `estimator`, after checking them against the
+    checksum of `config` (the save's config.json) when it has one.
 
     Raises:
-        LoadError: a missing or unreadable file, or weights that do not match the estimator's configuration.
+        LoadError: a missing or unreadable file, a checksum mismatch, non-finite weights, or weights that do not
+            match the estimator's configuration.
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():  # torch's warnings about a foreign file: the LoadError below says it
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path / WEIGHTS_FILE, weights_only=True, map_location="cpu")
+        data = (path / WEIGHTS_FILE).read_bytes()
     except FileNotFoundError:
         raise LoadError(f"no {WEIGHTS_FILE} in {str(path)!r}; the save is incomplete.") from None
+    if config is not None:
+        verify_checksum(path, config, data)
+    try:
+        with warnings.catch_warnings():  # torch's warnings about a foreign file: the LoadError below says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises several types for corrupt archives
         # torch's first sentence only: its advice to load with weights_only=False would run arbitrary code
         reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__

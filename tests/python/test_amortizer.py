@@ -86,6 +86,12 @@ def test_load_errors(trained, tmp_path):
         MultilevelNPE.load(tmp_path / "missing")
     path = trained.save(tmp_path / "m")
     (path / "weights.pt").write_bytes(b"not a torch file")
+    with pytest.raises(LoadError, match="changed after they were saved \\(checksum mismatch\\)"):
+        MultilevelNPE.load(path)
+    # without a checksum (saves that predate them) the file itself is checked
+    config = json.loads((path / "config.json").read_text())
+    del config["checksum"]
+    (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(LoadError, match="cannot be read as tensors") as err:
         MultilevelNPE.load(path)
     assert "weights_only=False" not in str(err.value)  # torch's advice would run arbitrary code
@@ -100,6 +106,9 @@ def test_load_errors(trained, tmp_path):
     key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
     state[key] = state[key].clone().fill_(float("nan"))
     torch.save(state, good / "weights.pt")
+    config = json.loads((good / "config.json").read_text())
+    del config["checksum"]
+    (good / "config.json").write_text(json.dumps(config))
     with pytest.raises(LoadError, match=f"non-finite values in \\['{re.escape(key)}'\\]"):
         MultilevelNPE.load(good)
     (path / "config.json").write_text("{oops")
@@ -109,6 +118,10 @@ def test_load_errors(trained, tmp_path):
     path2 = trained.save(tmp_path / "m2")
     cfg = json.loads((path2 / "config.json").read_text())
     cfg["network"]["summary"]["hidden"] = 32
+    (path2 / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LoadError, match="checksum mismatch"):  # an edited config is caught first
+        MultilevelNPE.load(path2)
+    del cfg["checksum"]
     (path2 / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LoadError, match="do not match its configuration"):
         MultilevelNPE.load(path2)

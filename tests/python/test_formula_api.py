@@ -1,4 +1,6 @@
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,6 +11,7 @@ from scipy import stats
 from mlnpe import TrainConfig
 from mlnpe.errors import DataError, SpecError
 from mlnpe.formula import FormulaNPE, prior, trained_model
+from mlnpe.formula.cache import training_config
 from mlnpe.inference.psis import ParetoKWarning
 
 TINY = TrainConfig(steps=5, batch_size=8, progress=False)
@@ -191,7 +194,7 @@ def test_training_designs_copy_observed_groups_in_a_random_order():
 
 
 def test_fits_train_on_one_default_budget_that_single_fields_change():
-    from mlnpe.formula.cache import TRAINING, training_config
+    from mlnpe.formula.cache import TRAINING
     from mlnpe.interop import FitControl
 
     config = training_config()
@@ -201,3 +204,58 @@ def test_fits_train_on_one_default_budget_that_single_fields_change():
     assert changed.steps == 10 and changed.learning_rate == 2e-3
     assert FitControl.from_r({"train": {"steps": 50.0}}).train == training_config({"steps": 50})
     assert training_config(TrainConfig(steps=7)).learning_rate == TrainConfig().learning_rate  # a full config as is
+
+
+def test_saves_carry_a_checksum_that_catches_edits_and_torn_writes(gaussian, tmp_path):
+    """Editing a saved config (a parameter's support, a prior) or swapping a file is a LoadError naming the file,
+    not a model that loads and gives wrong draws."""
+    import json
+
+    from mlnpe.errors import LoadError
+
+    path = gaussian.save(tmp_path / "m")
+    amortizer = json.loads((path / "amortizer" / "config.json").read_text())
+    assert len(amortizer["checksum"]) == 64 and len(json.loads((path / "formula.json").read_text())["checksum"]) == 64
+    FormulaNPE.load(path)
+    edited = dict(amortizer)
+    edited["specs"]["global_params"][0]["support"] = "positive"
+    (path / "amortizer" / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(LoadError, match="amortizer/config.json' or the files it describes changed"):
+        FormulaNPE.load(path)
+    path = gaussian.save(tmp_path / "m2")
+    formula = json.loads((path / "formula.json").read_text())
+    formula["priors"][0]["args"] = [0.0, 123.0]
+    (path / "formula.json").write_text(json.dumps(formula))
+    with pytest.raises(LoadError, match="formula.json' or the files it describes changed"):
+        FormulaNPE.load(path)
+
+
+def test_the_cache_retrains_a_corrupt_entry_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLNPE_CACHE_DIR", str(tmp_path / "cache"))
+    model, hit = trained_model("y ~ x + (1 | g)", _df(), "gaussian", train=TINY, network=NET)
+    entry = tmp_path / "cache" / model.spec_hash(training_config(TINY), 1)
+    assert not hit and entry.is_dir()
+    (entry / "amortizer" / "weights.pt").write_bytes(b"torn")
+    with pytest.warns(UserWarning, match="retraining a corrupt cache entry"):
+        _, hit = trained_model("y ~ x + (1 | g)", _df(), "gaussian", train=TINY, network=NET)
+    assert not hit
+    assert trained_model("y ~ x + (1 | g)", _df(), "gaussian", train=TINY, network=NET)[1]
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name.startswith(".")]  # no staging
+
+
+def test_two_processes_with_one_spec_train_once(tmp_path):
+    """The second process waits for the first one's lock, then loads its entry instead of training again."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, %r)\n"
+        "from test_formula_api import _df, NET, TINY\n"
+        "from mlnpe.formula import trained_model\n"
+        "print(trained_model('y ~ x + (1 | g)', _df(), 'gaussian', train=TINY, network=NET)[1])\n"
+    ) % str(Path(__file__).parent)
+    env = {**os.environ, "MLNPE_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    hits = sorted(p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs)
+    assert hits == ["False", "True"]

@@ -56,6 +56,7 @@ def _as_format_2(path, flat):
     """Rewrites a save directory as format version 2 wrote it: the flat network config and the old buffer names."""
     config = json.loads((path / "config.json").read_text())
     config["format_version"], config["network"] = 2, flat
+    config.pop("checksum", None)  # format 2 had none
     (path / "config.json").write_text(json.dumps(config))
     state = torch.load(path / "weights.pt", weights_only=True)
     torch.save({OLD_NAMES.get(key, key): value for key, value in state.items()}, path / "weights.pt")

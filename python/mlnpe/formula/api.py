@@ -304,7 +304,7 @@ class FormulaNPE:
         path = Path(path)
         config = read_saved_json(path, saved.FORMULA_FILE)
         try:
-            state = dict(config, pool=saved.load_pool(path), data=data)
+            state = dict(config, pool=saved.load_pool(path, config), data=data)
             obj = cls(config["formula"], None, config["family"], _state=state)
         except FileNotFoundError:
             raise LoadError(f"no {saved.POOL_FILE} in {str(path)!r}; the save is incomplete.") from None

@@ -2,14 +2,20 @@
 
 `trained_model(formula, data, ...)` keys the cache by `FormulaNPE.spec_hash` (`mlnpe.formula.saved.spec_hash`:
 formula, family, priors in force, design information, covariate pool, ranges, network, training settings and
-`focus`) under :func:`cache_dir`, loads a stored amortizer of that key, or trains and stores one.
+`focus`) under :func:`cache_dir`, loads a stored amortizer of that key, or trains and stores one. An entry is
+written to a temporary directory and renamed into place, under a lock per key: a second process asking for the
+same specification waits for the first and loads its entry; a corrupt entry is retrained with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import LoadError
 from ..train import TrainConfig
@@ -64,12 +70,38 @@ def trained_model(
         model.train(config, focus=focus)
         return model, False
     root = cache_dir() if cache is True else Path(cache)
-    path = root / model.spec_hash(config, focus)
-    if (path / FORMULA_FILE).exists():
+    key = model.spec_hash(config, focus)
+    path = root / key
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{key}.lock"):  # a second process with the same spec waits here, then loads
+        if (path / FORMULA_FILE).exists():
+            try:
+                return FormulaNPE.load(path, data=data), True
+            except LoadError as e:
+                warnings.warn(f"retraining a corrupt cache entry: {e}", stacklevel=2)
+        model.train(config, focus=focus)
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
         try:
-            return FormulaNPE.load(path, data=data), True
-        except LoadError:
-            pass  # a corrupt cache entry is retrained and overwritten
-    model.train(config, focus=focus)
-    model.save(path)
+            model.save(staging)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(staging, path)  # readers see no entry or a whole one
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return model, False
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    """An exclusive lock on `lock` across processes (POSIX advisory locks; where the platform has none, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no fcntl; concurrent first fits then both train, and the last rename wins
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -10,6 +10,7 @@ amortizer.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from ..io import atomic_write, checksum, tensor_bytes, verify_checksum
 from ..train import TrainConfig
 from ..version import __version__
 from .distributions import PriorDist, parse_prior
@@ -94,23 +96,31 @@ def spec_hash(model: FormulaNPE, config: TrainConfig | None = None, focus: int =
 
 
 def save(model: FormulaNPE, path: str | os.PathLike) -> Path:
-    """Saves to a directory: formula.json, pool.pt (tensors) and the amortizer (config.json, weights.pt)."""
+    """Saves to a directory: formula.json (with a checksum over it and the pool), pool.pt (tensors) and the
+    amortizer (config.json, weights.pt), each file atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / FORMULA_FILE).write_text(json.dumps(config_dict(model), indent=1))
-    torch.save({"x": model.pool.x, "n": model.pool.n}, path / POOL_FILE)
+    pool = tensor_bytes({"x": model.pool.x, "n": model.pool.n})
+    config = config_dict(model)
+    config["checksum"] = checksum(config, pool)
     model.npe.save(path / AMORTIZER_DIR)
+    atomic_write(path / POOL_FILE, pool)
+    atomic_write(path / FORMULA_FILE, json.dumps(config, indent=1).encode())  # last: a complete save has it
     return path
 
 
-def load_pool(path: Path) -> CovariatePool:
-    """The covariate pool saved in `path` (tensors only).
+def load_pool(path: Path, config: dict[str, Any] | None = None) -> CovariatePool:
+    """The covariate pool saved in `path` (tensors only), checked against the checksum of `config` (formula.json).
 
     Raises:
         FileNotFoundError: there is no pool.pt.
         KeyError: pool.pt lacks a tensor.
+        LoadError: a checksum mismatch.
     """
-    pool = torch.load(path / POOL_FILE, weights_only=True)
+    data = (path / POOL_FILE).read_bytes()
+    if config is not None:
+        verify_checksum(path, config, data, filename=FORMULA_FILE)
+    pool = torch.load(io.BytesIO(data), weights_only=True)
     return CovariatePool(pool["x"], pool["n"])
 
 
