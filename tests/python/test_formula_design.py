@@ -283,3 +283,19 @@ def test_colliding_brms_names(people):
     frame = people.assign(f=["a b", "ab", "c", "a b", "ab", "c"])
     with pytest.raises(DataError, match=r"columns \['fa b', 'fab'\] get the same brms name"):
         design("y ~ 0 + f + (1 | g)", frame)
+
+
+@pytest.mark.parametrize(
+    "column, values, match",
+    [("g", [1, 1, "1", "1", 2, 2], "column 'g' mixes numbers and other values \\(row 2: '1'\\)"),
+     ("g", [0.1 + 0.2, 0.1 + 0.2, 0.3, 0.3, 1.0, 1.0], "distinct values 0.30000000000000004 and 0.3 that print alike"),
+     ("g", ["a b", "a b", "a.b", "a.b", "c", "c"], "levels 'a b' and 'a.b', which brms names alike"),
+     ("x", [1.0, 2.0, "3", 4.0, 5.0, 6.0], "column 'x' mixes numbers and other values \\(row 2: '3'\\)")],
+)  # fmt: skip
+def test_labels_are_kept_exactly_and_types_never_guessed(column, values, match):
+    """Distinct group labels are never merged by formatting or by brms's names, and a numeric column with a stray
+    string is an error naming the column and the row, not a factor with one level per value."""
+    frame = pd.DataFrame({"y": np.arange(6.0), "x": np.arange(6.0), "g": list("aabbcc")})
+    frame[column] = pd.Series(values, dtype=object)
+    with pytest.raises(DataError, match=match):
+        build_design(parse_formula("y ~ x + (1 | g)"), frame)

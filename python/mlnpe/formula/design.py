@@ -196,6 +196,8 @@ def build_design(
     used = terms.variables()
     _check_present(frame, used)
     _check_missing(frame, used)
+    for name in used:
+        _check_one_kind(frame[name], name)
     if reference is None:
         levels, numeric = _learn_kinds(frame, _predictors(terms))
     else:
@@ -367,15 +369,46 @@ def _codes(series: pd.Series, known: Sequence[str], name: str) -> np.ndarray:
     return np.array([index[label] for label in labels], dtype=np.int64)[codes]
 
 
+def _check_one_kind(series: pd.Series, name: str) -> None:
+    """A column of Python objects holds numbers or strings, not both: a stray value never decides its type."""
+    if series.dtype != object:
+        return
+    values = series.tolist()
+    numbers = [isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in values]  # fmt: skip
+    if any(numbers) and not all(numbers):
+        row = numbers.index(False) if sum(numbers) > len(numbers) / 2 else numbers.index(True)
+        raise DataError(
+            f"column {name!r} mixes numbers and other values (row {row}: {values[row]!r}); a column's type is never "
+            "guessed from a stray value. Make it all numbers, or all strings / a factor (e.g. df[col].astype(str))."
+        )
+
+
 def _levels_of(series: pd.Series) -> tuple[str, ...]:
-    """Levels of a factor column in R's order (used levels only)."""
+    """Levels of a factor column in R's order (used levels only); distinct values that R would print alike (e.g.
+    floats equal to 15 digits) are a DataError, never merged."""
     if isinstance(series.dtype, pd.CategoricalDtype):
         used = set(series.cat.codes.tolist())
-        return tuple(_r_label(c) for i, c in enumerate(series.cat.categories) if i in used)
+        categories = [c for i, c in enumerate(series.cat.categories) if i in used]
+        _check_distinct(categories, series.name)
+        return tuple(_r_label(c) for c in categories)
     unique = pd.unique(series)
+    _check_distinct(unique.tolist(), series.name)
     if pd.api.types.is_bool_dtype(series.dtype) or _is_numeric(series):
         return tuple(dict.fromkeys(_r_label(v) for v in sorted(unique.tolist())))
     return tuple(sorted(dict.fromkeys(_r_label(v) for v in unique.tolist()), key=_r_string_key))
+
+
+def _check_distinct(values: Sequence[Any], name: Any) -> None:
+    seen: dict[str, Any] = {}
+    for value in values:
+        label = _r_label(value)
+        if label in seen and seen[label] is not value and seen[label] != value:
+            raise DataError(
+                f"column {name!r} has distinct values {seen[label]!r} and {value!r} that print alike ({label!r}) and "
+                "would be merged into one level. Relabel them in `data`."
+            )
+        seen[label] = value
 
 
 def _learn_kinds(
@@ -416,8 +449,18 @@ def _predictor_values(
 
 
 def _group_codes(series: pd.Series, name: str, min_groups: int = 2) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Group codes 0..J-1 and the group levels (from the data), requiring J >= min_groups."""
+    """Group codes 0..J-1 and the group levels (from the data), requiring J >= min_groups and levels that stay
+    distinct as brms names them (`r_<g>[level,coef]`, whitespace as ".")."""
     levels = _levels_of(series)
+    named: dict[str, str] = {}
+    for level in levels:
+        brms = "".join("." if ch.isspace() else ch for ch in level)
+        if brms in named:
+            raise DataError(
+                f"the grouping factor {name!r} has levels {named[brms]!r} and {level!r}, which brms names alike "
+                f"(r_{name}[{brms},...]). Relabel one of them in `data`."
+            )
+        named[brms] = level
     if len(levels) < min_groups:
         raise DataError(
             f"the grouping factor {name!r} has {len(levels)} level {list(levels)} in `data`; a multilevel "
