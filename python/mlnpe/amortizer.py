@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .version import __version__
 from .core.data import GroupedBatch, GroupedData, collate
 from .core.draws import PosteriorDraws
-from .errors import ConfigError, DataError, LoadError
+from .errors import ConfigError, DataError, LoadError, NumericalError
 from .core.models import model_from_config
 from .core.spec import ParamSpec, SimulatedBatch, TwoLevelModel, bijector_of, check_range, check_sizes, labels_of, simulate_batch
 from .estimator import MultilevelEstimator
@@ -34,6 +34,7 @@ from .train import TrainConfig, TrainHistory, train_estimator
 
 __all__ = ["MultilevelNPE"]
 
+MAX_INPUT = 1e15  # data beyond this overflow the float32 networks' squared statistics (3.4e38)
 OBSERVED_RAMP = (0.1, 0.2)  # training progress where the observed data's loss starts, and where it reaches full weight
 
 
@@ -215,7 +216,7 @@ class MultilevelNPE:
                 "GroupedData.from_dataframe(df, response=..., group=...) or GroupedData.from_arrays(y, group)."
             )
         for i, d in enumerate(datasets):
-            self.check_design(d, allow_extrapolation, f"`data`[{i}]")
+            self.check_design(d, allow_extrapolation, "`data`" if isinstance(data, GroupedData) else f"`data`[{i}]")
         if not self.trained:
             import warnings
 
@@ -236,6 +237,17 @@ class MultilevelNPE:
             )
         check_range("groups", [data.n_groups], self.groups, allow=allow_extrapolation)
         check_range("rows per group", data.n_rows.tolist(), self.rows, allow=allow_extrapolation)
+        for values, names in ((data.y, data.y_names), (data.x, data.x_names)):
+            if values is None or not values.size:
+                continue
+            big = np.abs(values).max(axis=0) > MAX_INPUT
+            if big.any():
+                column = int(np.argmax(big))
+                raise DataError(
+                    f"{argument} column {names[column]!r} has values up to {float(np.abs(values[:, column]).max()):.3g}, "
+                    f"beyond {MAX_INPUT:.0e}: the networks (float32, squares of the data) would overflow. Rescale "
+                    "it (e.g. other units) and refit."
+                )
 
     def sample(
         self,
@@ -270,6 +282,18 @@ class MultilevelNPE:
         else:
             g, l = self.estimator.sample(int(n_draws), batch, generator)
             log_q = None
+        local_ok = (torch.isfinite(l).all(-1) | ~batch.group_mask).all(-1)  # padded groups hold junk
+        bad = ~(torch.isfinite(g).all(-1) & local_ok)  # (S, B)
+        if log_q is not None:
+            bad |= ~torch.from_numpy(np.isfinite(log_q))
+        if bad.any():
+            dataset = int(bad.any(0).nonzero()[0, 0])
+            raise NumericalError(
+                f"the amortized posterior of dataset {dataset} gave {int(bad[:, dataset].sum())} non-finite draws or "
+                "densities of "
+                f"{int(n_draws)}: its data lie where the networks were not trained (scale, sizes) or the weights are "
+                "broken. Check the data's scale against the simulations, or retrain."
+            )
         out = [
             PosteriorDraws(
                 g[:, i].numpy().astype(np.float64),

@@ -14,6 +14,7 @@ __all__ = [
     "RangeError",
     "RangeWarning",
     "LoadError",
+    "NumericalError",
 ]
 
 
@@ -39,6 +40,10 @@ class RangeError(MlnpeError, ValueError):
 
 class LoadError(MlnpeError, OSError):
     """A saved estimator cannot be loaded: missing files, corrupt content, or a mismatched configuration."""
+
+
+class NumericalError(MlnpeError, ArithmeticError):
+    """Non-finite posterior draws or densities: mlnpe never returns them as a posterior."""
 
 
 class RangeWarning(UserWarning):

@@ -245,3 +245,18 @@ def test_integral_numbers_are_accepted_as_integers():
     config = TrainConfig(steps=10.0, batch_size=np.int64(8), seed=np.int32(3), time_limit=5, min_lr_fraction=1)
     assert (config.steps, config.batch_size, config.seed) == (10, 8, 3)
     assert all(type(v) is int for v in (config.steps, config.batch_size, config.seed))
+
+
+def test_data_beyond_the_float32_range_and_non_finite_draws_are_errors(trained):
+    """A huge but finite response once gave all-NaN draws without a word; broken weights gave NaN posteriors."""
+    from mlnpe.errors import NumericalError
+
+    huge = GroupedData.from_groups([np.full(4, 3e17), np.zeros(4), np.ones(4)], y_names=("rt",))
+    with pytest.raises(DataError, match="column 'rt' has values up to 3e\\+17, beyond 1e\\+15"):
+        trained.sample(huge, 10)
+    broken = MultilevelNPE(NormalHierarchical(), groups=(3, 8), rows=(2, 10), pilot_size=64)
+    broken.trained = True
+    with torch.no_grad():
+        next(broken.estimator.global_flow.parameters()).fill_(float("nan"))
+    with pytest.raises(NumericalError, match="non-finite draws or densities"):
+        broken.sample(_data(), 10, seed=0)

@@ -231,7 +231,10 @@ class FormulaNPE:
         x, _, _, _ = design_features(design, design.trials is not None)
         ys = [design.y[design.group == j][:, None] for j in range(len(design.levels))]
         xs = [x[design.group == j] for j in range(len(design.levels))]
-        return GroupedData.from_groups(ys, xs, list(design.levels)), design
+        names = {"y_names": (self.terms.response,)}
+        if x.shape[1] == len(self.feature_names):
+            names["x_names"] = tuple(self.feature_names)
+        return GroupedData.from_groups(ys, xs, list(design.levels), **names), design
 
     def fit(
         self,
