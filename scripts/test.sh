@@ -33,7 +33,7 @@ Rscript -e '
 
 echo "== Vignette"
 # Same environment as the tests (MLNPE_STRICT=1 makes a missing Python an error in the vignette too). It trains
-# the sleepstudy amortizer on the default budget into $MLNPE_CACHE_DIR and takes 3-5 minutes on 2 cores (seconds when the
+# the sleepstudy amortizer on the default budget into $MLNPE_CACHE_DIR and takes 5-8 minutes on 2 cores (seconds when the
 # cache has it: about 1.5 minutes, most of it in logo()).
 vig_out="$(mktemp -d)"
 Rscript -e 'rmarkdown::render("vignettes/getting-started.Rmd", output_dir = commandArgs(TRUE)[1],
