@@ -40,7 +40,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlnpe import TrainConfig
 from mlnpe.formula import prior
 from mlnpe.formula.cache import trained_model
 from mlnpe.inference.psis import ParetoKWarning, psis_moments
@@ -162,7 +161,7 @@ def run_case(
     config = {"seed": seed, "progress": False}
     if seconds is not None:  # a fixed time budget (A/B arms at equal wall time)
         config.update(steps=1_000_000, batch_size=64, learning_rate=2e-3, time_limit=seconds)
-    config = TrainConfig.from_dict({**config, **(train or {})})
+    config = {**config, **(train or {})}  # fields changed from mlnpe()'s budget (`training_config`)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
         t = time.perf_counter()
