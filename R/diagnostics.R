@@ -36,26 +36,16 @@
 #' @export
 sbc <- function(object, ndatasets = 200, ndraws = 250, seed = NULL, prob = 0.99, plot_dir = NULL) {
   path <- amortizer_path(object)
-  ndatasets <- check_count(ndatasets, "ndatasets")
-  if (ndatasets < 10L) {
-    mlnpe_abort(sprintf("`ndatasets` must be at least 10 for the ECDF band, not %d.", ndatasets),
-                "mlnpe_argument_error")
-  }
-  ndraws <- check_count(ndraws, "ndraws")
-  if (ndraws < 2L) {
-    mlnpe_abort(sprintf("`ndraws` must be at least 2, not %d.", ndraws), "mlnpe_argument_error")
-  }
-  if (!is.numeric(prob) || length(prob) != 1L || is.na(prob) || prob <= 0 || prob >= 1) {
-    mlnpe_abort(sprintf("`prob` must be a number strictly between 0 and 1, not %s.", describe_value(prob)),
-                "mlnpe_argument_error")
-  }
+  ndatasets <- check_count(ndatasets, "ndatasets", min = 10L)  # fewer give no ECDF band
+  ndraws <- check_count(ndraws, "ndraws", min = 2L)
+  prob <- check_number(prob, "prob", 0, 1, open = c("low", "high"))
   if (!is.null(plot_dir) && (!is.character(plot_dir) || length(plot_dir) != 1L || is.na(plot_dir))) {
     mlnpe_abort(sprintf("`plot_dir` must be NULL or one directory path, not %s.", describe_value(plot_dir)),
                 "mlnpe_argument_error")
   }
   seed <- check_seed(seed)
   value <- py_call("sbc", model_path = path, n_datasets = ndatasets, n_draws = ndraws, seed = seed,
-                   prob = as.numeric(prob), plot_dir = if (is.null(plot_dir)) NULL else path.expand(plot_dir))
+                   prob = prob, plot_dir = if (is.null(plot_dir)) NULL else path.expand(plot_dir))
   logical_column <- function(x) vapply(x, function(v) if (is.null(v)) NA else isTRUE(v), logical(1))
   out <- data.frame(
     parameter = as.character(unlist(value$parameter)),

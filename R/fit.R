@@ -15,7 +15,14 @@
 #' the exact posterior (at most 0.7 is good).
 #'
 #' @param formula A model formula as in brms (a formula, a string, or a `brms::bf()` object).
-#' @param data A data frame holding every variable of `formula`.
+#' @param data A data frame (or tibble) holding every variable of `formula`. Columns are used as brms uses
+#'   them: numbers (integer64 too, when exactly representable; labelled columns as their values) as numbers;
+#'   factors, characters and logicals as factors (brms's `xTRUE` for a logical); a bernoulli response may be
+#'   logical, a two-level factor or two strings, the first level (R's sort order for strings) being the failure.
+#'   Grouping variables may be of any of these types or dates; their levels are named as R prints them. Missing
+#'   values in any used column, dates as predictors, list or matrix columns, ordered factors as predictors and
+#'   character columns that mix numbers and text are errors that name the column, the rows and the fix.
+#'   Variable names must be plain (letters, digits, `.` and `_`), not names that need backticks.
 #' @param family A family: `gaussian()`, `binomial()`, `poisson()`, `Gamma()`, `brms::bernoulli()`,
 #'   `brms::negbinomial()`, `brms::lognormal()`, `brms::student()`, or a name (see [mlnpe_family()]).
 #' @param prior Priors: `NULL` for the defaults, [brms::prior()] / [brms::set_prior()] output, or
@@ -87,7 +94,6 @@ mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups 
   check_data(data)
   fam <- family_spec(family, trials = spec$trials)
   check_columns(data, spec$vars)
-  check_no_na(data, spec$vars)
   settings <- list(
     groups = check_range(groups, "groups"), rows = check_range(rows, "rows"),
     network = check_settings(network, "network"), train = check_settings(train, "train"),
@@ -97,14 +103,15 @@ mlnpe <- function(formula, data, family = gaussian(), prior = NULL, ..., groups 
   ndraws <- check_count(ndraws, "ndraws")
   seed <- check_seed(seed)
   priors <- prior_rows(prior)
+  encoded <- encode_data(data, spec$vars, spec$response, fam, spec$groups)
   save_to <- if (isFALSE(settings$cache)) tempfile("mlnpe-amortizer-") else NULL
-  value <- py_fit(spec$text, encode_data(data, spec$vars, spec$response, fam), unclass(fam), priors,
+  value <- py_fit(spec$text, encoded, unclass(fam), priors,
                   control = c(settings, list(ndraws = ndraws, seed = seed)), save_to = save_to)
   if (!isTRUE(value$from_cache)) {
     message(sprintf("Trained the amortizer in %.0f s (%s); stored in %s", value$setup_seconds,
                     training_line(value$training), value$model_path))
   }
-  new_mlnpefit(value, spec = spec, data = data[spec$vars], data_name = data_name, family = fam,
+  new_mlnpefit(value, spec = spec, data = select_columns(data, spec$vars), data_name = data_name, family = fam,
                prior = prior, settings = settings, seed = seed, call = call)
 }
 
@@ -216,14 +223,14 @@ refit_amortizer <- function(path, spec, family, prior, settings, data, data_name
                             call, refine = "auto", refine_control = list()) {
   check_data(data, "newdata")
   check_columns(data, spec$vars, "newdata")
-  check_no_na(data, spec$vars, "newdata")
   control <- list(ndraws = check_count(ndraws, "ndraws"), seed = check_seed(seed), psis = check_flag(psis, "psis"),
                   resample = check_resample(resample), refine = check_auto_flag(refine, "refine"),
                   refine_control = check_settings(refine_control, "refine_control"))
-  value <- py_refit(path, encode_data(data, spec$vars, spec$response, family), control)
+  encoded <- encode_data(data, spec$vars, spec$response, family, spec$groups, "newdata")
+  value <- py_refit(path, encoded, control)
   kept <- c("psis", "resample", "refine", "refine_control")
   settings[kept] <- control[kept]
-  new_mlnpefit(value, spec = spec, data = data[spec$vars], data_name = data_name, family = family,
+  new_mlnpefit(value, spec = spec, data = select_columns(data, spec$vars), data_name = data_name, family = family,
                prior = prior, settings = settings, seed = control$seed, call = call)
 }
 

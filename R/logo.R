@@ -35,8 +35,8 @@ logo <- function(fit, ndraws = 1000, nsim = 20, seed = NULL) {
   nsim <- check_count(nsim, "nsim")
   seed <- check_seed(seed)
   spec <- fit$spec
-  value <- py_logo(fit$amortizer$path, encode_data(fit$data, spec$vars, spec$response, fit$family), ndraws, nsim,
-                   seed)
+  value <- py_logo(fit$amortizer$path, encode_data(fit$data, spec$vars, spec$response, fit$family, spec$groups),
+                   ndraws, nsim, seed)
   new_logo(as.numeric(unlist(value$elpd)), as.character(unlist(value$levels)), fit$group,
            as.integer(unlist(value$nobs)), vapply(value$pareto_k, function(k) k %||% NA_real_, numeric(1)),
            ndraws, nsim, as.numeric(unlist(value$ess_local)))

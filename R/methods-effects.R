@@ -47,6 +47,7 @@ NULL
 #' @method fixef mlnpefit
 #' @export
 fixef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.025, 0.975), ...) {
+  check_summary_args(summary, robust, probs)
   names <- b_names(object)
   m <- draws_matrix(object, names)
   colnames(m) <- sub("^b_", "", names)
@@ -82,6 +83,7 @@ summarise_array <- function(a, probs, robust) {
 #' @method ranef mlnpefit
 #' @export
 ranef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.025, 0.975), ...) {
+  check_summary_args(summary, robust, probs)
   a <- ranef_draws(object)
   out <- list(if (summary) summarise_array(a, probs, robust) else a)
   stats::setNames(out, object$group)
@@ -90,6 +92,7 @@ ranef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.0
 #' @rdname effects-mlnpefit
 #' @export
 coef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.025, 0.975), ...) {
+  check_summary_args(summary, robust, probs)
   r <- ranef_draws(object)
   b <- fixef.mlnpefit(object, summary = FALSE)
   # as brms: the group-level coefficients first, then the population-level ones without a group-level part
@@ -108,6 +111,7 @@ coef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.02
 #' @method VarCorr mlnpefit
 #' @export
 VarCorr.mlnpefit <- function(x, sigma = 1, summary = TRUE, robust = FALSE, probs = c(0.025, 0.975), ...) {
+  check_summary_args(summary, robust, probs)
   z <- x$z_names
   sds <- draws_matrix(x, sprintf("sd_%s__%s", x$group, z))
   colnames(sds) <- z

@@ -69,8 +69,11 @@ log_lik.mlnpefit <- function(object, newdata = NULL, re_formula = NULL, ndraws =
 fitted.mlnpefit <- function(object, newdata = NULL, re_formula = NULL, scale = c("response", "linear"),
                             summary = TRUE, robust = FALSE, probs = c(0.025, 0.975), ndraws = NULL,
                             draw_ids = NULL, allow_new_levels = FALSE, seed = NULL, ...) {
-  scale <- match.arg(scale)
-  kind <- if (scale == "response") "epred" else "linpred"
+  if (!is.character(scale) || !length(scale) || !scale[1L] %in% c("response", "linear")) {
+    abort_argument("scale", "\"response\" or \"linear\"", scale)
+  }
+  kind <- if (scale[1L] == "response") "epred" else "linpred"
+  check_flag(summary, "summary")
   m <- prediction(object, kind, newdata, re_formula, ndraws, draw_ids, allow_new_levels, seed)
   if (summary) summarise_rows(m, probs, robust) else m
 }
@@ -80,6 +83,7 @@ fitted.mlnpefit <- function(object, newdata = NULL, re_formula = NULL, scale = c
 predict.mlnpefit <- function(object, newdata = NULL, re_formula = NULL, summary = TRUE, robust = FALSE,
                              probs = c(0.025, 0.975), ndraws = NULL, draw_ids = NULL, allow_new_levels = FALSE,
                              seed = NULL, ...) {
+  check_flag(summary, "summary")
   m <- prediction(object, "predict", newdata, re_formula, ndraws, draw_ids, allow_new_levels, seed)
   if (summary) summarise_rows(m, probs, robust) else m
 }
@@ -92,18 +96,21 @@ residuals.mlnpefit <- function(object, newdata = NULL, re_formula = NULL, type =
   if (!identical(type, "ordinary")) {
     mlnpe_abort(sprintf("`type` must be \"ordinary\", not %s.", describe_value(type)), "mlnpe_argument_error")
   }
+  check_flag(summary, "summary")
   data <- newdata %||% object$data
   if (!object$spec$response %in% names(data)) {
     mlnpe_abort(sprintf("`newdata` lacks the response '%s', which residuals need.", object$spec$response),
                 "mlnpe_data_error")
   }
-  y <- encode_response(data[[object$spec$response]], object$spec$response, object$family)
+  y <- encode_data(data, object$spec$response, object$spec$response, object$family,
+                   arg = if (is.null(newdata)) "data" else "newdata")[[1L]]
   m <- prediction(object, "epred", newdata, re_formula, ndraws, draw_ids, allow_new_levels, seed)
   r <- sweep(-m, 2L, y, `+`)
   if (summary) summarise_rows(r, probs, robust) else r
 }
 
 summarise_rows <- function(m, probs, robust) {
+  check_summary_args(TRUE, robust, probs)
   out <- summarise_columns(m, probs, robust)
   rownames(out) <- NULL
   out
@@ -114,19 +121,19 @@ prediction <- function(object, kind, newdata, re_formula, ndraws, draw_ids, allo
   include <- use_group_effects(re_formula)
   draws <- object$draws
   ids <- select_draws(object, ndraws, draw_ids)
+  seed <- check_seed(seed)  # after select_draws: the same draws and seed for a given set.seed() as before
   if (!is.null(ids)) draws <- posterior::subset_draws(draws, draw = ids)
   spec <- object$spec
-  data <- encode_data(object$data, spec$vars, spec$response, object$family)
+  data <- encode_data(object$data, spec$vars, spec$response, object$family, spec$groups)
   nd <- NULL
   if (!is.null(newdata)) {
     check_data(newdata, "newdata")
     needed <- setdiff(spec$vars, c(if (kind != "log_lik") spec$response, if (!include) object$group))
     check_columns(newdata, needed, "newdata")
     present <- intersect(spec$vars, names(newdata))
-    check_no_na(newdata, present, "newdata")
-    nd <- encode_data(newdata, present, spec$response, object$family)
+    nd <- encode_data(newdata, present, spec$response, object$family, spec$groups, "newdata")
   }
-  py_predict(object$amortizer$path, data, draws, kind, nd, check_seed(seed), allow_new_levels, include)
+  py_predict(object$amortizer$path, data, draws, kind, nd, seed, allow_new_levels, include)
 }
 
 use_group_effects <- function(re_formula) {
@@ -140,8 +147,9 @@ use_group_effects <- function(re_formula) {
 select_draws <- function(object, ndraws, draw_ids) {
   n <- object$ndraws
   if (!is.null(draw_ids)) {
-    if (!is.numeric(draw_ids) || anyNA(draw_ids) || any(draw_ids < 1 | draw_ids > n)) {
-      mlnpe_abort(sprintf("`draw_ids` must be draw indices between 1 and %d.", n), "mlnpe_argument_error")
+    if (!is.numeric(draw_ids) || is.object(draw_ids) || !length(draw_ids) || anyNA(draw_ids) ||
+        any(draw_ids < 1 | draw_ids > n | draw_ids != round(draw_ids))) {
+      abort_argument("draw_ids", sprintf("whole numbers from 1 to %d (indices of draws)", n), draw_ids)
     }
     return(as.integer(draw_ids))
   }

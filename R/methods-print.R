@@ -22,9 +22,8 @@ NULL
 #' @rdname summary-mlnpefit
 #' @export
 summary.mlnpefit <- function(object, prob = 0.95, robust = FALSE, ...) {
-  if (!is.numeric(prob) || length(prob) != 1L || prob <= 0 || prob >= 1) {
-    mlnpe_abort(sprintf("`prob` must be a number in (0, 1), not %s.", describe_value(prob)), "mlnpe_argument_error")
-  }
+  check_number(prob, "prob", 0, 1, open = c("low", "high"))
+  check_flag(robust, "robust")
   probs <- c((1 - prob) / 2, 1 - (1 - prob) / 2)
   ci <- paste0(c("l-", "u-"), format(prob * 100), "% CI")
   tidy <- function(m, rows) {

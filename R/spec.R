@@ -25,9 +25,36 @@ formula_spec <- function(formula) {
   }
   text <- gsub("\\s+", " ", paste(deparse(formula, width.cutoff = 500L), collapse = " "))
   lhs <- all.vars(formula[[2L]])
+  vars <- unique(all.vars(formula))
+  check_variable_names(vars)
   list(formula = formula, text = text, response = lhs[1L], lhs = lhs,
        trials = grepl("trials\\s*\\(", paste(deparse(formula[[2L]]), collapse = "")),
-       vars = unique(all.vars(formula)))
+       vars = vars, groups = grouping_variables(formula[[3L]]))
+}
+
+# The variables right of `|` or `||` in group-level terms: (1 + x | g), (1 | a/b), (1 | a:b).
+grouping_variables <- function(expr) {
+  if (!is.call(expr)) return(character())
+  if (identical(expr[[1L]], as.name("|")) || identical(expr[[1L]], as.name("||"))) {
+    return(all.vars(expr[[3L]]))
+  }
+  unique(unlist(lapply(as.list(expr)[-1L], grouping_variables)))
+}
+
+# mlnpe's formulas (parsed in Python) take plain names: letters, digits, "." and "_", starting with a letter (or a
+# dot and a letter). A name that needs backticks in R is an error with the fix, before Python starts.
+check_variable_names <- function(vars) {
+  bad <- vars[!grepl("^\\.?[A-Za-z][A-Za-z0-9._]*$", vars)]
+  if (length(bad)) {
+    fixed <- make.names(bad, unique = TRUE)
+    mlnpe_abort(c(sprintf("The formula uses the column name%s %s, which mlnpe cannot parse (it needs backticks in R).",
+                          if (length(bad) > 1L) "s" else "", paste0("`", bad, "`", collapse = ", ")),
+                  i = "Variable names must be letters, digits, '.' and '_', starting with a letter (ASCII only).",
+                  i = sprintf("Rename the column%s, e.g. names(data)[names(data) == \"%s\"] <- \"%s\", and the formula with %s.",
+                              if (length(bad) > 1L) "s" else "", bad[1L], fixed[1L],
+                              if (length(bad) > 1L) "them" else "it")),
+                "mlnpe_formula_error")
+  }
 }
 
 #' Families supported by mlnpe

@@ -3,7 +3,8 @@
 # and the BH shadow library that lets Debian's rstan find Boost (see ../shared/notes/R-CONVENTIONS.md §0.4).
 set -euo pipefail
 PKGS="r-base-core r-base-dev r-cran-reticulate r-cran-posterior r-cran-testthat r-cran-brms r-cran-rstan
-r-cran-lme4 r-cran-loo r-cran-bayesplot r-cran-knitr r-cran-rmarkdown r-cran-roxygen2 r-cran-rtdists"
+r-cran-lme4 r-cran-loo r-cran-bayesplot r-cran-knitr r-cran-rmarkdown r-cran-roxygen2 r-cran-rtdists
+r-cran-bit64 r-cran-haven r-cran-tibble"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

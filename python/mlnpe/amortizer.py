@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .version import __version__
+from .checks import check_flag, check_float, check_int, check_path, check_seed
 from .core.data import GroupedBatch, GroupedData, collate
 from .core.draws import PosteriorDraws
 from .errors import ConfigError, DataError, LoadError, NumericalError
@@ -28,9 +29,10 @@ from .core.models import model_from_config
 from .core.spec import ParamSpec, SimulatedBatch, TwoLevelModel, bijector_of, check_range, check_sizes, labels_of, simulate_batch
 from .estimator import MultilevelEstimator
 from .io import CONFIG_FILE, FORMAT_VERSION, load_weights, read_config, write_saved
-from .networks.config import NetworkConfig
+from .memory import check_memory
+from .networks.config import NetworkConfig, network_changes
 from .consistency import ObservedSets, has_likelihood, reverse_kl, self_consistency
-from .train import TrainConfig, TrainHistory, train_estimator
+from .train import TrainConfig, TrainHistory, train_config, train_estimator
 
 __all__ = ["MultilevelNPE"]
 
@@ -79,8 +81,10 @@ class MultilevelNPE:
         self.y_dim, self.x_dim = int(specs["y_dim"]), int(specs["x_dim"])
         self.groups = check_sizes("groups", groups)
         self.rows = check_sizes("rows", rows)
-        self.network = network if isinstance(network, NetworkConfig) else NetworkConfig.from_dict(network or {})
-        self.seed = int(seed)
+        changes = network_changes(network)
+        self.network = changes if isinstance(changes, NetworkConfig) else NetworkConfig.from_dict(changes)
+        self.seed = check_seed(seed, none=False)
+        pilot_size = check_int(pilot_size, "pilot_size", 2)
         with torch.random.fork_rng():  # seeded initialization without touching the global RNG
             torch.manual_seed(self.seed)
             self.estimator = MultilevelEstimator(
@@ -134,11 +138,13 @@ class MultilevelNPE:
         Returns:
             the training history (also kept in `self.history`).
         """
-        config = config or TrainConfig()
-        if overrides:
-            config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+        config = train_config(config, overrides)
         if observed is not None:
+            if not isinstance(observed, GroupedData):
+                raise DataError(f"`observed` must be a GroupedData or None, got {type(observed).__name__}.")
             self.check_design(observed, argument="`observed`")
+        if monitor is not None and not callable(monitor):
+            raise ConfigError(f"`monitor` must be a function of the step or None, got {type(monitor).__name__}.")
         generator = torch.Generator().manual_seed(config.seed + 12345 * (1 + len(self.history.step)))
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
@@ -209,6 +215,7 @@ class MultilevelNPE:
             DataError: `data` is not GroupedData, or its columns differ from the model's.
             RangeError: J or N_j lie far outside the trained ranges (unless `allow_extrapolation`).
         """
+        allow_extrapolation = check_flag(allow_extrapolation, "allow_extrapolation")
         datasets = [data] if isinstance(data, GroupedData) else list(data) if isinstance(data, (list, tuple)) else None
         if not datasets or not all(isinstance(d, GroupedData) for d in datasets):
             raise DataError(
@@ -267,12 +274,15 @@ class MultilevelNPE:
             log_prob: also compute each draw's log density (`log_q`, needed for importance sampling); this
                 evaluates the flows a second time.
         """
-        if isinstance(n_draws, bool) or not isinstance(n_draws, (int, float, np.integer, np.floating)) or not (
-            math.isfinite(n_draws) and float(n_draws).is_integer() and n_draws >= 1
-        ):
-            raise ConfigError(f"`n_draws` must be a positive integer, got {n_draws!r}.")
-        n_draws = int(n_draws)
+        n_draws, seed = check_int(n_draws, "n_draws"), check_seed(seed)
+        log_prob = check_flag(log_prob, "log_prob")
         batch, levels = self.batch(data, allow_extrapolation)
+        n_groups = batch.group_mask.shape[1]
+        check_memory(
+            self.estimator.sample_bytes(batch.batch_size, n_groups), n_draws,
+            f"`n_draws`={n_draws} draws of {batch.batch_size} dataset(s) of up to {n_groups} groups",
+            "Ask for at most {most} draws (and sample several times for more).",
+        )
         generator = torch.Generator()
         generator.manual_seed(seed) if seed is not None else generator.seed()
         self.estimator.eval()
@@ -344,10 +354,10 @@ class MultilevelNPE:
         model = model or self.model
         if model is None:
             raise ConfigError("`local_proposal` needs the model's prior: pass `model=` or load the estimator with it.")
-        if group.n_groups != 1:
-            raise DataError(f"`group` must hold exactly one group, got {group.n_groups}.")
-        if not 0.0 < flow_fraction < 1.0:
-            raise ConfigError(f"`flow_fraction` must be in (0, 1), got {flow_fraction!r}.")
+        if not isinstance(group, GroupedData) or group.n_groups != 1:
+            raise DataError(f"`group` must be a GroupedData of exactly one group, got {group!r}.")
+        n_local = check_int(n_local, "n_local")
+        flow_fraction = check_float(flow_fraction, "flow_fraction", 0, 1, open_low=True, open_high=True)
         est = self.estimator.eval()
         g = torch.as_tensor(np.asarray(global_draws), dtype=torch.float32)
         h_local, _ = est.summarize(collate([group]))  # (1, 1, h)
@@ -403,7 +413,7 @@ class MultilevelNPE:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Saves to a directory: config.json and weights.pt (tensors only, loadable with weights_only=True)."""
-        return write_saved(Path(path), self.config_dict(), self.estimator)
+        return write_saved(check_path(path), self.config_dict(), self.estimator)
 
     @classmethod
     def load(
@@ -422,7 +432,7 @@ class MultilevelNPE:
         Raises:
             LoadError: missing or corrupt files, or a configuration that does not match the weights.
         """
-        path = Path(path)
+        path = check_path(path)
         config, network = read_config(path)
         needs = config.get("custom_summaries", [False, False])
         if (needs[0] and local_summary is None) or (needs[1] and global_summary is None):

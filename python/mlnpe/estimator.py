@@ -395,6 +395,16 @@ class MultilevelEstimator(nn.Module):
         lp_local = torch.where(group_mask, lq_local - self.local_bijector.log_abs_det_jacobian(lu), 0.0)
         return lp_global, lp_local
 
+    def sample_bytes(self, datasets: int, groups: int) -> float:
+        """About the peak memory of `sample` (with log densities) per draw, in bytes, for `datasets` datasets of
+        `groups` (padded) groups: the local flow's activations per draw, dataset and group dominate (a conditioner's
+        hidden layers and the spline knots of every local parameter), then the draws as float64 (`mlnpe.memory`)."""
+        g, l = self.global_flow.features, self.local_flow.features
+        lf, gf = self.config.local_flow, self.config.global_flow
+        per_group = 4 * (2 * max(lf.hidden) + l * (3 * lf.bins + 4) + self.local_summary.out_features + g) + 8 * l
+        per_dataset = 4 * (2 * max(gf.hidden) + g * (3 * gf.bins + 4)) + 8 * g + groups * per_group
+        return float(datasets * per_dataset)
+
     @torch.no_grad()
     def sample(
         self, n: int, batch: GroupedBatch, generator: torch.Generator | None = None, return_log_prob: bool = False

@@ -11,7 +11,8 @@ Conventions:
 * Data come from R as ``{column: list}``. A factor comes as ``{"codes": [0-based ints], "levels": [str]}`` and
   becomes a pandas Categorical, so R's level order is kept.
 * The settings of a fit come as one list ``control`` (:class:`FitControl`), with R's argument names; each field
-  is coerced from R's types here and checked by the API that uses it.
+  is checked here, before any model is built, by the checks the Python API uses (`mlnpe.checks`, the configs),
+  which accept R's whole numbers as floats.
 * Draws travel as ``{"variables": [V names], "shape": [S, V], "data": [S * V floats, column-major]}``.
   Prediction matrices use the same layout: ``{"shape": [S, N], "data": [...]}``.
 * A saved model directory (``FormulaNPE.save``) is the handle of a trained amortizer. R keeps only the path and
@@ -28,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -37,10 +39,11 @@ import traceback
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .checks import check_choice, check_flag, check_float, check_int, check_seed
 from .errors import ConfigError, DataError, MlnpeError
 from .version import __version__
 
@@ -101,22 +104,6 @@ def _as_list(x: Any) -> list[Any]:
     return [x]
 
 
-def _int(x: Any, name: str) -> int:
-    if isinstance(x, bool) or x is None:
-        raise ConfigError(f"`{name}` must be an integer, got {x!r}.")
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        raise ConfigError(f"`{name}` must be an integer, got {x!r}.") from None
-    if not value.is_integer():
-        raise ConfigError(f"`{name}` must be an integer, got {x!r}.")
-    return int(value)
-
-
-def _seed(seed: Any) -> int | None:
-    return None if seed is None else _int(seed, "seed")
-
-
 def _frame(data: Mapping[str, Any], argument: str = "data") -> Any:
     """A pandas DataFrame from R's ``{column: list | {"codes", "levels"}}``."""
     import pandas as pd
@@ -139,34 +126,21 @@ def _frame(data: Mapping[str, Any], argument: str = "data") -> Any:
     return pd.DataFrame(columns)
 
 
-def _coerce_fields(cls: type, values: Mapping[str, Any] | None, argument: str) -> dict[str, Any]:
-    """R numbers arrive as floats and length-1 vectors as scalars: coerce them to a config's field types."""
-    out: dict[str, Any] = {}
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in dict(values or {}).items():
-        field = known.get(key)
-        if field is None or value is None:
-            out[key] = value  # unknown keys: the config's own check names them and the known ones
-            continue
-        default, kind = field.default, str(field.type)
-        if isinstance(default, bool):
-            out[key] = bool(value)
-        elif isinstance(default, int) or ("int" in kind and "float" not in kind and "tuple" not in kind):
-            out[key] = _int(value, f"{argument}${key}")
-        elif isinstance(default, float):
-            out[key] = float(value)
-        elif isinstance(default, tuple):
-            out[key] = tuple(_int(v, f"{argument}${key}") for v in _as_list(value))
-        else:
-            out[key] = value
-    return out
+def _settings(values: Any, argument: str) -> dict[str, Any]:
+    """A named list of settings from R (an empty R list arrives as []) as a dict. The values pass unchanged: the
+    configs accept R's whole numbers as floats and check every field's type and range themselves."""
+    if values is None or (isinstance(values, list) and not values):
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"`{argument}` must be a named list of settings, got {values!r}.")
+    return dict(values)
 
 
 def _train_config(train: Mapping[str, Any] | None) -> Any:
     from .formula.cache import training_config
-    from .train import TrainConfig
 
-    return training_config(_coerce_fields(TrainConfig, train, "train"))
+    with _argument("train"):
+        return training_config(_settings(train, "train"))
 
 
 def _network(network: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -181,16 +155,27 @@ def _network(network: Mapping[str, Any] | None) -> dict[str, Any]:
             return values
         return {key: nested(value) if key in parts else value for key, value in values.items()}
 
-    return nested(network or {})
+    from .networks.config import NetworkConfig
+
+    out = nested(_settings(network, "network"))
+    with _argument("network"):
+        NetworkConfig.check_names(out)  # names now; values when the model is built (its defaults depend on it)
+    return out
+
+
+@contextlib.contextmanager
+def _argument(name: str) -> Iterator[None]:
+    """Prefixes a ConfigError with the R argument it came from (`train`, `network`, `refine_control`)."""
+    try:
+        yield
+    except ConfigError as error:
+        raise ConfigError(f"`{name}`: {error}") from None
 
 
 def _range(value: Any, name: str) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    values = _as_list(value)
-    if len(values) != 2:
-        raise ConfigError(f"`{name}` must be c(min, max), got {values!r}.")
-    return (_int(values[0], name), _int(values[1], name))
+    from .core.spec import check_sizes
+
+    return None if value is None else check_sizes(name, _as_list(value))
 
 
 def _priors(priors: Any) -> list[Any]:
@@ -208,32 +193,39 @@ def _priors(priors: Any) -> list[Any]:
 def _auto_flag(value: Any, name: str) -> bool | str:
     if isinstance(value, str) and value == "auto":
         return "auto"
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
     raise ConfigError(f"`{name}` must be TRUE, FALSE or \"auto\", got {value!r}.")
+
+
+def _cache(value: Any) -> bool | str:
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and value):
+        return value if isinstance(value, str) else bool(value)
+    raise ConfigError(f"`cache` must be TRUE, FALSE or a directory, got {value!r}.")
 
 
 def _refine_config(control: Mapping[str, Any] | None, seed: int | None) -> Any:
     from .inference.refine import RefineConfig
 
-    values = _coerce_fields(RefineConfig, control, "refine_control")
+    values = _settings(control, "refine_control")
     known = [f.name for f in dataclasses.fields(RefineConfig)]
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"`refine_control` has unknown settings {unknown}; known: {known}.")
     if values.get("seed") is None:
         values["seed"] = seed
-    return RefineConfig(**values)
+    with _argument("refine_control"):
+        return RefineConfig(**values)
 
 
 @dataclasses.dataclass(frozen=True)
 class FitControl:
-    """The settings of R's ``mlnpe()`` and ``update()``: R's one list ``control``, coerced from R's types.
+    """The settings of R's ``mlnpe()`` and ``update()``: R's one list ``control``, checked field by field.
 
-    Each field is coerced here, field by field, and checked by the API that uses it: `groups`, `rows`, `network`
-    and `focus` by `FormulaNPE` (`mlnpe.formula.cache.trained_model`), `train` by `TrainConfig`, `refine_control`
-    by `RefineConfig`, `ndraws`, `seed`, `psis` and `refine` by `FormulaNPE.fit`, `resample` by
-    `mlnpe.inference.policy.use_resampling`. R checks the types of its arguments before Python loads.
+    Each field is checked here, before any model is built, with the checks of the API that uses it: `groups` and
+    `rows` as `FormulaNPE` checks them, `focus` as `FormulaNPE.train`, `train` by `TrainConfig`, `refine_control`
+    by `RefineConfig`, `ndraws`, `seed` and `psis` as `FormulaNPE.fit` (`mlnpe.checks`); `network` is checked
+    by `NetworkConfig` when the model is built. R checks the types of its arguments before Python loads.
 
     Attributes:
         groups, rows: trained (min, max) ranges of groups and of rows per group, or None for data-based ones.
@@ -282,23 +274,25 @@ class FitControl:
         Raises:
             ConfigError: a name outside `fields`, or a value that R's types cannot give (e.g. `ndraws = 1.5`).
         """
-        values = dict(control or {})
+        from .formula.focus import check_focus
+
+        values = _settings(control, "control")
         allowed = [f.name for f in dataclasses.fields(cls)] if fields is None else list(fields)
         unknown = sorted(set(values) - set(allowed))
         if unknown:
             raise ConfigError(f"`control` has unknown settings {unknown}; known: {allowed}.")
-        seed = _seed(values.get("seed"))
+        seed = check_seed(values.get("seed"))
         return cls(
             groups=_range(values.get("groups"), "groups"),
             rows=_range(values.get("rows"), "rows"),
             network=_network(values.get("network")),
             train=_train_config(values.get("train")),
-            cache=values.get("cache", True),
-            ndraws=_int(values.get("ndraws", 4000), "ndraws"),
+            cache=_cache(values.get("cache", True)),
+            ndraws=check_int(values.get("ndraws", 4000), "ndraws"),
             seed=seed,
-            psis=bool(values.get("psis", True)),
+            psis=check_flag(values.get("psis", True), "psis"),
             resample=_auto_flag(values.get("resample", "auto"), "resample"),
-            focus=values.get("focus", 1),
+            focus=check_focus(values.get("focus", 1)),
             refine=_auto_flag(values.get("refine", "auto"), "refine"),
             refine_control=_refine_config(values.get("refine_control"), seed),
         )
@@ -553,7 +547,7 @@ def _draws_frame(draws: Mapping[str, Any]) -> Any:
     import pandas as pd
 
     variables = [str(v) for v in _as_list(draws.get("variables"))]
-    shape = [_int(s, "draws shape") for s in _as_list(draws.get("shape"))]
+    shape = [check_int(s, "draws shape", 0) for s in _as_list(draws.get("shape"))]
     values = np.asarray(_as_list(draws.get("data")), dtype=np.float64)
     if len(shape) != 2 or shape[1] != len(variables) or values.size != shape[0] * shape[1]:
         raise DataError(f"`draws` must hold {len(variables)} variables of equal length; got shape {shape}.")
@@ -587,9 +581,9 @@ def predict(
     from .formula.fit import FormulaFit, prediction_frame, with_new_levels
     from .formula.names import draws_from_brms
 
-    if kind not in _KINDS:
-        raise ConfigError(f"`kind` must be one of {list(_KINDS)}, got {kind!r}.")
-    seed = _seed(seed)
+    kind, seed = check_choice(kind, "kind", _KINDS), check_seed(seed)
+    allow_new_levels = check_flag(allow_new_levels, "allow_new_levels")
+    include_group_effects = check_flag(include_group_effects, "include_group_effects")
     model = _load(model_path)
     _, design = model.grouped_data(_frame(data))
     raw = draws_from_brms(model, _draws_frame(draws), design.levels)
@@ -628,8 +622,8 @@ def logo(
     """
     from .formula.logo import formula_logo
 
+    n_draws, n_local, seed = check_int(n_draws, "ndraws"), check_int(n_local, "nsim"), check_seed(seed)
     model = _load(model_path)
-    n_draws, n_local, seed = _int(n_draws, "ndraws"), _int(n_local, "nsim"), _seed(seed)
     result = formula_logo(model, _frame(data), n_draws=n_draws, n_local=n_local, seed=seed)
     return {
         "levels": list(result.levels),
@@ -654,12 +648,12 @@ def sbc(
     With `plot_dir`, also writes `sbc_ecdf.png` (ECDF differences and their simultaneous band),
     `recovery_global.png` and `recovery_local.png` there and returns their paths in `plots`.
     """
+    n_datasets, n_draws = check_int(n_datasets, "ndatasets", 10), check_int(n_draws, "ndraws", 2)
+    seed, prob = check_seed(seed), check_float(prob, "prob", 0, 1, open_low=True, open_high=True)
     model = _load(model_path)
-    n_datasets, n_draws = _int(n_datasets, "ndatasets"), _int(n_draws, "ndraws")
-    seed = _seed(seed)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**31))
-    result = model.sbc(n_datasets, n_draws, seed, float(prob))
+    result = model.sbc(n_datasets, n_draws, seed, prob)
     rows = result.table()
     out: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
     out.update(n_datasets=result.n_datasets, n_draws=result.n_draws, prob=result.prob, seed=seed, plots=[])

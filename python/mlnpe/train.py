@@ -11,65 +11,44 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from .checks import SEED, Bound, check_choice, check_flag
+from .errors import ConfigError, NumericalError
 from .estimator import MultilevelEstimator
 from .core.spec import SimulatedBatch
 
-__all__ = ["TrainConfig", "TrainHistory", "resolve_device", "train_estimator"]
+__all__ = ["TrainConfig", "TrainHistory", "resolve_device", "train_config", "train_estimator"]
 
 
 OBSERVED_LOSSES = ("reverse_kl", "self_consistency")
 
-# Every numeric field of TrainConfig: (int or float, lower bound, upper bound, what it is). Bounds are inclusive,
-# except where the meaning says "(0, ...)" (checked by `_checked`'s `open` set).
-_RANGES: dict[str, tuple[type, float, float, str]] = {
-    "steps": (int, 1, math.inf, "a positive number of steps"),
-    "batch_size": (int, 1, math.inf, "a positive number of datasets"),
-    "learning_rate": (float, 0, 1, "a learning rate in (0, 1)"),
-    "warmup_fraction": (float, 0, 1, "a fraction in (0, 1)"),
-    "min_lr_fraction": (float, 0, 1, "a fraction in (0, 1]"),
-    "clip_norm": (float, 0, math.inf, "a positive gradient norm"),
-    "n_simulations": (int, 1, math.inf, "a positive number of datasets"),
-    "validation_fraction": (float, 0, 1, "a fraction in (0, 1)"),
-    "patience": (int, 1, math.inf, "a positive number of epochs"),
-    "time_limit": (float, 0, math.inf, "positive seconds or None"),
-    "seed": (int, 0, 2**63 - 1, "an integer >= 0"),
-    "num_threads": (int, 1, 4096, "a positive number of threads or None"),
-    "ema_decay": (float, 0, 1, "a decay in [0, 1) (0: no averaging)"),
-    "self_consistency": (float, 0, math.inf, "a weight >= 0 (0: off)"),
-    "consistency_draws": (int, 2, math.inf, "at least 2 (a variance over draws)"),
-    "consistency_datasets": (int, 1, math.inf, "a positive number of datasets"),
-    "observed_weight": (float, 0, math.inf, "a weight >= 0 (0: off)"),
-    "observed_draws": (int, 2, math.inf, "at least 2 draws"),
-    "observed_datasets": (int, 1, math.inf, "a positive number of datasets"),
-    "check_every": (int, 0, math.inf, "a number of steps >= 0 (0: no checks)"),
+# Every numeric field of TrainConfig and its range (`mlnpe.checks.Bound`; the meaning is what the message says).
+_RANGES: dict[str, Bound] = {
+    "steps": Bound(int, 1, meaning="a positive number of steps"),
+    "batch_size": Bound(int, 1, meaning="a positive number of datasets"),
+    "learning_rate": Bound(float, 0, 1, True, True, meaning="a learning rate in (0, 1)"),
+    "warmup_fraction": Bound(float, 0, 1, True, True, meaning="a fraction in (0, 1)"),
+    "min_lr_fraction": Bound(float, 0, 1, True, meaning="a fraction in (0, 1]"),
+    "clip_norm": Bound(float, 0, open_low=True, infinite=True, meaning="a positive gradient norm"),
+    "n_simulations": Bound(int, 1, meaning="a positive number of datasets"),
+    "validation_fraction": Bound(float, 0, 1, True, True, meaning="a fraction in (0, 1)"),
+    "patience": Bound(int, 1, meaning="a positive number of epochs"),
+    "time_limit": Bound(float, 0, open_low=True, infinite=True, meaning="positive seconds or None"),
+    "seed": SEED,
+    "num_threads": Bound(int, 1, 4096, meaning="a positive number of threads or None"),
+    "ema_decay": Bound(float, 0, 1, open_high=True, meaning="a decay in [0, 1) (0: no averaging)"),
+    "self_consistency": Bound(float, 0, infinite=True, meaning="a weight >= 0 (0: off)"),
+    "consistency_draws": Bound(int, 2, meaning="at least 2 (a variance over draws)"),
+    "consistency_datasets": Bound(int, 1, meaning="a positive number of datasets"),
+    "observed_weight": Bound(float, 0, infinite=True, meaning="a weight >= 0 (0: off)"),
+    "observed_draws": Bound(int, 2, meaning="at least 2 draws"),
+    "observed_datasets": Bound(int, 1, meaning="a positive number of datasets"),
+    "check_every": Bound(int, 0, meaning="a number of steps >= 0 (0: no checks)"),
 }
-_OPEN = {("learning_rate", 0), ("learning_rate", 1), ("warmup_fraction", 0), ("warmup_fraction", 1),
-         ("min_lr_fraction", 0), ("clip_norm", 0), ("validation_fraction", 0), ("validation_fraction", 1),
-         ("time_limit", 0), ("ema_decay", 1)}  # fmt: skip
-
-
-def _checked(name: str, value: Any, kind: type, low: float, high: float, meaning: str) -> int | float:
-    """`value` as an int or float in [low, high] (open where `_OPEN` says), or a ConfigError naming the field."""
-    bad = ConfigError(f"TrainConfig `{name}` must be {meaning}, got {value!r}.")
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise bad
-    number = float(value)
-    if not math.isfinite(number) and not (high == math.inf and number == math.inf and kind is float):
-        raise bad
-    if kind is int:
-        if not number.is_integer():
-            raise bad
-        number = int(value)
-    if number < low or number > high or (name, low) in _OPEN and number == low or (name, high) in _OPEN and number == high:
-        raise bad
-    return number
 
 
 @dataclass(frozen=True)
@@ -145,16 +124,14 @@ class TrainConfig:
     check_every: int = 250
 
     def __post_init__(self) -> None:
-        for name, (kind, low, high, meaning) in _RANGES.items():
+        for name, bound in _RANGES.items():
             value = getattr(self, name)
             if value is None and name in ("time_limit", "num_threads"):
                 continue
-            object.__setattr__(self, name, _checked(name, value, kind, low, high, meaning))
+            object.__setattr__(self, name, bound.check(value, name, "TrainConfig"))
         for name, allowed in (("mode", ("online", "offline")), ("observed_loss", OBSERVED_LOSSES)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"TrainConfig `{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
-        if not isinstance(self.progress, bool):
-            raise ConfigError(f"TrainConfig `progress` must be True or False, got {self.progress!r}.")
+            check_choice(getattr(self, name), name, allowed, owner="TrainConfig")
+        object.__setattr__(self, "progress", check_flag(self.progress, "progress", owner="TrainConfig"))
         if self.mode == "offline" and self.n_simulations * self.validation_fraction < 1:
             raise ConfigError("TrainConfig: `n_simulations * validation_fraction` leaves no validation datasets.")
         if not isinstance(self.device, str) or not (
@@ -169,11 +146,34 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(d, Mapping):
+            raise ConfigError(
+                f"TrainConfig.from_dict needs a dict of fields, e.g. {{'steps': 500}} in Python or list(steps = 500) "
+                f"in R, got {type(d).__name__} {d!r}."
+            )
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)
         if unknown:
             raise ConfigError(f"TrainConfig got unknown keys {unknown}; known keys: {sorted(known)}.")
         return cls(**d)
+
+
+def train_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig of a `train(config, **overrides)` call: `config` (a TrainConfig, a dict of its fields or None
+    for the defaults) with the fields in `overrides` replaced.
+
+    Raises:
+        ConfigError: `config` is something else, or a field is unknown or out of range.
+    """
+    if config is None:
+        config = TrainConfig()
+    elif isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    elif not isinstance(config, TrainConfig):
+        raise ConfigError(
+            f"`config` must be a TrainConfig, a dict of its fields or None, got {type(config).__name__}."
+        )
+    return TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
 
 
 def resolve_device(device: str) -> torch.device:
@@ -292,13 +292,16 @@ def train_estimator(
 
 
 def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, extra_loss=None, progress: float = 0.0) -> float:
-    loss = estimator.loss(sims.global_params, sims.local_params, sims.batch)
+    # summed in float64: an untrained flow's reverse KL on the data can reach 1e36 per dataset, whose float32 sum
+    # overflows although every term is finite (its gradient then overflows too, and the step is skipped below)
+    loss = estimator.loss(sims.global_params, sims.local_params, sims.batch).double()
     if extra_loss is not None:
-        loss = loss + extra_loss(sims, progress)
+        loss = loss + extra_loss(sims, progress).double()
     loss = loss.mean()
     if not torch.isfinite(loss):
-        raise FloatingPointError(
-            "the training loss became non-finite; lower `learning_rate` or check the simulator's output scale."
+        raise NumericalError(
+            "the training loss became non-finite; lower `learning_rate`, or check the scale of the simulator's output "
+            "and of the training data (`observed`)."
         )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

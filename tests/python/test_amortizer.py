@@ -150,7 +150,7 @@ def test_bad_inputs(trained):
     with pytest.raises(DataError, match="2 response and 0 covariate columns; the model expects 1 and 0"):
         trained.sample(two_col, 5)
     for bad in (0, 2.7, "10", True, float("nan")):
-        with pytest.raises(ConfigError, match=f"`n_draws` must be a positive integer, got {re.escape(repr(bad))}"):
+        with pytest.raises(ConfigError, match=f"`n_draws` must be an integer >= 1, got {re.escape(repr(bad))}"):
             trained.sample(_data(), bad)
     assert trained.sample(_data(), 3.0).n_draws == 3
     with pytest.raises(ConfigError, match="groups"):

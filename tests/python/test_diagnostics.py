@@ -350,7 +350,7 @@ def test_bad_input_raises_data_error_naming_the_argument():
         sbc_uniformity_pvalues(np.zeros((50, 1), dtype=int), 10, method="ad")
     with pytest.raises(DataError, match="bins for the chi-square test"):
         sbc_uniformity_pvalues(np.zeros((6, 1), dtype=int), 10)
-    with pytest.raises(DataError, match="`prob` must lie strictly between 0 and 1"):
+    with pytest.raises(DataError, match=r"`prob` must be a probability in \(0, 1\), e.g. 0.99, got 99"):
         ecdf_bands(100, prob=99)
     with pytest.raises(DataError, match="`n_sims` must be a positive integer"):
         ecdf_bands(0)

@@ -68,7 +68,7 @@ def test_control_list_is_coerced_field_by_field():
     defaults = FitControl.from_r([])
     assert (defaults.ndraws, defaults.seed, defaults.resample, defaults.refine, defaults.focus) == (4000, None, "auto",
                                                                                                      "auto", 1)
-    with pytest.raises(ConfigError, match="`ndraws` must be an integer, got 1.5"):
+    with pytest.raises(ConfigError, match="`ndraws` must be an integer >= 1, got 1.5"):
         FitControl.from_r({"ndraws": 1.5})
     with pytest.raises(ConfigError, match="unknown settings \\['focus'\\]; known: \\['ndraws'"):
         FitControl.from_r({"focus": 1}, ["ndraws", "seed"])
@@ -201,4 +201,4 @@ def test_sbc_entry_from_a_saved_model(tmp_path):
     assert all(isinstance(v, bool) for v in value["inside_band"]) and value["seed"] == 2
     assert [p.rsplit("/", 1)[-1] for p in value["plots"]] == ["sbc_ecdf.png", "recovery_global.png", "recovery_local.png"]
     bad = sbc(str(path), n_datasets=3)
-    assert not bad["ok"] and "n_datasets" in bad["error"]["message"]
+    assert not bad["ok"] and "`ndatasets` must be an integer >= 10, got 3" in bad["error"]["message"]

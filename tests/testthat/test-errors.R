@@ -40,3 +40,38 @@ test_that("refits outside the trained range of groups are classed errors", {
   big <- tiny_data(seed = 3, J = 40, n = 2)
   expect_error(quietly(update(fit, newdata = big)), class = "mlnpe_range_error")
 })
+
+test_that("Python checks every train, network and refine_control setting before building a model", {
+  skip_if_no_mlnpe_python()
+  d <- tiny_data(J = 4, n = 3)
+  bad <- list(
+    list(train = list(steps = 2.5), "`train`: TrainConfig `steps` must be a positive number of steps, got 2.5."),
+    list(train = list(steps = -10), "`train`: TrainConfig `steps` must be a positive number of steps, got -10.0."),
+    list(train = list(learning_rate = 2), "`train`: TrainConfig `learning_rate` must be a learning rate in (0, 1)"),
+    list(train = list(progress = "no"), "`train`: TrainConfig `progress` must be True or False"),
+    list(train = list(steps = c(10, 20)), "`train`: TrainConfig `steps` must be a positive number of steps, got [10.0, 20.0]."),
+    list(train = list(stepz = 10), "`train`: TrainConfig got unknown keys ['stepz']"),
+    list(network = list(summary = list(hiden = 16)), "`network`: SummaryConfig got unknown keys ['hiden']"),
+    list(network = list(global_flow = list(hidden = c(64, 2.5))), "FlowConfig `hidden` must be integers >= 1"),
+    list(network = list(summary = list(hidden = 0)), "SummaryConfig `hidden` must be an integer >= 1, got 0."),
+    list(refine_control = list(chains = 2.5), "`refine_control`: RefineConfig `chains` must be an integer >= 2, got 2.5."),
+    list(refine_control = list(chainz = 4), "`refine_control` has unknown settings ['chainz']")
+  )
+  for (case in bad) {
+    args <- c(list(y ~ x + (1 | g), d, cache = FALSE), case[-length(case)])
+    expect_error(do.call(mlnpe, args), case[[length(case)]], fixed = TRUE, class = "mlnpe_config_error")
+  }
+})
+
+test_that("R's whole numbers (doubles) reach Python as integers", {
+  skip_if_no_mlnpe_python()
+  control <- mlnpe:::interop()$FitControl$from_r(
+    list(train = list(steps = 1000, seed = 3, num_threads = 1), ndraws = 1000, seed = 7L, groups = c(2, 10),
+         refine_control = list(chains = 8), network = list(global_flow = list(hidden = c(64, 32))))
+  )
+  expect_identical(control$train$steps, 1000L)
+  expect_identical(control$train$seed, 3L)
+  expect_identical(control$ndraws, 1000L)
+  expect_identical(control$refine_control$chains, 8L)
+  expect_identical(unlist(control$groups), c(2L, 10L))
+})

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .data import GroupedBatch, make_masks
+from ..checks import check_int
 from ..errors import ConfigError, SpecError
 from .constraints import Bijector, get_support
 
@@ -191,13 +192,20 @@ class SimulatedBatch:
 
 
 def check_sizes(name: str, value: tuple[int, int], minimum: int = 1) -> tuple[int, int]:
-    """Validates a (min, max) pair of sizes."""
+    """Validates a (min, max) pair of sizes: integers (integer-valued floats too) with minimum <= min <= max."""
+    pair = None if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") else list(value)
+    bad = ConfigError(
+        f"`{name}` must be a (min, max) pair of integers with {minimum} <= min <= max (c(min, max) in R), got "
+        f"{value!r}."
+    )
+    if pair is None or len(pair) != 2:
+        raise bad
     try:
-        low, high = int(value[0]), int(value[1])
-    except (TypeError, ValueError, IndexError):
-        raise ConfigError(f"`{name}` must be a (min, max) pair of integers, got {value!r}.") from None
-    if low < minimum or high < low:
-        raise ConfigError(f"`{name}` must satisfy {minimum} <= min <= max, got {value!r}.")
+        low, high = (check_int(v, name, minimum) for v in pair)
+    except ConfigError:
+        raise bad from None
+    if high < low:
+        raise bad
     return low, high
 
 

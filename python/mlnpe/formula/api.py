@@ -26,11 +26,15 @@ import numpy as np
 
 from ..amortizer import MultilevelNPE
 from ..io import network_from_saved, read_saved_json
-from ..networks.config import NetworkConfig, ShiftConfig, StatisticsConfig, SufficientConfig, SummaryConfig
+from ..networks.config import (
+    NetworkConfig, ShiftConfig, StatisticsConfig, SufficientConfig, SummaryConfig, network_changes,
+)
 from ..core.data import GroupedData
 from ..core.draws import PosteriorDraws
+from ..checks import check_path, check_seed
+from ..core.spec import check_sizes
 from ..errors import LoadError, SpecError
-from ..train import TrainConfig
+from ..train import TrainConfig, train_config
 from . import saved
 from .design import Design, DesignInfo, build_design
 from .families import get_family
@@ -86,6 +90,10 @@ class FormulaNPE:
         seed: int = 0,
         _state: dict[str, Any] | None = None,
     ):
+        if not isinstance(formula, str):
+            raise SpecError(
+                f"`formula` must be a string such as \"y ~ x + (1 | g)\", got {type(formula).__name__}: {formula!r}."
+            )
         self.terms: FormulaTerms = parse_formula(formula)
         if self.terms.group is None:
             raise SpecError(
@@ -109,10 +117,10 @@ class FormulaNPE:
         self.pool = CovariatePool.from_rows(x, design.group, len(design.levels))
         self.z_names = tuple(design.z_names)
         default_groups, default_rows = default_ranges(len(design.levels), np.bincount(design.group))
-        self.groups = tuple(groups or default_groups)
-        self.rows = tuple(rows or default_rows)
+        self.groups = default_groups if groups is None else check_sizes("groups", groups)
+        self.rows = default_rows if rows is None else check_sizes("rows", rows)
         self.network = self._network(network)
-        self.seed = seed
+        self.seed = check_seed(seed, none=False)
         self.model = self._model()
         self.npe = MultilevelNPE(self.model, self.groups, self.rows, self.network, seed=seed)
         self.data = data
@@ -130,9 +138,9 @@ class FormulaNPE:
         the profile's plain features (`ShiftConfig.heteroscedastic` and `StatisticsConfig.profile_average` off
         unless given): against Stan they were mixed on formula models (BENCHMARKS.md, Stan agreement).
         """
-        if isinstance(network, NetworkConfig):
-            return network
-        changes = dict(network or {})
+        changes = network_changes(network)
+        if isinstance(changes, NetworkConfig):
+            return changes
         trials = () if self.trials_column is None else (1 + self.trials_column,)
         family = _SUFFICIENT.get(self.family.name)
         defaults = NetworkConfig(
@@ -185,9 +193,7 @@ class FormulaNPE:
         Returns:
             the training history of the last round.
         """
-        config = config or TrainConfig()
-        if overrides:
-            config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+        config = train_config(config, overrides)
         focus = check_focus(focus)
         if focus == 0:
             history = self.npe.train(config, **training_data(self, config))
@@ -299,12 +305,12 @@ class FormulaNPE:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Saves to a directory: formula.json, pool.pt (tensors) and the amortizer (config.json, weights.pt)."""
-        return saved.save(self, path)
+        return saved.save(self, check_path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike, data: Any = None) -> "FormulaNPE":
         """Loads a saved formula model (no pickle). `data` optionally re-attaches the training data."""
-        path = Path(path)
+        path = check_path(path)
         config = read_saved_json(path, saved.FORMULA_FILE)
         try:
             state = dict(config, pool=saved.load_pool(path, config), data=data)

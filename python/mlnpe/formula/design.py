@@ -41,7 +41,7 @@ from ..errors import DataError, SpecError
 from .names import brms_rename
 from .terms import FormulaTerms, parse_formula
 
-__all__ = ["Design", "DesignInfo", "build_design"]
+__all__ = ["Design", "DesignInfo", "as_frame", "build_design"]
 
 # One design column: (variable, level) pairs multiplied together; level None means the numeric value.
 _Column = tuple[tuple[str, "str | None"], ...]
@@ -192,12 +192,14 @@ def build_design(
             f"`reference` was built for {reference.terms.formula!r}, not {terms.formula!r}. Pass the "
             "DesignInfo of a design of the same formula."
         )
-    frame = _as_frame(data)
+    frame = as_frame(data)
     used = terms.variables()
     _check_present(frame, used)
     _check_missing(frame, used)
     for name in used:
         _check_one_kind(frame[name], name)
+        if name != terms.group:
+            _check_not_temporal(frame[name], name)
     if reference is None:
         levels, numeric = _learn_kinds(frame, _predictors(terms))
     else:
@@ -231,8 +233,12 @@ def build_design(
 # --- data checks -------------------------------------------------------------------------------------------
 
 
-def _as_frame(data: Any) -> pd.DataFrame:
-    """A DataFrame view of `data`, with string column names."""
+def as_frame(data: Any) -> pd.DataFrame:
+    """A DataFrame view of `data` (a DataFrame or a dict of columns), with string column names and a fresh index.
+
+    Raises:
+        DataError: anything else, columns of unequal lengths, no rows, or repeated column names.
+    """
     if isinstance(data, pd.DataFrame):
         frame = data
     elif isinstance(data, Mapping):
@@ -369,11 +375,29 @@ def _codes(series: pd.Series, known: Sequence[str], name: str) -> np.ndarray:
     return np.array([index[label] for label in labels], dtype=np.int64)[codes]
 
 
+def _check_not_temporal(series: pd.Series, name: str) -> None:
+    """Dates and time differences are never turned into numbers or levels behind the user's back (a grouping factor
+    may be dates: its levels are their labels)."""
+    if pd.api.types.is_datetime64_any_dtype(series.dtype) or pd.api.types.is_timedelta64_dtype(series.dtype):
+        raise DataError(
+            f"column {name!r} holds {'dates' if pd.api.types.is_datetime64_any_dtype(series.dtype) else 'time spans'} "
+            f"(dtype {series.dtype}), which mlnpe does not convert implicitly. Use a number, e.g. "
+            f"(df[{name!r}] - df[{name!r}].min()).dt.days, or categories (df[{name!r}].astype(str))."
+        )
+
+
 def _check_one_kind(series: pd.Series, name: str) -> None:
-    """A column of Python objects holds numbers or strings, not both: a stray value never decides its type."""
+    """A column of Python objects holds numbers or strings, not both: a stray value never decides its type; and
+    one value per row, not lists."""
     if series.dtype != object:
         return
     values = series.tolist()
+    nested = [i for i, v in enumerate(values) if isinstance(v, (list, tuple, dict, set, np.ndarray))]
+    if nested:
+        raise DataError(
+            f"column {name!r} holds {type(values[nested[0]]).__name__}s (row {nested[0]}: {values[nested[0]]!r}); "
+            "mlnpe needs one value per row. Unnest the column (e.g. df.explode(col)) or take one element per row."
+        )
     numbers = [isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
                for v in values]  # fmt: skip
     if any(numbers) and not all(numbers):

@@ -80,6 +80,14 @@ _SYMMETRIC = ("normal", "student_t", "cauchy")  # symmetric around their locatio
 #: Families usable for real-valued parameters (classes b and Intercept).
 REAL_FAMILIES: tuple[str, ...] = ("normal", "student_t", "cauchy", "uniform")
 _MIN_MASS = 1e-10
+# mlnpe simulates parameters and evaluates densities in float32 (numbers from 1.2e-38 to 3.4e38): arguments and the
+# prior's mass must stay well inside that range, or draws overflow to inf, round to 0 or lose their density.
+_MAX_MAGNITUDE = 1e30
+_MIN_SCALE = 1e-30
+_TAIL = 1e-9  # the prior mass allowed beyond that range, at each end
+_MAX_LKJ_ETA = 1e6  # larger eta: the identity matrix for any purpose, and a normalizing constant that cancels badly
+_CORR_EDGE = 1e-4  # simulated partial correlations stay this far from +-1, where float32 matrices turn singular
+_LKJ_EDGE_MASS = 0.01  # the largest mass an LKJ partial correlation may put there (lkj(0.5): 0.009)
 _LOG_2PI = math.log(2.0 * math.pi)
 _FLAT = ("", "flat", "(flat)")
 
@@ -337,10 +345,10 @@ class PriorDist:
         for bound in ("lb", "ub"):
             value = getattr(self, bound)
             if value is not None:
-                value = float(value)
-                if math.isnan(value):
-                    raise SpecError(f"prior {self}: `{bound}` must be a number or None, got nan.")
-                object.__setattr__(self, bound, value)
+                number = _number(value)
+                if number is None or math.isnan(number):
+                    raise SpecError(f"prior {self}: `{bound}` must be a number or None, got {value!r}.")
+                object.__setattr__(self, bound, number)
         if self.family == "lkj" and (self.lb is not None or self.ub is not None):
             raise SpecError(f"prior {self}: lkj priors take no bounds, got lb={self.lb}, ub={self.ub}; drop them.")
         if self.lb is not None and self.ub is not None and not self.lb < self.ub:
@@ -350,6 +358,57 @@ class PriorDist:
             raise SpecError(
                 f"prior {self} truncated to [{format_number(lo)}, {format_number(hi)}] keeps a probability mass of "
                 f"{math.exp(self.log_normalizer):.3g}; choose a prior with its mass inside the bounds."
+            )
+
+    def check_float32(self, where: str = "") -> None:
+        """Checks that float32 simulations represent the prior's draws: its mass, but for 1e-9 at each end, lies
+        within +-1e30, and above 1e-30 where the support starts at 0 (positive parameters, modelled on the log scale).
+        Every prior of a model's parameter is checked (`mlnpe.formula.priors.resolve_priors`); brms's gamma(0.01,
+        0.01), whose draws round to 0, or inv_gamma(0.001, 0.001), whose draws overflow, are valid priors for Stan
+        but not for simulations.
+
+        Arguments:
+            where: what the prior is for, opening the message (default: the prior).
+
+        Raises:
+            SpecError: the prior's mass lies beyond that range, naming the range it lies in.
+        """
+        if self.family == "lkj":
+            self._check_lkj_float32(where)
+            return
+        lo, hi = self.support
+        with np.errstate(all="ignore"):
+            if not self.is_truncated:
+                ends = [_icdf(self.family, self.args, np.array(_TAIL), upper) for upper in (False, True)]
+            else:
+                upper, p_lo, p_hi, _ = _truncation(self.family, self.args, lo, hi)
+                p = np.array([p_lo + (p_hi - p_lo) * _TAIL, p_hi - (p_hi - p_lo) * _TAIL])
+                ends = _icdf(self.family, self.args, p, upper)
+        ends = np.clip(np.asarray(ends, dtype=np.float64), lo, hi)
+        low, high = float(np.min(ends)), float(np.max(ends))
+        if np.isnan(ends).any() or max(abs(low), abs(high)) > _MAX_MAGNITUDE or (lo == 0.0 and low < _MIN_SCALE):
+            bounds = [f", {b} = {format_number(v)}" for b, v in (("lb", self.lb), ("ub", self.ub)) if v is not None]
+            what = where or f"prior {self}{''.join(bounds)}"
+            raise SpecError(
+                f"{what} puts mass where mlnpe's float32 simulations cannot represent it: all but {2 * _TAIL:g} of it "
+                f"lies in [{low:.3g}, {high:.3g}], which must lie within +-{_MAX_MAGNITUDE:g} (and above "
+                f"{_MIN_SCALE:g} for a positive parameter). Choose a prior on the parameter's scale, e.g. "
+                f"{_EXAMPLES[self.family]}."
+            )
+
+    def _check_lkj_float32(self, where: str) -> None:
+        """Simulated partial correlations (Beta(eta, eta) on [-1, 1] at the last vine level) are kept `_CORR_EDGE`
+        from +-1, where float32 correlation matrices turn singular; LKJ(eta) below about 0.5 puts more than
+        `_LKJ_EDGE_MASS` there, so that keeping them off the edge would change the prior noticeably."""
+        import scipy.special as sp
+
+        eta = self.args[0]
+        edge = 2.0 * float(sp.betainc(eta, eta, _CORR_EDGE / 2.0))
+        if edge > _LKJ_EDGE_MASS:
+            raise SpecError(
+                f"{where or f'prior {self}'} puts a mass of {edge:.2g} on correlations within {_CORR_EDGE:g} of +-1, "
+                "which mlnpe's float32 simulations cannot represent; use eta >= 0.5 (lkj(1) is uniform "
+                "over correlation matrices), e.g. lkj(2)."
             )
 
     def __str__(self) -> str:
@@ -504,7 +563,7 @@ class PriorDist:
             a = self.args[0] + (k - 2 - i) / 2.0
             x = standard_gamma(torch.full((n, k - 1 - i), a, dtype=f64), generator)
             y = standard_gamma(torch.full((n, k - 1 - i), a, dtype=f64), generator)
-            cpc[:, i, i + 1 :] = 2.0 * x / (x + y) - 1.0
+            cpc[:, i, i + 1 :] = (2.0 * x / (x + y) - 1.0).clamp(-1.0 + _CORR_EDGE, 1.0 - _CORR_EDGE)
         L = torch.zeros(n, k, k, dtype=f64)
         L[:, 0, 0] = 1.0
         for j in range(1, k):
@@ -586,6 +645,16 @@ class PriorDist:
         return stmt + ";"
 
 
+def _number(value: Any) -> float | None:
+    """`value` as a float (numbers and numeric strings, as R and tables give them), or None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _validate_args(family: str, args: tuple[float, ...]) -> None:
     names = PRIOR_FAMILIES[family]
     text = f"{family}({', '.join(format_number(a) for a in args)})"
@@ -595,14 +664,28 @@ def _validate_args(family: str, args: tuple[float, ...]) -> None:
             f"({', '.join(names)}); write e.g. {_EXAMPLES[family]}."
         )
     for i, a in enumerate(args):
-        if not math.isfinite(a):
-            raise SpecError(f"prior {text!r}: argument {names[i]} must be finite, got {a}; e.g. {_EXAMPLES[family]}.")
+        if not (math.isfinite(a) and abs(a) <= _MAX_MAGNITUDE):
+            raise SpecError(
+                f"prior {text!r}: argument {names[i]} must be finite and at most {_MAX_MAGNITUDE:g} in absolute value "
+                f"(mlnpe simulates in float32), got {a}; e.g. {_EXAMPLES[family]}."
+            )
     for i in _POSITIVE_ARGS[family]:
         if args[i] <= 0:
             raise SpecError(
                 f"prior {text!r}: argument {names[i]} must be positive, got {format_number(args[i])}; "
                 f"e.g. {_EXAMPLES[family]}."
             )
+        if args[i] < _MIN_SCALE:
+            raise SpecError(
+                f"prior {text!r}: argument {names[i]} must be at least {_MIN_SCALE:g} (mlnpe simulates in float32), "
+                f"got {format_number(args[i])}; e.g. {_EXAMPLES[family]}."
+            )
+    if family == "lkj" and args[0] > _MAX_LKJ_ETA:
+        raise SpecError(
+            f"prior {text!r}: argument eta must be at most {_MAX_LKJ_ETA:g} (a larger eta fixes the correlations at 0 "
+            f"just as well, and its density loses its precision), got {format_number(args[0])}; e.g. "
+            f"{_EXAMPLES[family]}."
+        )
     if family == "uniform" and not args[0] < args[1]:
         raise SpecError(
             f"prior {text!r}: the lower limit must be below the upper limit, got {format_number(args[0])} >= "

@@ -13,6 +13,7 @@ Shapes: draws (S, ...) first; predictions are (draws, rows) with rows in the ord
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ import torch
 
 from ..core.data import GroupedData
 from ..core.draws import PosteriorDraws
-from ..errors import ConfigError, DataError, RangeWarning
+from ..checks import check_choice, check_flag, check_float, check_int, check_seed
+from ..errors import ConfigError, DataError, NumericalError, RangeWarning
+from ..memory import check_memory
 from ..inference.policy import psis_unreliable
 from .design import Design, build_design
 from .focus import region_edges
@@ -78,14 +81,16 @@ def fit_dataset(
     """
     from ..inference.refine import RefineConfig
 
-    if not (refine == "auto" or isinstance(refine, bool)):
-        raise ConfigError(f"`refine` must be True, False or \"auto\", got {refine!r}.")
+    n_draws, seed = check_int(n_draws, "n_draws"), check_seed(seed)
+    psis, allow_extrapolation = check_flag(psis, "psis"), check_flag(allow_extrapolation, "allow_extrapolation")
+    refine = check_choice(refine, "refine", (True, False, "auto"))
     if refine_config is not None and not isinstance(refine_config, RefineConfig):
         raise ConfigError(f"`refine_config` must be a mlnpe.inference.refine.RefineConfig, got {type(refine_config).__name__}.")
     data = model.data if newdata is None else newdata
     if data is None:
         raise DataError("`newdata` is required: this model was loaded without its training data.")
     grouped, design = model.grouped_data(data)
+    _check_fit_memory(model, grouped, n_draws, psis)
     t = time.perf_counter()
     draws = model.npe.sample(grouped, n_draws, seed=seed, allow_extrapolation=allow_extrapolation)
     seconds = time.perf_counter() - t
@@ -117,6 +122,21 @@ def fit_dataset(
     return FormulaFit(model, draws, design, result, seconds, refinement=refinement)
 
 
+def _check_fit_memory(model: FormulaNPE, data: GroupedData, n_draws: int, psis: bool) -> None:
+    """Fails fast when the fit's draws would not fit in memory (`mlnpe.memory`): per draw, the amortizer's
+    sampling, the brms-named draws (float64, twice) and, for PSIS, the exact log density of every row."""
+    n_groups, n_rows = data.n_groups, int(data.n_rows.sum())
+    n_global, n_local = len(model.npe.global_names), len(model.npe.local_names)
+    per_draw = model.npe.estimator.sample_bytes(1, n_groups) + 16.0 * (n_global + n_groups * n_local)
+    if psis:
+        per_draw += 4.0 * n_rows * (n_local + len(model.family.aux) + 3)
+    check_memory(
+        per_draw, n_draws, f"`n_draws`={n_draws} draws of a dataset of {n_groups} groups and {n_rows} rows"
+        + (" (with PSIS)" if psis else ""),
+        "Ask for at most {most} draws" + (", or fit with psis=False." if psis else "."),
+    )
+
+
 def _refine(
     model: FormulaNPE, grouped: GroupedData, draws: PosteriorDraws, n_draws: int, config: Any, seed: int | None
 ) -> tuple[Any, PosteriorDraws]:
@@ -146,6 +166,11 @@ def _refine(
 
 def log_joint(model: FormulaNPE, draws: PosteriorDraws, data: GroupedData) -> np.ndarray:
     """log p(theta, y) of every draw: (draws,)."""
+    if not isinstance(draws, PosteriorDraws) or not isinstance(data, GroupedData):
+        raise DataError(
+            f"`draws` must be PosteriorDraws and `data` GroupedData (e.g. `fit.raw` and `model.grouped_data(df)[0]`), "
+            f"got {type(draws).__name__} and {type(data).__name__}."
+        )
     batch = data.to_batch()
     g = torch.as_tensor(draws.global_draws, dtype=torch.float32)[:, None]
     l = torch.as_tensor(draws.local_draws, dtype=torch.float32)[:, None]
@@ -155,6 +180,9 @@ def log_joint(model: FormulaNPE, draws: PosteriorDraws, data: GroupedData) -> np
             + model.model.log_prior_local(l, g).double().sum(-1)
             + model.model.log_likelihood(batch, g, l).double().sum(-1)
         )
+    # A draw on the edge of the support, a group-level sd that underflowed to 0 in float32, gives the group-level
+    # effects the density 0 / 0: in the limit it is 0 (they are not all 0), so the draw is impossible (PSIS weight 0).
+    lp = lp.nan_to_num(nan=-math.inf)
     return lp[:, 0].numpy()
 
 
@@ -162,6 +190,13 @@ def _psis(model: FormulaNPE, draws: PosteriorDraws, data: GroupedData, warn: boo
     from ..inference.psis import psis
 
     log_ratio = log_joint(model, draws, data) - draws.log_q
+    if not np.isfinite(log_ratio).any():  # psis() would blame its `log_ratios`, which the user never gave
+        raise NumericalError(
+            f"the model gives this dataset no probability at any of the {draws.n_draws} amortized draws (its exact log "
+            "density is infinite at each), so PSIS cannot weight them: the amortizer is far from this dataset's "
+            "posterior, or the data lie beyond what the likelihood evaluates in float32 (check their scale). Train on "
+            "data like these (focus=1), or fit with psis=False for the amortized draws without a certificate."
+        )
     return psis(log_ratio, warn=warn)
 
 
@@ -211,12 +246,15 @@ class FormulaFit:
             )
         if self.psis is None:
             raise ConfigError("this fit has no PSIS weights; fit with `psis=True`.")
-        idx = self.psis.resample(n, rng=np.random.default_rng(seed))
+        n = None if n is None else check_int(n, "n")
+        idx = self.psis.resample(n, rng=np.random.default_rng(check_seed(seed)))
         return self.draws.iloc[idx].reset_index(drop=True)
 
     # ---- predictions (all numerics here, so R never re-implements them) ------------------------------------
     def _components(self, ndraws: int | None, seed: int | None) -> tuple[np.ndarray, ...]:
         """Draw-wise (centred intercept (S,), b (S, K), r (S, J, M), aux (S, A)), optionally subsampled."""
+        ndraws = None if ndraws is None else check_int(ndraws, "ndraws")
+        seed = check_seed(seed)
         g = torch.as_tensor(self.raw.global_draws, dtype=torch.float64)
         idx = np.arange(self.raw.n_draws)
         if ndraws is not None and ndraws < len(idx):
@@ -240,6 +278,13 @@ class FormulaFit:
     def linear_predictor(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
         """eta (draws, rows) on the link scale, rows in the order of the data."""
         design = self._design_for(newdata)
+        n_draws = self.raw.n_draws if ndraws is None else min(check_int(ndraws, "ndraws"), self.raw.n_draws)
+        check_memory(  # eta, its parts and the group-level effects of every row, float64
+            8.0 * len(design.y) * (len(self.model.z_names) + 6), n_draws,
+            f"predictions of {n_draws} draws for {len(design.y)} rows",
+            "Pass ndraws <= {most}, or predict for fewer rows of `newdata` at a time.",
+            fix_none="Not even one draw fits: predict for fewer rows of `newdata` at a time.",
+        )
         intercept, b, r, _, _ = self._components(ndraws, seed)
         eta = np.repeat(intercept[:, None], len(design.y), 1)
         if b.shape[1]:
@@ -261,7 +306,7 @@ class FormulaFit:
         _, _, _, aux, _ = self._components(ndraws, seed)
         eta = torch.as_tensor(self.linear_predictor(newdata, ndraws, seed), dtype=torch.float32)[:, None, :]
         trials = None if design.trials is None else torch.as_tensor(design.trials, dtype=torch.float32).expand_as(eta)
-        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        gen = torch.Generator().manual_seed(0 if seed is None else check_seed(seed))
         y = self.model.family.simulate(eta, torch.as_tensor(aux, dtype=torch.float32), trials, gen)
         return y[:, 0].double().numpy()
 
@@ -278,8 +323,11 @@ class FormulaFit:
         """Estimate (mean), Est.Error (sd) and quantiles per variable, brms style."""
         import pandas as pd
 
+        if isinstance(probs, (str, bytes)) or not isinstance(probs, Sequence):
+            probs = [probs]
+        probs = [check_float(p, "probs", 0, 1) for p in probs]
         d = self.draws
-        table = {"Estimate": d.mean(0), "Est.Error": d.std(0, ddof=1)}
+        table = {"Estimate": d.mean(axis=0), "Est.Error": d.std(axis=0, ddof=1)}
         for p in probs:
             table[f"Q{100 * p:g}"] = d.quantile(p)
         return pd.DataFrame(table)

@@ -22,6 +22,7 @@ import torch
 from ..amortizer import MultilevelNPE
 from ..core.constraints import Positive, get_support
 from ..core.draws import PosteriorDraws
+from ..checks import check_float, check_int, check_seed
 from ..errors import ConfigError, DataError, RangeError
 from ..inference.certificate import Certificate
 from ..train import TrainConfig, TrainHistory
@@ -127,6 +128,7 @@ def posterior_region(
     (for a normal posterior: mean +- 6.1 sd), mapped back to the natural scale and intersected with the
     current region. Quartiles are robust to the stray far-tail draws of an undertrained flow.
     """
+    reach = check_float(reach, "reach", 0, open_low=True)
     data = model.data if data is None else data
     grouped, _ = model.grouped_data(data)
     draws = model.npe.sample(grouped, n_draws, seed=seed, allow_extrapolation=True)
@@ -165,6 +167,8 @@ def regression_region(
     Returns:
         {scalar name: (low, high)} on the natural scale, or {} when the model has no pooled statistics.
     """
+    seed, n_sims = check_seed(seed, none=False), check_int(n_sims, "n_sims", 8)
+    reach, max_iterations = check_float(reach, "reach", 0, open_low=True), check_int(max_iterations, "max_iterations")
     estimator = model.npe.estimator
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # an untrained estimator's batch: only its inputs matter
@@ -237,6 +241,8 @@ def _unconstrained(model: FormulaNPE, draws: PosteriorDraws, i: int) -> tuple[An
 def region_edges(model: FormulaNPE, draws: PosteriorDraws, margin: float = 0.05, threshold: float = 0.01) -> list[str]:
     """Global parameters whose draws crowd the edge of the focusing box (more than `threshold` of the draws
     within `margin` of its width from a bound that cuts the prior)."""
+    margin = check_float(margin, "margin", 0, 0.5)
+    threshold = check_float(threshold, "threshold", 0, 1)
     out = []
     for i, slot in enumerate(model.slots):
         box = model.model.region.get(slot.labels[0])

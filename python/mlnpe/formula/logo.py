@@ -24,7 +24,7 @@ import torch
 
 from ..core.data import GroupedData
 from ..core.draws import PosteriorDraws
-from ..errors import ConfigError
+from ..checks import check_int, check_seed
 from ..inference.logo import LogoRefit, LogoResult, logo
 from ..inference.psis import ParetoKWarning
 from .fit import FormulaFit, design_features
@@ -56,13 +56,12 @@ def formula_logo(
         A `mlnpe.inference.logo.LogoResult`, one entry per group in the order of the design's levels.
 
     Raises:
-        ConfigError: `n_draws` or `n_local` is below 1.
+        ConfigError: `n_draws` or `n_local` is not an integer >= 1, or `seed` not an integer >= 0 or None.
     """
-    if n_draws < 1 or n_local < 1:
-        raise ConfigError(f"`n_draws` and `n_local` must be positive, got {n_draws} and {n_local}.")
-    import pandas as pd
+    n_draws, n_local, seed = check_int(n_draws, "n_draws"), check_int(n_local, "n_local"), check_seed(seed)
+    from .design import as_frame
 
-    data = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+    data = as_frame(data)
     _, design = model.grouped_data(data)
     x, _, _, _ = design_features(design, design.trials is not None)
     base = 0 if seed is None else seed

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import SpecError
+from ..errors import DataError, SpecError
 from .distributions import REAL_FAMILIES, PriorDist, format_number, natural_support, parse_prior
 from .families import Family, get_family
 from .names import brms_rename
@@ -95,7 +95,7 @@ class PriorSpec:
     ub: float | None = None
 
     def __post_init__(self) -> None:
-        if self.class_ not in PRIOR_CLASSES:
+        if not isinstance(self.class_, str) or self.class_ not in PRIOR_CLASSES:
             raise SpecError(f"unknown prior class {self.class_!r}; valid classes are {list(PRIOR_CLASSES)}.")
         for field_name in ("coef", "group"):
             value = getattr(self, field_name)
@@ -155,6 +155,21 @@ def _missing(value: Any) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
+def _is_column(value: Any) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
+
+
+def _bound(row: Mapping[str, Any], name: str, i: int) -> float | None:
+    """A prior table row's `lb` or `ub`: None when empty, else a number."""
+    value = row.get(name)
+    if _missing(value):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError(f"prior table row {i}: `{name}` must be a number or empty, got {value!r}.") from None
+
+
 def priors_from_table(table: Any) -> list[PriorSpec]:
     """Reads user priors from a ``brmsprior``-shaped table.
 
@@ -172,7 +187,8 @@ def priors_from_table(table: Any) -> list[PriorSpec]:
     if hasattr(table, "to_dict") and hasattr(table, "columns"):
         rows = table.to_dict("records")
     elif isinstance(table, Mapping):
-        columns = {k: list(v) for k, v in table.items()}
+        # a scalar is a column of one row (R's length-1 vectors arrive as scalars)
+        columns = {k: list(v) if _is_column(v) else [v] for k, v in table.items()}
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             sizes = {k: len(v) for k, v in columns.items()}
@@ -197,7 +213,7 @@ def priors_from_table(table: Any) -> list[PriorSpec]:
                     f"prior table row {i}: column {unsupported!r} = {row[unsupported]!r} is not supported by mlnpe; "
                     f"leave it empty."
                 )
-        bounds = [None if _missing(row.get(b)) else float(row[b]) for b in ("lb", "ub")]
+        bounds = [_bound(row, b, i) for b in ("lb", "ub")]
         text = row["prior"]
         try:
             specs.append(
@@ -459,6 +475,7 @@ def _apply_slot(slot: ParamSlot, dist: PriorDist, source: str) -> PriorDist:
             dist = dist.with_bounds(lb, dist.ub)
         except SpecError as err:
             raise SpecError(f"{where} conflicts with the parameter's lower bound {format_number(slot.lb)}: {err}") from None
+    dist.check_float32(where)  # the parameter is simulated from it
     return dist
 
 
@@ -547,7 +564,13 @@ def design_priors(
     data-based `default_priors` of the design's response and the SDs of its population-level columns."""
     sd_x = {name: float(np.std(design.X[:, k], ddof=1)) if len(design.y) > 1 else 1.0
             for k, name in enumerate(design.x_names)}
-    defaults = default_priors(family.name, family.link, design.y, sd_x=sd_x, trials=design.trials)
+    try:
+        defaults = default_priors(family.name, family.link, design.y, sd_x=sd_x, trials=design.trials)
+    except SpecError as error:  # the defaults scale with the data: data beyond float32 give no proper default
+        raise DataError(
+            f"the scale of the data gives no default prior that mlnpe can simulate from ({error}) Rescale the response "
+            f"{terms.response!r} and the covariates (e.g. other units)."
+        ) from None
     return resolve_priors(param_slots(design, terms, family), user, defaults, sd_x)
 
 

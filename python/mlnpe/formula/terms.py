@@ -239,6 +239,7 @@ def _parse_sum(tokens: list[_Token], formula: str, *, allow_groups: bool) -> tup
     intercept = True
     found: list[frozenset[str]] = []
     groups: list[_GroupTerm] = []
+    own: list[_Token] = []  # the population-level part's tokens: its variables' order of first appearance
     for sign, part in _split(tokens, ("+", "-")):
         if not part:
             raise SpecError(
@@ -259,8 +260,9 @@ def _parse_sum(tokens: list[_Token], formula: str, *, allow_groups: bool) -> tup
             )
         else:
             found += [t for t in _parse_product(part, formula) if t not in found]
-    order = {}
-    for token in tokens:
+            own += part
+    order = {}  # group-level terms do not count, as lme4's fixed part (nobars()) has none: (z | g) + x*z gives x:z
+    for token in own:
         if token.kind == "name":
             order.setdefault(token.text, len(order))
     ordered = sorted(found, key=len)  # stable: formula order among terms of the same degree

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..checks import check_float, check_int
+from ..errors import ConfigError, DataError
 
 __all__ = [
     "as_float",
@@ -88,17 +89,17 @@ def check_prob(prob: float) -> float:
     Raises:
         DataError: `prob` outside (0, 1).
     """
-    prob = float(prob)
-    if not 0.0 < prob < 1.0:
-        raise DataError(f"`prob` must lie strictly between 0 and 1, got {prob}. Use e.g. prob=0.99.")
-    return prob
+    return check_float(prob, "prob", 0, 1, open_low=True, open_high=True, meaning="a probability in (0, 1), e.g. 0.99",
+                       error=DataError)  # fmt: skip
 
 
 def is_integer(value: Any, minimum: int) -> bool:
     """True for an integer-valued number (not a bool) of at least `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    try:
+        check_int(value, "value", minimum)
+    except ConfigError:
         return False
-    return float(value).is_integer() and value >= minimum
+    return True
 
 
 def check_n_draws(n_draws: int) -> int:

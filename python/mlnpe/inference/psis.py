@@ -31,6 +31,7 @@ import numpy as np
 from scipy import special
 
 from ..errors import DataError
+from ..memory import check_memory
 
 __all__ = [
     "ParetoKWarning",
@@ -123,6 +124,9 @@ class PsisResult:
                 f"`rng` must be a numpy.random.Generator, an integer seed or None, got {type(rng).__name__}. "
                 "Pass np.random.default_rng(seed)."
             )
+        check_memory(  # the indices and numpy's cumulative weights
+            16.0, size, f"`n`={size} resampled draws", "Pass n <= {most}.", fixed=16.0 * self.n_draws, error=DataError
+        )
         weights = self.weights()
         if not replace:
             nonzero = int(np.count_nonzero(weights))
@@ -186,6 +190,10 @@ def _as_log_ratios(log_ratios: Any) -> np.ndarray:
             f"`log_ratios` must be a real numeric array, got dtype {array.dtype}. Pass "
             "log p(theta, y) - log q(theta | y) as a float numpy array."
         )
+    check_memory(  # a float64 copy, the sort order, smoothed ratios, weights and their temporaries
+        56.0, array.size, f"PSIS of `log_ratios` with {array.size} draws", "Thin the draws to at most {most}.",
+        error=DataError,
+    )
     array = array.astype(np.float64)
     if array.ndim != 1:
         raise DataError(

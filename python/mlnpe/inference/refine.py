@@ -38,8 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import Bound, check_int, check_seed
 from ..core.data import GroupedData, collate
 from ..errors import ConfigError, DataError
+from ..memory import check_memory
 from .convergence import ess_bulk, rhat
 
 __all__ = ["RefineConfig", "RefineResult", "RefineWarning", "refine"]
@@ -52,7 +54,18 @@ class RefineWarning(UserWarning):
     """The HMC refinement's diagnostics (R-hat, ESS, divergences) object to its draws."""
 
 
-@dataclass
+# The range of every numeric field of RefineConfig (`mlnpe.checks.Bound`).
+_RANGES: dict[str, Bound] = {
+    "chains": Bound(int, 2),
+    "warmup": Bound(int, 20),
+    "target_accept": Bound(float, 0.5, 1, open_high=True),
+    "trajectory": Bound(float, 0, open_low=True),
+    "max_leapfrog": Bound(int, 1),
+    "pool": Bound(int, 2),
+}
+
+
+@dataclass(frozen=True)
 class RefineConfig:
     """Settings of the HMC refinement.
 
@@ -76,16 +89,11 @@ class RefineConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name, minimum in (("chains", 2), ("warmup", 20), ("max_leapfrog", 1), ("pool", 2)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"`{name}` must be an integer of at least {minimum}, got {value!r}.")
-        if not 0.5 <= float(self.target_accept) < 1.0:
-            raise ConfigError(f"`target_accept` must be in [0.5, 1), got {self.target_accept!r}.")
-        if not float(self.trajectory) > 0.0:
-            raise ConfigError(f"`trajectory` must be positive, got {self.trajectory!r}.")
+        for name, bound in _RANGES.items():
+            object.__setattr__(self, name, bound.check(getattr(self, name), name, "RefineConfig"))
+        object.__setattr__(self, "seed", check_seed(self.seed, owner="RefineConfig"))
         if self.pool < self.chains:
-            raise ConfigError(f"`pool` ({self.pool}) must be at least `chains` ({self.chains}).")
+            raise ConfigError(f"RefineConfig `pool` ({self.pool}) must be at least `chains` ({self.chains}).")
 
 
 @dataclass
@@ -402,14 +410,20 @@ def refine(
         RefineResult.
     """
     config = config or RefineConfig()
+    if not isinstance(config, RefineConfig):
+        raise ConfigError(f"`config` must be a RefineConfig or None, got {type(config).__name__}.")
     if not isinstance(data, GroupedData):
         raise DataError(f"`data` must be a GroupedData, got {type(data).__name__}.")
-    if int(n_draws) < 1:
-        raise ConfigError(f"`n_draws` must be a positive integer, got {n_draws!r}.")
+    n_draws = check_int(n_draws, "n_draws")
     t0 = time.perf_counter()
     generator = torch.Generator()
     generator.manual_seed(config.seed) if config.seed is not None else generator.seed()
     target = _Target(estimator, model, data)
+    # the kept states (float32), their constrained copies (float64) and the pool of starting points
+    check_memory(
+        24.0 * target.dim, n_draws, f"`n_draws`={n_draws} refined draws of {target.dim} parameters",
+        "Ask for at most {most} draws.", fixed=16.0 * config.pool * target.dim,
+    )
     z0, pool_ess = _starts(target, config, generator)
     per_chain = max(4, math.ceil(int(n_draws) / config.chains))
     out = _hmc(target, z0, config, per_chain, generator)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..checks import check_float, check_int, check_seed
 from .calibration import pool_local_ranks, sbc_check, sbc_ranks
 from .plots import plot_recovery, plot_sbc_ecdf
 from .recovery import recovery
@@ -161,14 +161,12 @@ def sbc(
     Returns:
         An :class:`SBCResult`.
     Raises:
-        ConfigError: fewer than 10 datasets or 2 draws, or a `prob` outside (0, 1).
+        ConfigError: fewer than 10 datasets or 2 draws, a `prob` outside (0, 1), or a `seed` or `chunk` that is not
+            an integer (>= 0, >= 1).
     """
-    if not isinstance(n_datasets, (int, np.integer)) or isinstance(n_datasets, bool) or n_datasets < 10:
-        raise ConfigError(f"`n_datasets` must be an integer of at least 10, got {n_datasets!r}.")
-    if not isinstance(n_draws, (int, np.integer)) or isinstance(n_draws, bool) or n_draws < 2:
-        raise ConfigError(f"`n_draws` must be an integer of at least 2, got {n_draws!r}.")
-    if not 0.0 < float(prob) < 1.0:
-        raise ConfigError(f"`prob` must lie strictly between 0 and 1, got {prob!r}.")
+    n_datasets, n_draws = check_int(n_datasets, "n_datasets", 10), check_int(n_draws, "n_draws", 2)
+    prob = check_float(prob, "prob", 0, 1, open_low=True, open_high=True)
+    seed, chunk = check_seed(seed, none=False), check_int(chunk, "chunk")
     generator = torch.Generator().manual_seed(int(seed))
     sims = npe.simulate(int(n_datasets), generator)
     width = sims.batch.group_mask.shape[1]

@@ -19,6 +19,9 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
+
+from ..checks import Bound
 from ..errors import ConfigError
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "StatisticsConfig",
     "ShiftConfig",
     "SHIFT_MAX_SPREAD",
+    "network_changes",
 ]
 
 # The default `ShiftConfig.max_spread`. A shift is used only for parameters whose linear prediction errs about
@@ -64,31 +68,27 @@ _MOVED = {
 }  # fmt: skip
 
 
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
-
-
-def _coerce(owner: str, name: str, default: Any, value: Any) -> Any:
-    """A field's value in the type of its default. JSON and R give whole numbers as floats, vectors as lists and
-    length-1 vectors as scalars."""
+def _coerce(owner: str, name: str, default: Any, value: Any, bound: Bound | None) -> Any:
+    """A field's value in the type of its default, inside its range (`bound`, `mlnpe.checks`). JSON and R give
+    whole numbers as floats, vectors as lists and length-1 vectors as scalars."""
     where = f"{owner} `{name}`"
     if isinstance(default, bool):
-        if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+        if isinstance(value, (bool, np.bool_)) or (
+            isinstance(value, (int, float, np.integer, np.floating)) and value in (0, 1)
+        ):
             return bool(value)
         raise ConfigError(f"{where} must be TRUE/FALSE (True/False), got {value!r}.")
-    if isinstance(default, int):
-        if _is_int(value):
-            return int(value)
-        raise ConfigError(f"{where} must be an integer, got {value!r}.")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where} must be a number, got {value!r}.")
+    if isinstance(default, (int, float)):
+        return (bound or Bound(type(default))).check(value, name, owner)
     if isinstance(default, tuple):
         items = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not all(_is_int(v) for v in items):
-            raise ConfigError(f"{where} must be integers, e.g. (64, 64) in Python or c(64, 64) in R, got {value!r}.")
-        return tuple(int(v) for v in items)
+        element = bound or Bound(int)
+        bad = ConfigError(f"{where} must be {element.describe().replace('an integer', 'integers')} (a tuple in "
+                          f"Python, a vector c(...) in R), got {value!r}.")  # fmt: skip
+        try:
+            return tuple(int(element.check(v, name, owner)) for v in items)
+        except ConfigError:
+            raise bad from None
     if isinstance(default, str) or default is dataclasses.MISSING:
         if isinstance(value, str):
             return value
@@ -103,20 +103,18 @@ class _Config:
     parts: ClassVar[dict[str, type]] = {}
     # fields that may be None
     optional: ClassVar[tuple[str, ...]] = ()
+    # the range of each numeric field (of each element of a tuple field); unlisted numbers: any finite value
+    bounds: ClassVar[dict[str, Bound]] = {}
 
     def _coerce_fields(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
-            if f.name in self.parts or (f.name in self.optional and getattr(self, f.name) is None):
+            if f.name in self.parts:
+                object.__setattr__(self, f.name, self._part(f.name, getattr(self, f.name)))
                 continue
-            object.__setattr__(self, f.name, _coerce(type(self).__name__, f.name, f.default, getattr(self, f.name)))
-
-    def _positive(self, *names: str, minimum: int = 1) -> None:
-        for name in names:
-            value = getattr(self, name)
-            values = value if isinstance(value, tuple) else (value,)
-            if any(v < minimum for v in values):
-                what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-                raise ConfigError(f"{type(self).__name__} `{name}` must be {what}, got {value!r}.")
+            if f.name in self.optional and getattr(self, f.name) is None:
+                continue
+            value = _coerce(type(self).__name__, f.name, f.default, getattr(self, f.name), self.bounds.get(f.name))
+            object.__setattr__(self, f.name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict (tuples as lists, parts that are off as None)."""
@@ -130,22 +128,60 @@ class _Config:
             out[f.name] = value
         return out
 
+    def _part(self, name: str, value: Any) -> Any:
+        """A sub-config field's value: a config of its class, a dict of its fields (built from the defaults), or
+        None / False (off)."""
+        part = self.parts[name]
+        if value is None or value is False or isinstance(value, part):
+            return None if value is False else value
+        if isinstance(value, Mapping):
+            return part.from_dict(value)  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"{type(self).__name__} `{name}` must be a {part.__name__}, a dict of its fields or None (off), got "
+            f"{value!r}."
+        )
+
+    @classmethod
+    def _as_changes(cls, d: Any, argument: str) -> dict[str, Any]:
+        """A dict copy of a mapping of fields (None: no fields)."""
+        if d is None:
+            return {}
+        if not isinstance(d, Mapping):
+            raise ConfigError(
+                f"{cls.__name__}: `{argument}` must be a dict of fields, e.g. {{'hidden': 32}} in Python or "
+                f"list(hidden = 32) in R, got {type(d).__name__} {d!r}."
+            )
+        return dict(d)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None):
         """The config from a (nested, possibly partial) dict; missing keys keep their defaults."""
-        d = dict(d or {})
+        d = cls._as_changes(d, "d")
         required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING]  # type: ignore[arg-type]
         missing = [name for name in required if name not in d]
         if missing:
-            raise ConfigError(f"{cls.__name__} needs {missing}, got {sorted(d)}.")
+            raise ConfigError(f"{cls.__name__} needs {missing}, got {sorted(d, key=str)}.")
         cls._check_keys(d)
         base = cls(**{name: d.pop(name) for name in required})
         return base.merged(d)
 
     @classmethod
+    def check_names(cls, d: Mapping[str, Any]) -> None:
+        """Checks the names of a nested dict of changes, at every depth, before any config is built.
+
+        Raises:
+            ConfigError: a name that is no field, naming the known ones.
+        """
+        cls._check_keys(d)
+        for name, part in cls.parts.items():
+            value = d.get(name)
+            if isinstance(value, Mapping):
+                part.check_names(value)  # type: ignore[attr-defined]
+
+    @classmethod
     def _check_keys(cls, d: Mapping[str, Any]) -> None:
         known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        unknown = sorted(set(d) - set(known))
+        unknown = sorted(set(d) - set(known), key=str)  # keys of any type (R, JSON) are named, not compared
         if not unknown:
             return
         hints = [f"`{key}` is now `{_MOVED[key]}`" for key in unknown if cls is NetworkConfig and key in _MOVED]
@@ -156,7 +192,7 @@ class _Config:
     def merged(self, changes: Mapping[str, Any] | None):
         """A copy with `changes` applied: a dict for a part is merged into it (built from its defaults when the
         part is off), None (or False) turns a part off, a config object replaces it."""
-        changes = dict(changes or {})
+        changes = self._as_changes(changes, "changes")
         type(self)._check_keys(changes)
         updates: dict[str, Any] = {}
         for name, value in changes.items():
@@ -198,13 +234,17 @@ class SufficientConfig(_Config):
     floor: float = 1e-6
     origin: bool = True
 
+    bounds: ClassVar[dict[str, Bound]] = {
+        "design_only": Bound(int, 1, meaning="an integer >= 1 (a covariate column; 0 is the response)"),
+        "floor": Bound(float, 0, open_low=True),
+    }
+
     def __post_init__(self) -> None:
         self._coerce_fields()
         if self.family not in ("gaussian", "poisson", "binomial"):
             raise ConfigError(
                 f"SufficientConfig `family` must be 'gaussian', 'poisson' or 'binomial', got {self.family!r}."
             )
-        self._positive("design_only")
 
 
 @dataclass(frozen=True)
@@ -247,6 +287,11 @@ class SummaryConfig(_Config):
     sufficient: SufficientConfig | None = None
 
     parts: ClassVar[dict[str, type]] = {"sufficient": SufficientConfig}
+    bounds: ClassVar[dict[str, Bound]] = {
+        **{name: Bound(int, 1) for name in ("hidden", "depth", "row_hidden", "local_dim", "global_dim")},
+        "attention": Bound(int, 0, meaning="an integer >= 0 (0: plain mean pooling)"),
+        "embedding": Bound(int, 0, meaning="an integer >= 0 (0: no embedding)"),
+    }
 
     def __post_init__(self) -> None:
         self._coerce_fields()
@@ -260,8 +305,6 @@ class SummaryConfig(_Config):
                 f"SummaryConfig `global_kind` must be 'deepset' or 'set_transformer' (groups are exchangeable), got "
                 f"{self.global_kind!r}."
             )
-        self._positive("hidden", "depth", "row_hidden", "local_dim", "global_dim")
-        self._positive("attention", "embedding", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -280,9 +323,14 @@ class FlowConfig(_Config):
     bins: int = 8
     affine: bool = True
 
+    bounds: ClassVar[dict[str, Bound]] = {
+        "transforms": Bound(int, 1),
+        "hidden": Bound(int, 1),
+        "bins": Bound(int, 1),
+    }
+
     def __post_init__(self) -> None:
         self._coerce_fields()
-        self._positive("transforms", "hidden", "bins")
 
 
 @dataclass(frozen=True)
@@ -322,12 +370,12 @@ class StatisticsConfig(_Config):
     group_fits: bool = True
     floor: float = 1e-8
 
+    bounds: ClassVar[dict[str, Bound]] = {"floor": Bound(float, 0, open_low=True)}
+
     def __post_init__(self) -> None:
         self._coerce_fields()
         if self.profile_average and not self.profile:
             raise ConfigError("StatisticsConfig `profile_average` needs `profile`: pass profile_average=False too.")
-        if not self.floor > 0:
-            raise ConfigError(f"StatisticsConfig `floor` must be positive, got {self.floor!r}.")
 
 
 @dataclass(frozen=True)
@@ -354,15 +402,14 @@ class ShiftConfig(_Config):
     max_spread: float | None = SHIFT_MAX_SPREAD
 
     optional: ClassVar[tuple[str, ...]] = ("max_spread",)
+    bounds: ClassVar[dict[str, Bound]] = {
+        "max_spread": Bound(float, 1, infinite=True, meaning="a ratio >= 1 or None (no limit)"),
+    }
 
     def __post_init__(self) -> None:
         self._coerce_fields()
         if self.heteroscedastic and not self.log_scale:
             raise ConfigError("ShiftConfig `heteroscedastic` needs `log_scale`: pass heteroscedastic=False too.")
-        if self.max_spread is not None and not self.max_spread >= 1.0:
-            raise ConfigError(
-                f"ShiftConfig `max_spread` must be a ratio >= 1 or None (no limit), got {self.max_spread!r}."
-            )
 
     @property
     def spread_limit(self) -> float:
@@ -408,12 +455,15 @@ class NetworkConfig(_Config):
         "shift": ShiftConfig,
     }
 
+    bounds: ClassVar[dict[str, Bound]] = {
+        "log_inputs": Bound(int, 0, meaning="an integer >= 0 (a row column: 0 is the response)"),
+    }
+
     def __post_init__(self) -> None:
         self._coerce_fields()
         for name in ("summary", "global_flow", "local_flow"):
             if getattr(self, name) is None:
                 raise ConfigError(f"NetworkConfig `{name}` cannot be off: pass a {self.parts[name].__name__} or a dict.")
-        self._positive("log_inputs", minimum=0)
         if self.shift is not None and self.statistics is None:
             raise ConfigError("NetworkConfig `shift` needs `statistics` (its regressors): pass shift=None too.")
         if self.summary.sufficient is not None and 0 in self.log_inputs:
@@ -436,3 +486,20 @@ class NetworkConfig(_Config):
     def design_only(self) -> tuple[int, ...]:
         """Covariate columns outside the linear predictor (those of the sufficient summary; () without one)."""
         return () if self.summary.sufficient is None else self.summary.sufficient.design_only
+
+
+def network_changes(network: Any) -> NetworkConfig | dict[str, Any]:
+    """The `network` argument of the estimators: a NetworkConfig as it is, else a dict of the parts to change ({}
+    for None).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(network, NetworkConfig):
+        return network
+    if network is not None and not isinstance(network, Mapping):
+        raise ConfigError(
+            f"`network` must be a NetworkConfig, a dict of its parts (e.g. {{'summary': {{'hidden': 32}}}}) or None, "
+            f"got {type(network).__name__}."
+        )
+    return dict(network or {})
