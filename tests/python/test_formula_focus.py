@@ -112,7 +112,7 @@ def test_regression_region_narrows_a_wide_prior_around_the_posterior():
     assert lo < ref_mean - 2 * ref_sd and ref_mean + 2 * ref_sd < hi
     assert hi - lo < 40 * ref_sd  # the prior's central 95 % is 400 wide, 600 posterior sds
     sd_lo, sd_hi = region["sd_g__Intercept"]
-    assert sd_lo < 1.0 and 3.5 < sd_hi < 12.0  # truth 2 (10 groups: a wide posterior)
+    assert sd_lo < 1.0 and 3.5 < sd_hi < 14.0  # truth 2 (10 groups: a wide posterior); the prior's 99.5 % point is 14
     s_lo, s_hi = region["sigma"]
     assert 0.6 < s_lo < 0.95 and 1.05 < s_hi < 1.6  # truth 1, 200 rows
 
@@ -218,7 +218,7 @@ def test_regression_region_brackets_sigma_on_the_log_scale():
     """Before any training, the regression region of a random-slope model puts sigma in a box a few times its
     value wide, around the truth (positive parameters are regressed on the log scale)."""
     model = FormulaNPE("y ~ x + (1 + x | g)", _slopes_data(), "gaussian", seed=0)
-    region = model.regression_region(seed=1, n_sims=1000)
+    region = model.regression_region(seed=1)  # the default 2000 simulations, as training runs it
     low, high = region["sigma"]
     assert low < 10.0 < high and high / low < 4.0, region
     assert region["sd_g__x"][0] < 6.0 < region["sd_g__x"][1]

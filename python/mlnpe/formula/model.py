@@ -261,18 +261,16 @@ class FormulaModel(TwoLevelModel):
         pick_own = torch.rand(n, j_max, generator=generator) < 0.75
         n_rows = torch.where(pick_own, own, spread)
         group_mask, row_mask = make_masks(n_groups, n_rows)
-        u = torch.rand(*row_mask.shape, generator=generator)
-        source_n = self.pool.n[source]
-        row_index = (u * source_n[..., None]).long()  # with replacement
-        # a group of its source's own size copies the source's rows, permuted (random keys, padding sorted last)
-        copy = pick_own & (own == source_n)
-        keys = torch.rand(n, j_max, self.pool.x.shape[1], generator=generator)
-        keys = keys.masked_fill(torch.arange(self.pool.x.shape[1]) >= source_n[..., None], 2.0)
-        width = min(row_mask.shape[-1], keys.shape[-1])
-        permuted = row_index.clone()
-        permuted[..., :width] = keys.argsort(-1)[..., :width]
-        row_index = torch.where(copy[..., None], permuted, row_index)
-        x = self.pool.x[source[..., None], row_index] * row_mask[..., None]
+        b, j, r = row_mask.nonzero(as_tuple=True)  # the real rows, each group's contiguous and in order
+        source_n = self.pool.n[source[b, j]]
+        row_index = (torch.rand(len(b), generator=generator) * source_n).long()  # with replacement
+        # a group of its source's own size copies the source's rows, permuted: sorting random keys within each
+        # group (groups stay contiguous) permutes its row positions
+        keys = (b * j_max + j).double() + torch.rand(len(b), generator=generator, dtype=torch.float64)
+        copy = (pick_own & (own == self.pool.n[source]))[b, j]
+        row_index = torch.where(copy, r[keys.argsort()], row_index)
+        x = self.pool.x.new_zeros(*row_mask.shape, self.pool.x.shape[-1])
+        x[b, j, r] = self.pool.x[source[b, j], row_index]
         return GroupedBatch(None, row_mask, group_mask, x)
 
     def linear_predictor(self, global_params: Tensor, local_params: Tensor, x: Tensor) -> Tensor:
@@ -286,16 +284,31 @@ class FormulaModel(TwoLevelModel):
         z = torch.cat([ones, x], -1)[..., self.z_source + 1]  # (B, J, N, M); source -1 picks the ones column
         return eta + torch.einsum("bjnm,...bjm->...bjn", z, local_params)
 
-    def _trials(self, x: Tensor | None) -> Tensor | None:
-        return None if self.trials_column is None or x is None else x[..., self.trials_column]
+    def _packed(self, global_params: Tensor, local_params: Tensor, row_mask: Tensor, x: Tensor | None):
+        """The real rows only (padding is 90 % of a simulated batch): their (batch, group) indices, linear predictor
+        (..., R), family parameters (..., R, A) and trials (R,) or None."""
+        b, j, n = row_mask.nonzero(as_tuple=True)
+        dtype = global_params.dtype
+        rows = x[b, j, n].to(dtype) if x is not None else global_params.new_zeros(len(b), 0)
+        eta = self.intercept(global_params)[..., b]
+        coef = self.coefficients(global_params)
+        if coef.shape[-1]:
+            eta = eta + ((rows[:, : self.n_x] - self.x_means.to(dtype)) * coef[..., b, :]).sum(-1)
+        z = torch.cat([rows.new_ones(len(b), 1), rows], -1)[:, self.z_source + 1]  # source -1 picks the ones column
+        eta = eta + (z * local_params[..., b, j, :]).sum(-1)
+        aux = self.aux(global_params)[..., b, :]
+        trials = None if self.trials_column is None else rows[:, self.trials_column]
+        return (b, j, n), eta, aux, trials
 
     def simulate(
         self, global_params: Tensor, local_params: Tensor, design: GroupedBatch, generator: torch.Generator
     ) -> Tensor:
-        eta = self.linear_predictor(global_params, local_params, design.x)
-        trials = self._trials(design.x)
-        y = self.family.simulate(eta, self.aux(global_params), trials, generator)
-        return y[..., None]
+        (b, j, n), eta, aux, trials = self._packed(global_params, local_params, design.row_mask, design.x)
+        cells = eta[:, None, None]  # the family's (groups, rows) axes, one cell per real row
+        y = self.family.simulate(cells, aux, None if trials is None else trials[:, None, None], generator)
+        out = eta.new_zeros(*design.row_mask.shape, 1)
+        out[b, j, n, 0] = y[:, 0, 0]
+        return out
 
     def log_prior_global(self, global_params: Tensor) -> Tensor:
         total = global_params.new_zeros(global_params.shape[:-1])
@@ -314,12 +327,13 @@ class FormulaModel(TwoLevelModel):
         return -0.5 * (sol * sol).sum(-1) - logdet - 0.5 * m * float(np.log(2 * np.pi))
 
     def log_likelihood(self, batch: GroupedBatch, global_params: Tensor, local_params: Tensor) -> Tensor:
-        # Datasets without covariates collate to x=None; the linear predictor wants (B, J, N, 0) then.
-        x = batch.x if batch.x is not None else batch.y.new_zeros(*batch.row_mask.shape, 0)
-        eta = self.linear_predictor(global_params, local_params, x)
-        aux = self.aux(global_params)
-        lp = self.family.log_lik(batch.y[..., 0], eta, aux, self._trials(x))
-        return torch.where(batch.row_mask, lp, 0.0).sum(-1)
+        (b, j, n), eta, aux, trials = self._packed(global_params, local_params, batch.row_mask, batch.x)
+        y = batch.y[b, j, n, 0]
+        lp = self.family.log_lik(y[:, None, None], eta[..., None, None], aux,
+                                 None if trials is None else trials[:, None, None])[..., 0, 0]  # fmt: skip
+        n_groups = batch.row_mask.shape[-2]
+        out = lp.new_zeros(*lp.shape[:-1], batch.row_mask.shape[0] * n_groups)
+        return out.index_add(-1, b * n_groups + j, lp).unflatten(-1, batch.row_mask.shape[:2])
 
     def to_config(self) -> dict[str, Any]:
         return {"class": "FormulaModel"}
