@@ -197,3 +197,19 @@ def test_glm_slopes_estimate_the_link_scale_slope(family):
         assert estimate == pytest.approx(slope, abs=0.15 + 0.15 * abs(slope)), (slope, estimate)
     saved = {"pooled_moments": True, "sufficient": "poisson"}  # saved before `glm_slopes` existed
     assert network_from_saved(saved, 2).statistics.glm_slopes is False
+
+
+def test_the_design_deep_set_runs_phi_once_per_distinct_row_with_the_same_output():
+    """Simulated designs resample the data's covariate rows: the design deep set's phi sees each distinct row once
+    (its per-row cost is a lookup), and its output is the plain deep set's."""
+    torch.manual_seed(0)
+    pool = torch.randn(50, 3)
+    rows = pool[torch.randint(0, 50, (4000,))]
+    owner = torch.randint(0, 40, (4000,))
+    plain = DeepSet(3, 8, 16, 2, "full")
+    repeated = DeepSet(3, 8, 16, 2, "full", repeated=True)
+    repeated.load_state_dict(plain.state_dict())
+    seen = []
+    repeated.phi.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    torch.testing.assert_close(repeated.forward_packed(rows, owner, 40), plain.forward_packed(rows, owner, 40))
+    assert seen == [len(torch.unique(rows, dim=0))]

@@ -95,6 +95,8 @@ class DeepSet(nn.Module):
         extremes: also append each column's minimum and maximum over the set's items. A parameter that bounds
             the data (a non-decision time below every reaction time) is pinned down by an extreme, which no
             mean of item features approximates well.
+        repeated: items repeat across the batch (covariate rows resampled from the data): phi runs once per
+            distinct item. The output is the same; the per-row cost is then a lookup, not the MLP.
     """
 
     def __init__(
@@ -107,9 +109,10 @@ class DeepSet(nn.Module):
         item_hidden: int | None = None,
         attention: int = 0,
         extremes: bool = False,
+        repeated: bool = False,
     ):
         super().__init__()
-        self.extremes = bool(extremes)
+        self.extremes, self.repeated = bool(extremes), bool(repeated)
         moments = {True: "diag", False: "none"}.get(moments, moments)
         if moments not in ("diag", "full", "none"):
             raise ConfigError(f"DeepSet `moments` must be 'diag', 'full' or 'none', got {moments!r}.")
@@ -142,7 +145,8 @@ class DeepSet(nn.Module):
 
     def _summarize(self, rows: Tensor, owner: Tensor, sets: int, pools: Tensor | None) -> Tensor:
         counts = torch.bincount(owner, minlength=sets).to(rows.dtype).clamp_min(1.0)[:, None]
-        pooled = rows.new_zeros(sets, self.phi[-1].out_features).index_add_(0, owner, self.phi(rows)) / counts
+        items = self._phi_distinct(rows) if self.repeated else self.phi(rows)
+        pooled = rows.new_zeros(sets, self.phi[-1].out_features).index_add_(0, owner, items) / counts
         features = [torch.log(counts)]
         if self.moments != "none":
             features.insert(0, self._moments(rows, owner, counts, sets))
@@ -155,6 +159,22 @@ class DeepSet(nn.Module):
             features.append(pools)
         extra = torch.cat(features, -1)
         return torch.cat([self.rho(torch.cat([pooled, extra], -1)), extra], -1)
+
+    def _phi_distinct(self, rows: Tensor) -> Tensor:
+        """phi of every row, run once per distinct row: simulated designs resample the data's covariate rows, so a
+        batch of 10^5-10^6 rows holds only as many distinct ones as the data. Rows are keyed exactly (each column's
+        rank among its distinct values, combined as the digits of one integer); where the key would overflow, phi
+        runs on every row."""
+        key, size = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device), 1
+        for column in rows.unbind(-1):
+            values, code = torch.unique(column, return_inverse=True)
+            if size * len(values) >= 2**62:
+                return self.phi(rows)
+            key, size = key + code * size, size * len(values)
+        distinct, inverse = torch.unique(key, return_inverse=True)
+        first = torch.empty(len(distinct), dtype=torch.long, device=rows.device)
+        first.scatter_(0, inverse, torch.arange(len(inverse), device=rows.device))  # any row of each key
+        return self.phi(rows[first])[inverse]
 
     def _moments(self, rows: Tensor, owner: Tensor, counts: Tensor, sets: int) -> Tensor:
         """Per set: means and centred second moments (variances, or the covariance upper triangle).
@@ -245,7 +265,7 @@ class SufficientSummary(nn.Module):
         self.products = [c for c in self.covariates if c not in set(design_only)]
         k = len(self.products)
         self.design = (
-            DeepSet(len(self.covariates), summary_dim, hidden, depth, "full", item_hidden=item_hidden)
+            DeepSet(len(self.covariates), summary_dim, hidden, depth, "full", item_hidden=item_hidden, repeated=True)
             if self.covariates else None
         )
         n_stats = 1 + k + 1 + k + (2 if self.square else 1) + 1
