@@ -25,6 +25,10 @@ __all__ = ["TrainConfig", "TrainHistory", "resolve_device", "train_config", "tra
 
 
 OBSERVED_LOSSES = ("reverse_kl", "self_consistency")
+SCHEDULES = ("cosine", "wsd")
+# The "wsd" schedule's cooldown, as a fraction of the budget's steps: the learning rate falls linearly from its
+# peak to `min_lr_fraction` over it, at the end of the budget or as soon as a monitor's verdict comes.
+COOLDOWN = 0.2
 
 # Every numeric field of TrainConfig and its range (`mlnpe.checks.Bound`; the meaning is what the message says).
 _RANGES: dict[str, Bound] = {
@@ -62,7 +66,11 @@ class TrainConfig:
         batch_size: datasets per step.
         learning_rate: peak learning rate of Adam.
         warmup_fraction: fraction of steps with a linear warm-up.
-        min_lr_fraction: final learning rate as a fraction of the peak (cosine decay).
+        min_lr_fraction: final learning rate as a fraction of the peak.
+        schedule: the learning rate after the warm-up: "cosine" (a cosine decay over the whole budget) or "wsd"
+            (warm-up, stable, decay: the peak rate until a cooldown of `COOLDOWN` (20 %) of the budget's steps, a
+            linear decay that starts at the end of the budget or once the training monitor's verdict comes, so
+            that training can stop early on a converged loss; Hu et al. 2024, Hägele et al. 2024).
         clip_norm: gradient-norm clipping threshold.
         n_simulations: offline budget of datasets.
         validation_fraction: offline validation split.
@@ -95,7 +103,8 @@ class TrainConfig:
             the CPU, where sampling runs.
         check_every: steps between two checks of a training monitor, when training is given one (the PSIS
             certificate of `mlnpe.inference.certificate`, which `FormulaNPE.train` uses whenever it has the
-            data); 0: no checks, train the whole budget.
+            data); 0: no checks, train the whole budget. A verdict stops training at once under the "cosine"
+            schedule, and after the cooldown under "wsd".
     """
 
     mode: str = "online"
@@ -104,6 +113,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     warmup_fraction: float = 0.02
     min_lr_fraction: float = 0.01
+    schedule: str = "cosine"
     clip_norm: float = 5.0
     n_simulations: int = 20000
     validation_fraction: float = 0.1
@@ -129,7 +139,8 @@ class TrainConfig:
             if value is None and name in ("time_limit", "num_threads"):
                 continue
             object.__setattr__(self, name, bound.check(value, name, "TrainConfig"))
-        for name, allowed in (("mode", ("online", "offline")), ("observed_loss", OBSERVED_LOSSES)):
+        choices = (("mode", ("online", "offline")), ("observed_loss", OBSERVED_LOSSES), ("schedule", SCHEDULES))
+        for name, allowed in choices:
             check_choice(getattr(self, name), name, allowed, owner="TrainConfig")
         object.__setattr__(self, "progress", check_flag(self.progress, "progress", owner="TrainConfig"))
         if self.mode == "offline" and self.n_simulations * self.validation_fraction < 1:
@@ -236,10 +247,17 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _lr_factor(progress: float, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to min_lr_fraction; progress in [0, 1]."""
+def _lr_factor(progress: float, config: TrainConfig, cooldown: tuple[float, float] | None = None) -> float:
+    """The learning rate as a fraction of its peak at `progress` in [0, 1]: a linear warm-up, then a cosine decay to
+    `min_lr_fraction` or ("wsd") the peak until a linear cooldown from progress `cooldown[0]` to `cooldown[1]`
+    (by default the last `COOLDOWN` of the budget)."""
     if progress < config.warmup_fraction:
         return max(progress / config.warmup_fraction, 1e-3)
+    if config.schedule == "wsd":
+        start, end = cooldown or (1.0 - COOLDOWN, 1.0)
+        if progress <= start:
+            return 1.0
+        return config.min_lr_fraction + (1 - config.min_lr_fraction) * max(1 - (progress - start) / (end - start), 0.0)
     p = (progress - config.warmup_fraction) / max(1 - config.warmup_fraction, 1e-9)
     return config.min_lr_fraction + (1 - config.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
@@ -264,7 +282,8 @@ def train_estimator(
         extra_loss: (batch, progress in [0, 1]) -> a per-dataset loss (B,) (or a scalar) added to the NPE loss of
             each training batch (self-consistency, the observed data's loss).
         monitor: called every `config.check_every` steps with the step number (the estimator in eval mode, no
-            gradients); a returned string stops training and is recorded as the reason (`TrainHistory.stopped`).
+            gradients); a returned string ends training (at once, or after the "wsd" schedule's cooldown) and is
+            recorded as the reason (`TrainHistory.stopped`).
     """
     history = history or TrainHistory()
     old_threads = torch.get_num_threads()
@@ -337,10 +356,13 @@ class _Average:
 
 
 class _Schedule:
-    """Progress by steps or, with a time limit, by elapsed wall-clock time."""
+    """Progress by steps or, with a time limit, by elapsed wall-clock time; the learning rate; the end of training,
+    which a monitor's verdict brings forward (at once, or after a "wsd" cooldown)."""
 
     def __init__(self, config: TrainConfig, total_steps: int):
         self.config, self.total, self.start = config, total_steps, time.perf_counter()
+        self.cooldown: tuple[float, float] | None = None  # (start, end) progress of a cooldown a verdict began
+        self.verdict: str | None = None
 
     def progress(self, step: int) -> float:
         by_steps = step / self.total
@@ -349,10 +371,38 @@ class _Schedule:
         return max(by_steps, (time.perf_counter() - self.start) / self.config.time_limit)
 
     def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        lr = self.config.learning_rate * _lr_factor(self.progress(step), self.config)
+        lr = self.config.learning_rate * _lr_factor(self.progress(step), self.config, self.cooldown)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr
+
+    def decide(self, step: int, verdict: str | None) -> None:
+        """Takes a monitor's verdict at `step`: "wsd" cools down from here over `COOLDOWN` of the budget (unless
+        its cooldown has begun already), the cosine schedule ends now."""
+        if not verdict or self.verdict:
+            return
+        self.verdict = verdict
+        now = self.progress(step)
+        if self.config.schedule == "wsd" and now < 1.0 - COOLDOWN:
+            self.cooldown = (now, now + COOLDOWN)
+        elif self.config.schedule != "wsd":
+            self.cooldown = (now, now)
+
+    def done(self, step: int) -> bool:
+        """Whether training ends before `step`: the budget is spent, or a verdict's cooldown is over."""
+        p = self.progress(step)
+        return step >= self.config.steps or p >= 1.0 or (self.cooldown is not None and p >= self.cooldown[1])
+
+    def should_check(self, step: int) -> bool:
+        """Whether a monitor runs after `step`: every `check_every` steps until a verdict, not after the last."""
+        every = self.config.check_every
+        return bool(every) and step % every == 0 and self.verdict is None and not self.done(step)
+
+    def reason(self, step: int) -> str:
+        """Why training stopped: the monitor's verdict, its steps, or else its time limit."""
+        if self.verdict:
+            return self.verdict
+        return "time limit" if self.config.time_limit is not None and step < self.config.steps else "steps"
 
 
 def _log(history: TrainHistory, step: int, losses: list[float], lr: float, start: float, seen: int) -> None:
@@ -376,11 +426,6 @@ def _check(estimator, monitor, step: int, average: "_Average | None") -> str | N
     return reason
 
 
-def _budget_reason(config: TrainConfig, step: int) -> str:
-    """Why training without a monitor's verdict stopped: its steps, or else its time limit."""
-    return "time limit" if config.time_limit is not None and step < config.steps else "steps"
-
-
 def _train_online(estimator, simulate, config, generator, history, extra_loss=None, monitor=None) -> None:
     estimator.train()
     optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
@@ -389,8 +434,8 @@ def _train_online(estimator, simulate, config, generator, history, extra_loss=No
     average = _Average(estimator, config.ema_decay) if config.ema_decay else None
     start, losses, seen = time.perf_counter(), [], 0
     log_every = max(min(config.steps // 200, 25), 1)
-    step, reason = 0, None
-    while step < config.steps and schedule.progress(step) < 1.0:
+    step = 0
+    while not schedule.done(step):
         lr = schedule.set_lr(optimizer, step)
         sims = simulate(config.batch_size, generator)
         losses.append(_step(estimator, optimizer, sims, config, extra_loss, schedule.progress(step)))
@@ -401,12 +446,10 @@ def _train_online(estimator, simulate, config, generator, history, extra_loss=No
         if step % log_every == 0:
             bar.update(step, losses[-1])
             _log(history, step, losses, lr, start, seen)
-        if monitor is not None and config.check_every and step % config.check_every == 0 and step < config.steps:
-            reason = _check(estimator, monitor, step, average)
-            if reason:
-                break
+        if monitor is not None and schedule.should_check(step):
+            schedule.decide(step, _check(estimator, monitor, step, average))
     bar.close()
-    history.stopped = reason or _budget_reason(config, step)
+    history.stopped = schedule.reason(step)
     if average is not None:
         average.swap()  # the estimator keeps the averaged weights
     history.datasets_seen += seen
@@ -433,22 +476,20 @@ def _train_offline(estimator, simulate, config, generator, history, extra_loss=N
     bar = _Progress(schedule, config.progress)
     average = _Average(estimator, config.ema_decay) if config.ema_decay else None
     start, losses, seen, step = time.perf_counter(), [], 0, 0
-    best, best_state, stale, reason = math.inf, None, 0, None
-    while step < config.steps and schedule.progress(step) < 1.0 and stale < config.patience and not reason:
+    best, best_state, stale = math.inf, None, 0
+    while not schedule.done(step) and stale < config.patience:
         order = torch.randperm(len(train_chunks), generator=generator).tolist()
         for i in order:
+            if schedule.done(step):
+                break
             lr = schedule.set_lr(optimizer, step)
             losses.append(_step(estimator, optimizer, train_chunks[i], config, extra_loss, schedule.progress(step)))
             if average is not None:
                 average.update()
             seen += config.batch_size
             step += 1
-            if step >= config.steps or schedule.progress(step) >= 1.0:
-                break
-            if monitor is not None and config.check_every and step % config.check_every == 0:
-                reason = _check(estimator, monitor, step, average)
-                if reason:
-                    break
+            if monitor is not None and schedule.should_check(step):
+                schedule.decide(step, _check(estimator, monitor, step, average))
         bar.update(step, losses[-1], force=True)
         _log(history, step, losses, lr, start, seen)
         if average is not None:
@@ -462,8 +503,9 @@ def _train_offline(estimator, simulate, config, generator, history, extra_loss=N
         if average is not None:
             average.swap()
     bar.close()
-    history.stopped = reason or ("early stopping" if stale >= config.patience else _budget_reason(config, step))
-    if best_state is not None and not reason:  # a monitor's verdict is on the current weights: keep them
+    verdict = schedule.verdict
+    history.stopped = verdict or ("early stopping" if stale >= config.patience else schedule.reason(step))
+    if best_state is not None and not verdict:  # a monitor's verdict is on the current weights: keep them
         estimator.load_state_dict(best_state)
     history.datasets_seen += seen
     history.train_seconds += time.perf_counter() - start

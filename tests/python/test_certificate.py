@@ -51,6 +51,41 @@ def test_without_a_verdict_the_budget_ends_training_and_says_which():
                      monitor=lambda step: "certificate").stopped == "steps"  # check_every=0: no checks
 
 
+def test_wsd_holds_the_peak_rate_then_cools_down_over_the_last_fifth():
+    npe = _npe()
+    history = npe.train(TrainConfig(steps=200, batch_size=8, learning_rate=1e-3, progress=False, schedule="wsd",
+                                    warmup_fraction=0.05, min_lr_fraction=0.01))  # fmt: skip
+    lr = dict(zip(history.step, history.lr))  # the rate of the last step of each logged block
+    assert lr[20] == pytest.approx(1e-3) and lr[160] == pytest.approx(1e-3)
+    assert lr[180] == pytest.approx(1e-3 * (0.01 + 0.99 * (1 - 19 / 40)))
+    assert history.stopped == "steps" and history.step[-1] == 200
+
+
+def test_under_wsd_a_verdict_starts_the_cooldown_and_training_stops_at_its_end():
+    npe, calls = _npe(), []
+
+    def monitor(step):
+        calls.append(step)
+        return "certificate" if step >= 100 else None
+
+    history = npe.train(TrainConfig(steps=1000, batch_size=8, progress=False, schedule="wsd", check_every=50),
+                        monitor=monitor)  # fmt: skip
+    assert calls == [50, 100]  # no checks after the verdict
+    assert history.stopped == "certificate" and history.step[-1] == 100 + 200  # a cooldown of 20 % of 1000 steps
+    lr = dict(zip(history.step, history.lr))
+    assert lr[100] == pytest.approx(1e-3) and lr[300] < 0.03 * 1e-3
+    # under the cosine schedule the verdict stops training at once
+    cosine = _npe().train(TrainConfig(steps=1000, batch_size=8, progress=False, check_every=50),
+                          monitor=lambda step: "certificate" if step >= 100 else None)  # fmt: skip
+    assert cosine.stopped == "certificate" and cosine.step[-1] == 100
+    # a verdict inside the budget's own cooldown lets it run to the end
+    late = _npe().train(TrainConfig(steps=100, batch_size=8, progress=False, schedule="wsd", check_every=90),
+                        monitor=lambda step: "certificate")  # fmt: skip
+    assert late.stopped == "certificate" and late.step[-1] == 100
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
 def test_a_certificate_needs_densities_and_enough_draws():
     with pytest.raises(ConfigError, match="at least 100"):
         Certificate(_npe(), _data(), n_draws=20)

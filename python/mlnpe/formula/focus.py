@@ -36,6 +36,10 @@ __all__ = [
 ]
 
 
+# The share of the training budget that the focusing rounds before the last one take together.
+FOCUS_SHARE = 0.4
+
+
 def check_focus(focus: Any) -> int:
     """The number of focusing rounds: an integer from 0 to 5 (True means 1, False 0)."""
     if isinstance(focus, (bool, np.bool_)):
@@ -75,8 +79,8 @@ def training_data(model: FormulaNPE, config: TrainConfig, certify: bool = True) 
 def train_focused(model: FormulaNPE, config: TrainConfig, focus: int) -> TrainHistory:
     """Retrains `model` in focus + 1 rounds on the budget of `config` (see `FormulaNPE.train`).
 
-    The first `focus` rounds share 40 % of the steps (and time limit), the last round 60 %. Every round starts
-    from freshly initialized and standardized networks.
+    The first `focus` rounds share `FOCUS_SHARE` (40 %) of the steps (and time limit), the last round the rest.
+    Every round starts from freshly initialized and standardized networks.
 
     Returns:
         the training history of the last round.
@@ -93,7 +97,7 @@ def train_focused(model: FormulaNPE, config: TrainConfig, focus: int) -> TrainHi
         model.model.set_region(region)
         model.npe = MultilevelNPE(model.model, model.groups, model.rows, model.network, seed=model.seed)
     for k in range(focus + 1):
-        fraction = 0.6 if k == focus else 0.4 / focus
+        fraction = 1 - FOCUS_SHARE if k == focus else FOCUS_SHARE / focus
         budget = {"steps": max(1, int(round(config.steps * fraction))), "seed": config.seed + k}
         if config.time_limit is not None:
             budget["time_limit"] = config.time_limit * fraction
