@@ -14,7 +14,11 @@
 #' draws are independent, and the Pareto k-hat of PSIS (printed by `summary()`) says how close they are to
 #' the exact posterior (at most 0.7 is good).
 #'
-#' @param formula A model formula as in brms (a formula, a string, or a `brms::bf()` object).
+#' @param formula A model formula as in brms (a formula, a string, or a `brms::bf()` object): population-level
+#'   terms, one grouping factor, `y | trials(n)` for binomial models, brms's `0 + Intercept` (the intercept as a
+#'   class `b` coefficient, predictors not centred) and offsets such as `offset(log(exposure))` (columns, numbers,
+#'   `+ - * / ^` and `log`, `log2`, `log10`, `log1p`, `exp`, `sqrt`; not in group-level terms). An offset is data:
+#'   `newdata` of predictions needs its columns, and its values must be finite on every row.
 #' @param data A data frame (or tibble) holding every variable of `formula`. Columns are used as brms uses
 #'   them: numbers (integer64 too, when exactly representable; labelled columns as their values) as numbers;
 #'   factors, characters and logicals as factors (brms's `xTRUE` for a logical); a bernoulli response may be
@@ -37,7 +41,7 @@
 #'   and `log_response`; Python checks every value.
 #' @param train Training settings (Python's `TrainConfig`), changing single fields of the default budget of
 #'   1500 steps of 64 datasets at a learning rate of 0.002: `steps`, `batch_size`, `learning_rate`,
-#'   `time_limit` (seconds), `seed`, `progress`, `device` (`"auto"`: a CUDA GPU when torch finds one, else the
+#'   `time_limit` (seconds), `seed`, `progress`, `schedule` (`"cosine"` or `"wsd"`), `device` (`"auto"`: a CUDA GPU when torch finds one, else the
 #'   CPU), ... Besides simulations, training uses `data`: every step adds the reverse KL divergence of the
 #'   amortized posterior from the exact one for `data`, its leave-one-group-out subsets and bootstrap
 #'   resamples of its groups (`observed_weight`, 1; `0` turns it off), and every `check_every` (250) steps

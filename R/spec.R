@@ -4,7 +4,9 @@
 mlnpe_links <- c(gaussian = "identity", student = "identity", bernoulli = "logit", binomial = "logit",
                  poisson = "log", negbinomial = "log", lognormal = "identity", Gamma = "log")
 
-# The formula as text, plus its response and trials variables and all variables it uses.
+# The formula as text, plus its response and trials variables and all data columns it uses: those of offset() terms
+# too (offset(log(exposure)) needs `exposure`), but not brms's reserved `Intercept` of `0 + Intercept`, which is no
+# column (Python rejects `Intercept` wherever it would be one).
 formula_spec <- function(formula) {
   if (inherits(formula, "brmsformula")) {
     if (length(formula$pforms) || length(formula$pfix) || isTRUE(attr(formula$formula, "nl"))) {
@@ -25,7 +27,7 @@ formula_spec <- function(formula) {
   }
   text <- gsub("\\s+", " ", paste(deparse(formula, width.cutoff = 500L), collapse = " "))
   lhs <- all.vars(formula[[2L]])
-  vars <- unique(all.vars(formula))
+  vars <- setdiff(unique(all.vars(formula)), "Intercept")
   check_variable_names(vars)
   list(formula = formula, text = text, response = lhs[1L], lhs = lhs,
        trials = grepl("trials\\s*\\(", paste(deparse(formula[[2L]]), collapse = "")),
@@ -124,7 +126,8 @@ family_spec <- function(family, trials = TRUE) {
 #'
 #' Supported distributions: `normal`, `student_t`, `cauchy`, `exponential`, `gamma`, `lognormal`, `beta`,
 #' `lkj` (class `cor`), `uniform`, `inv_gamma`, with Stan's parameterizations. Classes: `Intercept`, `b`,
-#' `sd`, `cor`, `sigma`, `shape`, `nu`.
+#' `sd`, `cor`, `sigma`, `shape`, `nu`. As in brms, a formula with `0 + Intercept` has no class `Intercept`: its
+#' intercept `b_Intercept` is a class `b` coefficient (`coef = Intercept` targets it alone), not centred.
 #'
 #' @param prior The prior, as a string (`"normal(0, 1)"`) or an expression (`normal(0, 1)`).
 #' @param class Parameter class, as a string or a name.

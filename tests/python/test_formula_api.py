@@ -77,8 +77,8 @@ def test_exact_log_density_pieces(gaussian):
     expected = stats.norm.logpdf(design.y[None, :], eta, sigma[:, None]).sum(1)
     assert np.allclose(ll, expected, rtol=1e-4)
     # The model's own linear predictor (used in simulation) agrees with the prediction path.
-    eta_model = gaussian.model.linear_predictor(g, l, batch.x)[:, 0]
-    eta_rows = torch.cat([eta_model[:, j, : int(n)] for j, n in enumerate(data.n_rows)], 1).numpy()
+    _, eta_rows, _, _ = gaussian.model.packed_rows(g, l, batch.row_mask, batch.x)  # groups in order, rows in order
+    eta_rows = eta_rows.numpy()
     order = np.argsort(design.group, kind="stable")
     assert np.allclose(eta_rows, eta[:, order], atol=1e-4)
 
@@ -259,3 +259,172 @@ def test_two_processes_with_one_spec_train_once(tmp_path):
              for _ in range(2)]  # fmt: skip
     hits = sorted(p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs)
     assert hits == ["False", "True"]
+
+
+# ---- brms's `0 + Intercept` and offset() --------------------------------------------------------------------------
+
+SMALL = TrainConfig(steps=20, batch_size=16, progress=False)
+
+
+def _exposure_df(seed=0, J=6, n=8):
+    df = _df(seed, J, n)
+    rng = np.random.default_rng(seed + 1)
+    expo = rng.uniform(0.5, 5.0, len(df))
+    return df.assign(expo=expo, count=rng.poisson(expo * np.exp(0.3 + 0.2 * df["x"])))
+
+
+def _hand_eta(fit, data, offset=None):
+    """b_Intercept + b_x x + r_g[level] (+ offset) from the brms-named draws: (draws, rows)."""
+    d = fit.draws
+    r = d[[f"r_g[{level},Intercept]" for level in fit.design.levels]].to_numpy()
+    group = np.array([fit.design.levels.index(level) for level in data["g"]])
+    eta = d["b_Intercept"].to_numpy()[:, None] + d["b_x"].to_numpy()[:, None] * data["x"].to_numpy()[None] + r[:, group]
+    return eta if offset is None else eta + np.asarray(offset)[None]
+
+
+def _model_log_lik(model, fit, data):
+    """log p(y | theta) of every draw from the simulator's own likelihood (packed_rows): (draws,)."""
+    batch = model.grouped_data(data)[0].to_batch()
+    g = torch.as_tensor(fit.raw.global_draws, dtype=torch.float32)[:, None]
+    l = torch.as_tensor(fit.raw.local_draws, dtype=torch.float32)[:, None]
+    return model.model.log_likelihood(batch, g, l).sum(-1)[:, 0].double().numpy()
+
+
+@pytest.fixture(scope="module")
+def exposure():
+    model = FormulaNPE("count ~ x + offset(log(expo)) + (1 | g)", _exposure_df(), "poisson", network=NET)
+    model.train(SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ParetoKWarning)
+        fit = model.fit(n_draws=20, seed=0, refine=False)
+    return model, fit
+
+
+def test_offset_enters_the_likelihood_as_a_known_term(exposure):
+    model, fit = exposure
+    df = _exposure_df()
+    eta = _hand_eta(fit, df, np.log(df["expo"]))
+    np.testing.assert_allclose(fit.linear_predictor(), eta, rtol=1e-10)
+    expected = stats.poisson.logpmf(df["count"].to_numpy()[None], np.exp(eta)).sum(1)
+    np.testing.assert_allclose(_model_log_lik(model, fit, df), expected, rtol=1e-4)
+    np.testing.assert_allclose(fit.log_lik().sum(1), expected, rtol=1e-8)
+    assert not any("expo" in name or "offset" in name for name in fit.draws.columns)  # data: no draws, no prior
+    assert "offset" not in " ".join(model.prior_summary()["coef"])
+    assert model.feature_names == ["x", "offset(log(expo))"] and model.offset_column == 1
+
+
+def test_offset_travels_with_its_rows_in_simulated_designs(exposure):
+    model, _ = exposure
+    df = _exposure_df()
+    batch = model.model.sample_design(50, model.groups, model.rows, torch.Generator().manual_seed(0))
+    rows = batch.x[batch.row_mask].double().numpy()  # (real rows, [x, offset])
+    observed = {(round(x, 5), round(o, 5)) for x, o in zip(df["x"], np.log(df["expo"]))}
+    assert {(round(x, 5), round(o, 5)) for x, o in rows} <= observed
+    zero = torch.zeros(1, 50, len(model.npe.global_names))
+    local = torch.zeros(1, 50, batch.row_mask.shape[1], len(model.z_names))
+    _, eta, _, _ = model.model.packed_rows(zero, local, batch.row_mask, batch.x)
+    np.testing.assert_allclose(eta[0].numpy(), rows[:, 1], rtol=1e-6)  # eta = offset when every parameter is 0
+
+
+def test_offset_predictions_need_the_offset_columns_of_newdata(exposure):
+    _, fit = exposure
+    new = _exposure_df().iloc[:6]
+    doubled = new.assign(expo=2 * new["expo"])
+    np.testing.assert_allclose(fit.posterior_epred(doubled), 2 * fit.posterior_epred(new), rtol=1e-10)
+    np.testing.assert_allclose(fit.linear_predictor(new), _hand_eta(fit, new, np.log(new["expo"])), rtol=1e-10)
+    assert fit.posterior_predict(new, seed=1).shape == (20, 6)
+    with pytest.raises(DataError, match=r"variables \['expo'\] .* \(offset\(log\(expo\)\) is data: .*`newdata`"):
+        fit.posterior_epred(new.drop(columns="expo"))
+    with pytest.raises(DataError, match=r"offset\(log\(expo\)\) takes log\(\) of 1 value\(s\) that are not positive"):
+        fit.posterior_epred(new.assign(expo=[0.0, 1, 1, 1, 1, 1]))
+
+
+def test_offset_model_saves_and_loads_with_its_offset(exposure, tmp_path):
+    import json
+
+    from mlnpe.formula.stancode import stan_data, stan_program
+
+    model, _ = exposure
+    path = model.save(tmp_path / "m")
+    config = json.loads((path / "formula.json").read_text())
+    assert config["formula"] == "count ~ 1 + x + offset(log(expo)) + (1 | g)" and config["offset_column"] == 1
+    loaded = FormulaNPE.load(path, data=_exposure_df())
+    assert loaded.offset_column == 1 and loaded.terms.offsets == model.terms.offsets
+    assert loaded.spec_hash() == model.spec_hash()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ParetoKWarning)
+        a = model.fit(n_draws=10, seed=4, refine=False)
+        b = loaded.fit(n_draws=10, seed=4, refine=False)
+    assert a.draws.equals(b.draws)
+    np.testing.assert_array_equal(a.posterior_epred(), b.posterior_epred())
+    plain = FormulaNPE("count ~ x + offset(expo) + (1 | g)", _exposure_df(), "poisson", network=NET)
+    assert plain.spec_hash() != model.spec_hash()
+    program = stan_program(model)
+    assert "vector[N] offsets;" in program and "vector[N] mu = Intercept + Xc * b + offsets;" in program
+    np.testing.assert_allclose(stan_data(model)["offsets"], np.log(_exposure_df()["expo"]))
+    assert "offsets" not in stan_program(FormulaNPE("count ~ x + (1 | g)", _df(), "poisson", network=NET))
+
+
+@pytest.mark.parametrize(
+    "formula, family",
+    [("y ~ x + offset(x / 2) + (1 | g)", "gaussian"), ("count ~ x + offset(log(expo)) + (1 | g)", "negbinomial"),
+     ("succ | trials(n) ~ x + offset(log(expo) - 1) + (1 | g)", "binomial"),
+     ("bin ~ 0 + Intercept + x + offset(-x) + (1 | g)", "bernoulli")],
+)  # fmt: skip
+def test_offsets_train_and_fit_in_every_family(formula, family):
+    model = FormulaNPE(formula, _exposure_df(), family, network=NET)
+    model.train(TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ParetoKWarning)
+        fit = model.fit(n_draws=10, seed=0, refine=False)
+    assert np.isfinite(fit.draws.to_numpy()).all() and np.isfinite(fit.log_lik()).all()
+    np.testing.assert_allclose(fit.log_lik().sum(1), _model_log_lik(model, fit, _exposure_df()), rtol=1e-4)
+
+
+def test_zero_plus_intercept_is_a_class_b_coefficient(tmp_path):
+    df = _df()
+    model = FormulaNPE("y ~ 0 + Intercept + x + (1 | g)", df, "gaussian",
+                       [prior("normal(1, 0.5)", "b", coef="Intercept"), prior("normal(0, 2)", "b")], network=NET)
+    table = model.prior_summary()
+    assert list(table["class"]) == ["b", "b", "sd", "sigma"] and list(table["coef"][:2]) == ["Intercept", "x"]
+    assert list(table["prior"][:2]) == ["normal(1, 0.5)", "normal(0, 2)"] and set(table["source"][:2]) == {"user"}
+    np.testing.assert_array_equal(model.x_means, [0.0, 0.0])  # not centred
+    assert model.feature_names == ["x"] and model.x_source == [-1, 0]  # the column of ones is no feature
+    # a class-b prior reaches it; without one it gets the default of brms's Intercept class (brms: flat)
+    everything = FormulaNPE("y ~ 0 + Intercept + x + (1 | g)", df, "gaussian", prior("normal(0, 3)", "b"), network=NET)
+    assert list(everything.prior_summary()["prior"][:2]) == ["normal(0, 3)", "normal(0, 3)"]
+    default = FormulaNPE("y ~ 0 + Intercept + x + (1 | g)", df, "gaussian", network=NET).prior_summary()
+    centred = FormulaNPE("y ~ x + (1 | g)", df, "gaussian", network=NET).prior_summary()
+    assert default["prior"][0] == centred["prior"][0] and default["class"][0] == "b"
+    with pytest.raises(SpecError, match=r"class_='b', coef='Intercept'"):
+        FormulaNPE("y ~ 0 + Intercept + x + (1 | g)", df, "gaussian", prior("normal(0, 1)", "Intercept"), network=NET)
+
+    model.train(SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ParetoKWarning)
+        fit = model.fit(n_draws=20, seed=0, refine=False)
+    assert list(fit.draws.columns[:4]) == ["b_Intercept", "b_x", "sd_g__Intercept", "sigma"]
+    np.testing.assert_array_equal(fit.draws["b_Intercept"], fit.raw.global_draws[:, 0])  # no uncentring
+    eta = _hand_eta(fit, df)
+    np.testing.assert_allclose(fit.linear_predictor(), eta, rtol=1e-10)
+    expected = stats.norm.logpdf(df["y"].to_numpy()[None], eta, fit.draws["sigma"].to_numpy()[:, None]).sum(1)
+    np.testing.assert_allclose(_model_log_lik(model, fit, df), expected, rtol=1e-4)
+
+    from mlnpe.formula.stancode import stan_program
+
+    program = stan_program(model)
+    assert "vector[N] mu = Xc * b;" in program and " Intercept;" not in program
+    assert "normal_lpdf(b[1] | 1, 0.5)" in program and "normal_lpdf(b[2] | 0, 2)" in program
+
+    loaded = FormulaNPE.load(model.save(tmp_path / "m"), data=df)
+    assert loaded.x_source == [-1, 0] and loaded.terms.intercept_coef and loaded.spec_hash() == model.spec_hash()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ParetoKWarning)
+        a, b = (m.fit(n_draws=10, seed=3, refine=False).draws for m in (loaded, model))
+    assert a.equals(b)
+
+
+def test_models_without_offset_or_reserved_intercept_save_as_before(gaussian):
+    """Cache keys of existing models stay valid: their formula.json has no new keys."""
+    config = gaussian.config_dict()
+    assert "x_source" not in config and "offset_column" not in config

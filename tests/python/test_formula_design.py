@@ -299,3 +299,65 @@ def test_labels_are_kept_exactly_and_types_never_guessed(column, values, match):
     frame[column] = pd.Series(values, dtype=object)
     with pytest.raises(DataError, match=match):
         build_design(parse_formula("y ~ x + (1 | g)"), frame)
+
+
+def test_zero_plus_intercept_is_a_column_of_ones_named_b_intercept(people):
+    """brms's `0 + Intercept`: the intercept is the column Intercept of X (b_Intercept, not centred), and factors are
+    coded as with an intercept (treatment contrasts, brms's validate_terms), not by cell means as after `0 +`."""
+    d = design("y ~ 0 + Intercept + x + f + (1 | g)", people)
+    assert d.x_names == ("Intercept", "x", "fb", "fc") and not d.intercept
+    np.testing.assert_array_equal(d.X[:, 0], np.ones(6))
+    np.testing.assert_array_equal(d.X[:, 1:], design("y ~ x + f + (1 | g)", people).X)
+    assert brms_names(d)["b"] == ("b_Intercept", "b_x", "b_fb", "b_fc")
+    later = design("y ~ 0 + x + Intercept + (1 | g)", people)  # formula order, as model.matrix
+    assert later.x_names == ("x", "Intercept") and brms_names(later)["b"] == ("b_x", "b_Intercept")
+    ones = design("y ~ 0 + Intercept + x + (1 | g)", people.assign(Intercept=1))  # brms's own column: fine
+    np.testing.assert_array_equal(ones.X, d.X[:, :2])
+    with pytest.raises(DataError, match=r"column 'Intercept' with values other than 1 \(first 2\).*ambiguous"):
+        design("y ~ 0 + Intercept + x + (1 | g)", people.assign(Intercept=[1, 2, 1, 1, 1, 1]))
+    info = DesignInfo.from_dict(json.loads(json.dumps(d.info.to_dict())))
+    assert info == d.info and info.terms.intercept_coef
+
+
+def test_offsets_are_evaluated_and_summed(people):
+    frame = people.assign(e=[1.0, 2.0, 4.0, 8.0, 0.5, 3.0], a=np.arange(6.0) - 2.5)
+    d = design("y ~ x + offset(log(e)) + offset(a / 2 - x^2) + (1 | g)", frame)
+    expected = np.log(frame["e"]) + frame["a"] / 2 - frame["x"] ** 2
+    np.testing.assert_allclose(d.offset, expected, rtol=1e-15)
+    assert d.x_names == ("x",) and d.offset.shape == (6,)  # no coefficient for an offset
+    assert design("y ~ x + (1 | g)", frame).offset is None
+    functions = design("y ~ offset(log2(e) + log10(e) + log1p(e) + exp(-e) + sqrt(e)) + (1 | g)", frame).offset
+    e = frame["e"].to_numpy()
+    np.testing.assert_allclose(functions, np.log2(e) + np.log10(e) + np.log1p(e) + np.exp(-e) + np.sqrt(e))
+    new = design("y ~ x + offset(log(e)) + (1 | g)", frame.iloc[:2], reference=design(
+        "y ~ x + offset(log(e)) + (1 | g)", frame).info, min_groups=1)
+    np.testing.assert_allclose(new.offset, np.log([1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "offset, e, match",
+    [
+        ("log(e)", [1.0, 0.0, -1.0, 1, 1, 1],
+         r"offset\(log\(e\)\) takes log\(\) of 2 value\(s\) that are not positive \(first 0 at row 1\).*drop or fix"),
+        ("sqrt(e)", [1.0, -4.0, 1, 1, 1, 1],
+         r"sqrt\(\) of 1 value\(s\) that are not non-negative \(first -4 at row 1\)"),
+        ("log1p(e)", [1.0, -1.0, 1, 1, 1, 1], "that are not greater than -1"),
+        ("e", [1.0, np.inf, 1, 1, 1, 1],
+         r"column 'e' of offset\(e\) has 1 infinite value\(s\) \(first inf at row 1\).*remove or fix those rows"),
+        ("e", [1.0, np.nan, 1, 1, 1, 1], r"'e' has 1 missing value \(first at row 1\).*never drops rows"),
+        ("log(e)", pd.Series(list("abcdef"), dtype=object),
+         r"column 'e' of offset\(log\(e\)\) must be numeric, got dtype .* \(first value 'a'\)\. Convert it"),
+        ("1 / (e - 1)", [1.0, 2.0, 1, 1, 1, 1],
+         r"offset\(1/\(e - 1\)\) is not finite at 5 row\(s\) \(first inf at row 0\)"),
+        ("exp(e)", [1.0, 1e4, 1, 1, 1, 1], r"offset\(exp\(e\)\) is not finite at 1 row\(s\) \(first inf at row 1\)"),
+    ],
+)  # fmt: skip
+def test_offset_errors_name_the_offset_the_value_and_the_fix(people, offset, e, match):
+    with pytest.raises(DataError, match=match):
+        design(f"y ~ x + offset({offset}) + (1 | g)", people.assign(e=e))
+
+
+def test_offset_columns_are_required(people):
+    match = r"variables \['e'\] .* not columns of `data` \(offset\(log\(e\)\) is data: every dataset, `newdata` of "
+    with pytest.raises(DataError, match=match + r"predictions too, needs its columns\)"):
+        design("y ~ x + offset(log(e)) + (1 | g)", people)

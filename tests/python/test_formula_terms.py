@@ -122,7 +122,16 @@ def test_direct_construction_is_checked():
         ("y | trials(10) ~ x", r"trials\(\) needs a column name"),
         ("y ~ log(x)", r"functions such as log\(...\) are not supported.*compute transformed columns"),
         ("y ~ I(x^2)", r"I\(...\) expressions are not supported"),
-        ("y ~ x + offset(o)", r"offsets \(offset\(...\)\) are not supported"),
+        ("y ~ x + offset(o):z", r"an offset must be a term of its own, got 'offset\(o\):z'"),
+        ("y ~ x + offset(o) * z", r"an offset must be a term of its own"),
+        ("y ~ x + (1 + offset(o) | g)", r"offset\(o\) is inside a group-level term; offsets belong to the population"),
+        ("y ~ x - offset(o)", r"an offset cannot be subtracted .*offset\(-o\)"),
+        ("y ~ x + offset()", r"offset\(\) is empty; .*offset\(log\(exposure\)\)"),
+        ("y ~ offset(log(x, 2))", r"cannot read offset\(log\(x, 2\)\) at ',' \(log\(\) takes one argument"),
+        ("y ~ offset(I(x))", r"at 'I' \(the function I\(\) is not supported in offsets\).*log, log2, log10"),
+        ("y ~ offset(a +)", r"cannot read offset\(a \+\) at its end"),
+        ("y ~ offset(a b)", r"cannot read offset\(a b\) at 'b'"),
+        ("y ~ x + offset(log(y))", "uses the response 'y' as a predictor"),
         ("y ~ s(x) + (1 | g)", r"functions such as s\(...\)"),
         ("y ~ .", r"'\.' \(all other columns\) is not supported"),
         ("y ~ (a + b):c", "parentheses are only supported around group-level terms"),
@@ -145,7 +154,14 @@ def test_direct_construction_is_checked():
         ("y ~ a * b - a:b", r"removing terms with '-' \('a:b'\) is not supported, only '- 1'"),
         ("y ~ (1 | g) + (0 + x | g)", r"appears in 2 .*Write \(1 \+ x \| g\) .* \(1 \+ x \|\| g\)"),
         ("y ~ (1 | g) + (1 | g)", "appears in 2 group-level terms"),
-        ("y ~ 0 + Intercept + x", "'Intercept' is reserved"),
+        ("y ~ Intercept + x", r"'Intercept' .* needs the default intercept removed.*'0 \+ Intercept \+ \.\.\.'"),
+        ("y ~ 1 + Intercept", "needs the default intercept removed"),
+        ("y ~ 0 + Intercept:x", r"'Intercept' is reserved .*only stand alone .* '0 \+ Intercept'"),
+        ("y ~ 0 + Intercept * x", "'Intercept' is reserved"),
+        ("y ~ 0 + x + (0 + Intercept | g)", "'Intercept' is reserved"),
+        ("y ~ x + (1 | Intercept)", "'Intercept' is reserved"),
+        ("Intercept ~ 0 + x", "'Intercept' is reserved"),
+        ("y ~ x + offset(log(Intercept))", "'Intercept' is reserved"),
         ("y ~ y + x", "uses the response 'y' as a predictor"),
         ("y ~ x + ((1 | g))", "parentheses are only supported"),
     ],
@@ -153,6 +169,55 @@ def test_direct_construction_is_checked():
 def test_errors(formula, match):
     with pytest.raises(SpecError, match=match):
         parse_formula(formula)
+
+
+def test_zero_plus_intercept_is_a_population_level_term():
+    t = parse_formula("y ~ 0 + Intercept + x + (1 | g)")
+    assert (t.intercept, t.intercept_coef, t.terms) == (False, True, (("Intercept",), ("x",)))
+    assert t.formula == "y ~ 0 + Intercept + x + (1 | g)" and parse_formula(t.formula) == t
+    assert t.variables() == ("y", "x", "g")  # Intercept is no column
+    later = parse_formula("y ~ x + Intercept - 1 + (1 | g)")  # formula order, as model.matrix orders the columns
+    assert later.terms == (("x",), ("Intercept",)) and later.intercept_coef
+    assert not parse_formula("y ~ x + (1 | g)").intercept_coef
+    with pytest.raises(SpecError, match="needs `intercept=False`"):
+        FormulaTerms("y", None, True, (("Intercept",),), None, False, (), True, "y ~ 1 + Intercept")
+
+
+@pytest.mark.parametrize(
+    "formula, offsets, variables",
+    [
+        ("y ~ x + offset(log(exposure)) + (1 | g)", ["log(exposure)"], ("y", "x", "exposure", "g")),
+        ("y ~ offset(o) + x", ["o"], ("y", "x", "o")),
+        ("y ~ x + offset(log(a * b)) + offset(-c/2)", ["log(a * b)", "-c/2"], ("y", "x", "a", "b", "c")),
+        ("y ~ offset(x^2) + x", ["x^2"], ("y", "x")),
+        ("y ~ offset(1e-3 * t) + offset(exp(-(a - b)))", ["0.001 * t", "exp(-(a - b))"], ("y", "t", "a", "b")),
+    ],
+)
+def test_offsets(formula, offsets, variables):
+    t = parse_formula(formula)
+    assert [o.text for o in t.offsets] == offsets and t.variables() == variables
+    assert all(f"offset({o})" in t.formula for o in offsets)
+    assert parse_formula(t.formula) == t
+    assert t.terms in ((), (("x",),))  # offsets are no coefficients
+
+
+@pytest.mark.parametrize(
+    "text, tree",
+    [
+        ("-x^2", ("neg", ("op", "^", ("var", "x"), ("num", 2.0)))),  # R: ^ binds tighter than unary minus
+        ("-x*y", ("op", "*", ("neg", ("var", "x")), ("var", "y"))),
+        ("a - b - c", ("op", "-", ("op", "-", ("var", "a"), ("var", "b")), ("var", "c"))),
+        ("a - (b - c)", ("op", "-", ("var", "a"), ("op", "-", ("var", "b"), ("var", "c")))),
+        ("2^3^4", ("op", "^", ("num", 2.0), ("op", "^", ("num", 3.0), ("num", 4.0)))),
+        ("(2^3)^4", ("op", "^", ("op", "^", ("num", 2.0), ("num", 3.0)), ("num", 4.0))),
+        ("a/(b*c)", ("op", "/", ("var", "a"), ("op", "*", ("var", "b"), ("var", "c")))),
+        ("log1p(+x)", ("call", "log1p", ("var", "x"))),
+    ],
+)
+def test_offset_expressions_follow_r_precedence_and_write_back(text, tree):
+    (offset,) = parse_formula(f"r ~ offset({text})").offsets
+    assert offset.expr == tree
+    assert parse_formula(f"r ~ offset({offset.text})").offsets[0].expr == tree
 
 
 def test_non_string_formula():

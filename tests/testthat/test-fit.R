@@ -118,3 +118,24 @@ test_that("refine = TRUE replaces the amortized draws by HMC draws with Stan's d
   expect_error(quietly(update(fit, refine = TRUE, refine_control = list(chains = 1))), "`chains`",
                class = "mlnpe_config_error")
 })
+
+test_that("offsets and 0 + Intercept go through fits and predictions", {
+  skip_if_no_mlnpe_python()
+  d <- tiny_data(J = 5, n = 6)
+  d$expo <- withr::with_seed(2, stats::runif(nrow(d), 0.5, 3))
+  tr <- list(steps = 5, batch_size = 4, progress = FALSE)
+  fit <- quietly(mlnpe(count ~ 0 + Intercept + x + offset(log(expo)) + (1 | g), d, family = poisson(), train = tr,
+                       network = tiny_network, cache = tiny_cache(), ndraws = 20, seed = 1, refine = FALSE, focus = 0,
+                       prior = mlnpe_prior(normal(0, 1), class = b, coef = Intercept)))
+  expect_equal(variables(fit)[1:3], c("b_Intercept", "b_x", "sd_g__Intercept"))
+  ps <- prior_summary(fit)
+  expect_equal(ps$class[ps$coef == "Intercept"], c("b", "sd"))
+  expect_equal(ps$prior[ps$class == "b"][1], "normal(0, 1)")
+  expect_false("Intercept" %in% ps$class)
+  new <- d[1:4, ]
+  doubled <- transform(new, expo = 2 * expo)
+  expect_equal(posterior_epred(fit, newdata = doubled), 2 * posterior_epred(fit, newdata = new), tolerance = 1e-10)
+  expect_error(posterior_epred(fit, newdata = new[setdiff(names(new), "expo")]), "'expo'", class = "mlnpe_data_error")
+  bad <- transform(new, expo = c(0, 1, 1, 1))
+  expect_error(posterior_epred(fit, newdata = bad), "offset\\(log\\(expo\\)\\) takes log\\(\\)", class = "mlnpe_data_error")
+})

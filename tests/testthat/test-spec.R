@@ -79,3 +79,17 @@ test_that("bad prior objects are errors naming the argument", {
   expect_error(mlnpe:::prior_rows(data.frame(p = 1)), "columns 'prior' and 'class'", class = "mlnpe_prior_error")
   expect_equal(mlnpe:::prior_rows(NULL), list())
 })
+
+test_that("offsets and brms's 0 + Intercept reach Python intact", {
+  s <- mlnpe:::formula_spec(count ~ 0 + Intercept + x + offset(log(area * years)) + (1 | g))
+  expect_equal(s$text, "count ~ 0 + Intercept + x + offset(log(area * years)) + (1 | g)")
+  expect_setequal(s$vars, c("count", "x", "area", "years", "g"))  # Intercept is no column; offset columns are sent
+  d <- data.frame(count = 1:4, x = c(0.1, 0.2, 0.3, 0.4), area = c(1, 2, 3, 4), years = c(2, 2, 1, 1),
+                  g = c("a", "a", "b", "b"))
+  sent <- mlnpe:::encode_data(d, s$vars, s$response, mlnpe_family("poisson"), s$groups)
+  expect_equal(sent$area, d$area)
+  expect_equal(sent$years, d$years)
+  expect_error(mlnpe:::check_columns(d[c("count", "x", "g", "area")], s$vars, "newdata"), "'years'",
+               class = "mlnpe_data_error")
+  expect_equal(mlnpe:::formula_spec("y ~ x + offset(-z/2) + (1 | g)")$text, "y ~ x + offset(-z/2) + (1 | g)")
+})

@@ -107,14 +107,16 @@ class FormulaNPE:
         design = build_design(self.terms, data)
         self.family.check_response(design.y, design.trials, argument=self.terms.response)
         self.info: DesignInfo = design.info
-        # brms centres predictors only when the model has an intercept (the Intercept prior is then the
-        # intercept of centred predictors); the centring is fixed here, at training time.
+        # brms centres predictors only when the model has the default intercept (the Intercept prior is then the
+        # intercept of centred predictors; not with `0 + Intercept`); the centring is fixed here, at training time.
         self.x_means = np.asarray(design.x_means, dtype=float) * (1.0 if design.intercept else 0.0)
         self.user_priors = as_prior_specs(prior)
         self.resolved = design_priors(design, self.terms, self.family, self.user_priors)
         self.slots = global_slots(self.resolved, self.terms.group, self.family)
-        x, self.feature_names, self.z_source, self.trials_column = design_features(design, design.trials is not None)
-        self.pool = CovariatePool.from_rows(x, design.group, len(design.levels))
+        features = design_features(design, design.trials is not None)
+        self.feature_names, self.x_source, self.z_source = features.names, features.x_source, features.z_source
+        self.trials_column, self.offset_column = features.trials_column, features.offset_column
+        self.pool = CovariatePool.from_rows(features.x, design.group, len(design.levels))
         self.z_names = tuple(design.z_names)
         default_groups, default_rows = default_ranges(len(design.levels), np.bincount(design.group))
         self.groups = default_groups if groups is None else check_sizes("groups", groups)
@@ -159,8 +161,8 @@ class FormulaNPE:
 
     def _model(self) -> FormulaModel:
         return FormulaModel(
-            self.slots, self.z_names, self.z_source, self.family.name, self.x_means, len(self.x_means),
-            self.feature_names, self.trials_column, self.pool, self.terms.response,
+            self.slots, self.z_names, self.z_source, self.family.name, self.x_means, self.x_source,
+            self.feature_names, self.trials_column, self.pool, self.terms.response, self.offset_column,
         )
 
     def prior_summary(self) -> Any:
@@ -234,7 +236,7 @@ class FormulaNPE:
         """Builds the network input of a dataset with the stored design information (factor levels, columns)."""
         design = build_design(self.terms, data, reference=self.info)
         self.family.check_response(design.y, design.trials, argument=self.terms.response)
-        x, _, _, _ = design_features(design, design.trials is not None)
+        x = design_features(design, design.trials is not None).x
         ys = [design.y[design.group == j][:, None] for j in range(len(design.levels))]
         xs = [x[design.group == j] for j in range(len(design.levels))]
         names = {"y_names": (self.terms.response,)}
@@ -331,7 +333,9 @@ class FormulaNPE:
         self.feature_names = list(state["feature_names"])
         self.z_names = tuple(state["z_names"])
         self.z_source = list(state["z_source"])
+        self.x_source = list(state.get("x_source", range(len(self.x_means))))  # saved only when not 0..K-1
         self.trials_column = state["trials_column"]
+        self.offset_column = state.get("offset_column")  # saved only with an offset
         self.pool = state["pool"]
         self.groups, self.rows = tuple(state["groups"]), tuple(state["rows"])
         self.network = network_from_saved(state["network"])

@@ -1,9 +1,10 @@
 """Data -> design matrices with brms's column names: the second stage of the formula pipeline.
 
 :func:`build_design` turns parsed :class:`~mlnpe.formula.terms.FormulaTerms` and a data frame into a
-:class:`Design`: the response, the population-level matrix X (without the intercept), the group-level
-matrix Z and the group codes. Columns are coded as R's `model.matrix()` codes them and named as brms names
-them, so `Reaction ~ Days + (Days | Subject)` gives X = [Days] and Z = [Intercept, Days].
+:class:`Design`: the response, the population-level matrix X (without the default intercept), the group-level
+matrix Z, the group codes and the offset. Columns are coded as R's `model.matrix()` codes them and named as brms
+names them, so `Reaction ~ Days + (Days | Subject)` gives X = [Days] and Z = [Intercept, Days], and
+`y ~ 0 + Intercept + Days + (1 | Subject)` gives X = [Intercept, Days] with a column of ones named Intercept.
 
 Coding rules (R's `model.matrix`, the heuristic of *Statistical Models in S*, p. 38):
 
@@ -13,7 +14,12 @@ Coding rules (R's `model.matrix`, the heuristic of *Statistical Models in S*, p.
   indicator per level otherwise; without an intercept, the first factor of the first term holding a factor
   gets an indicator for every level (`0 + f` gives a column per level);
 * interaction columns are products, named `x:SexFemale` with the variables in formula order and the first
-  variable's columns varying fastest.
+  variable's columns varying fastest;
+* with brms's `0 + Intercept` factors are coded as with an intercept (brms's `validate_terms`), the intercept
+  being the column Intercept of X.
+
+Offsets are evaluated on the data's numeric columns and summed into :attr:`Design.offset`; every row's offset
+must be finite (log of a non-positive value, a missing or infinite value raise a DataError naming the offset).
 
 Factor levels are ordered as R orders them: the category order of a pandas Categorical (unused categories
 are dropped, as brms's `drop_unused_levels = TRUE` does), FALSE < TRUE for bool columns, numeric order for
@@ -39,7 +45,7 @@ import pandas as pd
 
 from ..errors import DataError, SpecError
 from .names import brms_rename
-from .terms import FormulaTerms, parse_formula
+from .terms import INTERCEPT, FormulaTerms, OffsetTerm, parse_formula
 
 __all__ = ["Design", "DesignInfo", "as_frame", "build_design"]
 
@@ -127,9 +133,11 @@ class Design:
     Attributes:
         y: (rows,) response as float.
         trials: (rows,) int64 binomial trials, or None.
-        X: (rows, K) population-level columns without the intercept.
+        offset: (rows,) the sum of the formula's offsets, or None without offsets.
+        X: (rows, K) population-level columns without the default intercept (with the column of ones
+            "Intercept" under brms's `0 + Intercept`).
         x_names: (K,) column names of X, e.g. ("x", "SexFemale", "x:SexFemale").
-        intercept: whether the model has a population-level intercept.
+        intercept: whether the model has the default population-level intercept (brms's `Intercept` class).
         x_means: (K,) column means of X (brms centres X by them; see
             :func:`mlnpe.formula.names.uncenter_intercept`).
         Z: (rows, M) group-level columns.
@@ -141,6 +149,7 @@ class Design:
 
     y: np.ndarray
     trials: np.ndarray | None
+    offset: np.ndarray | None
     X: np.ndarray
     x_names: tuple[str, ...]
     intercept: bool
@@ -174,7 +183,8 @@ def build_design(
     Raises:
         SpecError: the formula has no grouping factor, or `reference` belongs to another formula.
         DataError: missing columns, missing values, non-numeric response, fewer than 2 groups, a factor
-            with one level, invalid trials, or a factor level unseen by `reference`.
+            with one level, invalid trials, an offset that is not finite on every row, a column Intercept
+            other than ones beside `0 + Intercept`, or a factor level unseen by `reference`.
 
     Example:
         >>> data = {"y": [1.0, 2, 3], "x": [0.0, 1, 2], "g": ["a", "a", "b"]}
@@ -194,17 +204,19 @@ def build_design(
         )
     frame = as_frame(data)
     used = terms.variables()
-    _check_present(frame, used)
+    _check_present(frame, used, terms.offsets)
     _check_missing(frame, used)
     for name in used:
         _check_one_kind(frame[name], name)
         if name != terms.group:
             _check_not_temporal(frame[name], name)
+    _check_intercept_column(frame, terms)
     if reference is None:
         levels, numeric = _learn_kinds(frame, _predictors(terms))
     else:
         levels, numeric = dict(reference.factor_levels), reference.numeric
     values = _predictor_values(frame, levels, numeric, checked=reference is not None)
+    values[INTERCEPT] = np.ones(len(frame))  # the column of `0 + Intercept` (no variable has this name)
     x_plan, z_plan = _plans(terms, levels)
     X = _evaluate(x_plan, values, levels, len(frame))
     Z = _evaluate(z_plan, values, levels, len(frame))
@@ -218,6 +230,7 @@ def build_design(
     return Design(
         y=y,
         trials=trials,
+        offset=_offset(frame, terms.offsets),
         X=X,
         x_names=x_names,
         intercept=terms.intercept,
@@ -265,12 +278,31 @@ def as_frame(data: Any) -> pd.DataFrame:
     return frame
 
 
-def _check_present(frame: pd.DataFrame, names: Sequence[str]) -> None:
+def _check_present(frame: pd.DataFrame, names: Sequence[str], offsets: Sequence[OffsetTerm]) -> None:
     missing = [n for n in names if n not in frame.columns]
     if missing:
+        in_offsets = [str(o) for o in offsets if set(o.variables) & set(missing)]
+        note = (
+            f" ({', '.join(in_offsets)} is data: every dataset, `newdata` of predictions too, needs its columns)"
+            if in_offsets else ""
+        )  # fmt: skip
         raise DataError(
-            f"variables {missing} used in the formula are not columns of `data`; available columns: "
+            f"variables {missing} used in the formula are not columns of `data`{note}; available columns: "
             f"{list(frame.columns)}. Fix the formula or rename the columns."
+        )
+
+
+def _check_intercept_column(frame: pd.DataFrame, terms: FormulaTerms) -> None:
+    """Beside `0 + Intercept` a data column named Intercept must be ones, brms's reserved intercept column."""
+    if not terms.intercept_coef or INTERCEPT not in frame.columns:
+        return
+    column = frame[INTERCEPT]
+    others = [v for v in column.tolist() if not (_is_numeric(column) and v == 1)]
+    if others:
+        raise DataError(
+            f"`data` has a column 'Intercept' with values other than 1 (first {others[0]!r}), but 'Intercept' "
+            f"in the formula {terms.formula!r} is brms's intercept as a coefficient (a column of ones): which one is "
+            "meant is ambiguous. Rename or drop the column."
         )
 
 
@@ -493,19 +525,92 @@ def _group_codes(series: pd.Series, name: str, min_groups: int = 2) -> tuple[np.
     return _codes(series, levels, name), levels
 
 
+# --- offsets -----------------------------------------------------------------------------------------------
+
+_OFFSET_DOMAINS = {  # function -> (which arguments are outside its domain, what the arguments must be)
+    "log": (lambda v: v <= 0, "positive"), "log2": (lambda v: v <= 0, "positive"),
+    "log10": (lambda v: v <= 0, "positive"), "log1p": (lambda v: v <= -1, "greater than -1"),
+    "sqrt": (lambda v: v < 0, "non-negative"),
+}
+_OFFSET_UFUNCS = {"log": np.log, "log2": np.log2, "log10": np.log10, "log1p": np.log1p, "exp": np.exp, "sqrt": np.sqrt}
+_OFFSET_OPS = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}
+
+
+def _offset(frame: pd.DataFrame, offsets: Sequence[OffsetTerm]) -> np.ndarray | None:
+    """The sum of the offsets' values (rows,), each checked to be finite on every row; None without offsets."""
+    if not offsets:
+        return None
+    total = np.zeros(len(frame))
+    for offset in offsets:
+        columns = {name: _offset_column(frame[name], name, offset) for name in offset.variables}
+        with np.errstate(all="ignore"):  # non-finite results are reported below, by row
+            values = _evaluate_offset(offset.expr, columns, offset, len(frame))
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise DataError(
+                f"`data`: {offset} is not finite at {int(bad.sum())} row(s) (first {float(values[bad][0]):g} at row "
+                f"{int(np.argmax(bad))}). An offset must be finite on every row: drop or fix those rows."
+            )
+        total += values
+    return total
+
+
+def _offset_column(series: pd.Series, name: str, offset: OffsetTerm) -> np.ndarray:
+    if not _is_numeric(series):
+        raise DataError(
+            f"`data`: column {name!r} of {offset} must be numeric, got dtype {series.dtype} (first value "
+            f"{series.iloc[0]!r}). Convert it to numbers, e.g. data[{name!r}] = data[{name!r}].astype(float)."
+        )
+    values = series.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataError(
+            f"`data`: column {name!r} of {offset} has {int(bad.sum())} infinite value(s) (first "
+            f"{float(values[bad][0]):g} at row {int(np.argmax(bad))}). An offset must be finite on every row: "
+            "remove or fix those rows."
+        )
+    return values
+
+
+def _evaluate_offset(node: tuple, columns: Mapping[str, np.ndarray], offset: OffsetTerm, rows: int) -> np.ndarray:
+    """The values (rows,) of an offset's expression tree (`OffsetTerm.expr`)."""
+    kind = node[0]
+    if kind == "num":
+        return np.full(rows, node[1])
+    if kind == "var":
+        return columns[node[1]]
+    if kind == "neg":
+        return -_evaluate_offset(node[1], columns, offset, rows)
+    if kind == "op":
+        left, right = (_evaluate_offset(child, columns, offset, rows) for child in node[2:])
+        return _OFFSET_OPS[node[1]](left, right)
+    function, argument = node[1], _evaluate_offset(node[2], columns, offset, rows)
+    outside, need = _OFFSET_DOMAINS.get(function, (lambda v: np.zeros(v.shape, dtype=bool), ""))
+    bad = outside(argument)
+    if bad.any():
+        raise DataError(
+            f"`data`: {offset} takes {function}() of {int(bad.sum())} value(s) that are not {need} (first "
+            f"{float(argument[bad][0]):g} at row {int(np.argmax(bad))}). An offset must be finite on every row: drop "
+            "or fix those rows."
+        )
+    return _OFFSET_UFUNCS[function](argument)
+
+
 # --- columns -----------------------------------------------------------------------------------------------
 
 
 def _predictors(terms: FormulaTerms) -> tuple[str, ...]:
-    """Variables of X and Z, in formula order."""
-    return tuple(dict.fromkeys(v for term in terms.terms + terms.group_terms for v in term))
+    """Variables of X and Z, in formula order (`Intercept` of `0 + Intercept` is no variable)."""
+    names = (v for term in terms.terms + terms.group_terms if term != (INTERCEPT,) for v in term)
+    return tuple(dict.fromkeys(names))
 
 
 def _plans(
     terms: FormulaTerms, levels: Mapping[str, tuple[str, ...]]
 ) -> tuple[tuple[tuple[str, _Column], ...], tuple[tuple[str, _Column], ...]]:
-    """(name, column) lists of X (without intercept) and Z (with "Intercept" first if varying)."""
-    x_plan = _plan(terms.intercept, terms.terms, levels)
+    """(name, column) lists of X (without the default intercept) and Z (with "Intercept" first if varying)."""
+    # brms codes factors beside `0 + Intercept` as with an intercept (treatment contrasts, no cell means)
+    x_plan = _plan(terms.intercept or terms.intercept_coef, terms.terms, levels)
     z_plan = _plan(terms.group_intercept, terms.group_terms, levels)
     if terms.group_intercept:
         z_plan = (("Intercept", ()),) + z_plan

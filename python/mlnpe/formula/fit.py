@@ -1,6 +1,7 @@
 """Posterior draws of one dataset under a formula model, and the predictions brms makes from them.
 
-* :func:`design_features`: the per-row features the networks see beside y (X columns, extra Z columns, trials).
+* :func:`design_features`: the per-row features the networks see beside y (X columns, extra Z columns, trials,
+  offset), and where the model finds its columns among them.
 * :func:`fit_dataset`: amortized draws of a dataset, certified by PSIS and refined by HMC where PSIS finds them
   unreliable (`mlnpe.inference.policy.psis_unreliable`); what `FormulaNPE.fit` runs.
 * :class:`FormulaFit`: the draws in brms's names, with brms's verbs `linear_predictor`, `posterior_epred`,
@@ -17,7 +18,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -31,21 +32,55 @@ from ..inference.policy import psis_unreliable
 from .design import Design, build_design
 from .focus import region_edges
 from .names import brms_draws
+from .terms import INTERCEPT
 
 if TYPE_CHECKING:
     from .api import FormulaNPE
 
-__all__ = ["FormulaFit", "design_features", "fit_dataset", "log_joint", "prediction_frame", "with_new_levels"]
+__all__ = [
+    "DesignFeatures",
+    "FormulaFit",
+    "design_features",
+    "fit_dataset",
+    "log_joint",
+    "prediction_frame",
+    "with_new_levels",
+]
 
 
-def design_features(design: Design, trials: bool) -> tuple[np.ndarray, list[str], list[int], int | None]:
-    """Per-row features the networks see beside y: X columns, extra Z columns, trials.
+class DesignFeatures(NamedTuple):
+    """The per-row features the networks see beside y, and where the model finds its columns among them.
 
-    Returns the feature matrix, its column names, the Z-source index of every Z column (-1 = intercept) and the
-    trials column index.
+    Attributes:
+        x: (rows, d_x) the features: the columns of X (but the ones of `0 + Intercept`), the columns of Z that are
+            not in X, the trials, the offset.
+        names: (d_x,) their names.
+        x_source: (K,) for each column of X the feature it is, -1 for the column of ones of `0 + Intercept`.
+        z_source: (M,) for each column of Z the feature it is, -1 for the varying intercept.
+        trials_column: the trials feature, or None.
+        offset_column: the offset feature, or None.
     """
-    columns = [design.X[:, k] for k in range(design.X.shape[1])]
-    names = list(design.x_names)
+
+    x: np.ndarray
+    names: list[str]
+    x_source: list[int]
+    z_source: list[int]
+    trials_column: int | None
+    offset_column: int | None
+
+
+def design_features(design: Design, trials: bool) -> DesignFeatures:
+    """The per-row features the networks see beside y (see :class:`DesignFeatures`). A column of ones tells the
+    networks nothing, so the intercept of `0 + Intercept` is no feature."""
+    ones = design.info.terms.intercept_coef  # then the column Intercept of X is brms's column of ones
+    columns, names, x_source = [], [], []
+    for k, name in enumerate(design.x_names):
+        if ones and name == INTERCEPT:
+            x_source.append(-1)
+            continue
+        x_source.append(len(names))
+        names.append(name)
+        columns.append(design.X[:, k])
     z_source = []
     for m, z in enumerate(design.z_names):
         if z == "Intercept":
@@ -56,13 +91,17 @@ def design_features(design: Design, trials: bool) -> tuple[np.ndarray, list[str]
             z_source.append(len(names))
             names.append(z)
             columns.append(design.Z[:, m])
-    trials_column = None
+    trials_column = offset_column = None
     if trials:
         trials_column = len(names)
         names.append("trials")
         columns.append(design.trials.astype(float))
+    if design.offset is not None:
+        offset_column = len(names)
+        names.append(" + ".join(str(offset) for offset in design.info.terms.offsets))
+        columns.append(design.offset)
     x = np.stack(columns, 1) if columns else np.zeros((len(design.y), 0))
-    return x, names, z_source, trials_column
+    return DesignFeatures(x, names, x_source, z_source, trials_column, offset_column)
 
 
 def fit_dataset(
@@ -276,7 +315,8 @@ class FormulaFit:
         return design
 
     def linear_predictor(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:
-        """eta (draws, rows) on the link scale, rows in the order of the data."""
+        """eta (draws, rows) on the link scale, rows in the order of the data; the offset included (`newdata`
+        needs its columns), as in brms."""
         design = self._design_for(newdata)
         n_draws = self.raw.n_draws if ndraws is None else min(check_int(ndraws, "ndraws"), self.raw.n_draws)
         check_memory(  # eta, its parts and the group-level effects of every row, float64
@@ -289,6 +329,8 @@ class FormulaFit:
         eta = np.repeat(intercept[:, None], len(design.y), 1)
         if b.shape[1]:
             eta = eta + b @ (design.X - self.model.x_means).T
+        if design.offset is not None:
+            eta = eta + design.offset
         codes = np.array([self.design.levels.index(level) for level in design.levels])[design.group]
         eta = eta + np.einsum("nm,snm->sn", design.Z, r[:, codes, :])
         return eta

@@ -63,7 +63,7 @@ def formula_logo(
 
     data = as_frame(data)
     _, design = model.grouped_data(data)
-    x, _, _, _ = design_features(design, design.trials is not None)
+    x = design_features(design, design.trials is not None).x
     base = 0 if seed is None else seed
     held_rows = [design.group == j for j in range(len(design.levels))]
 

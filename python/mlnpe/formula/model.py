@@ -6,13 +6,16 @@ Parameters, in brms's order:
   `cor_<g>__<zi>__<zj>` (one LKJ block), and the family parameters (sigma, shape, nu);
 - local: the group-level effects r_j of every group (one per column of Z).
 
-Model: eta_ij = Intercept + (x_ij - x_means) b + z_ij r_j; r_j ~ MVN(0, diag(sd) Omega diag(sd)); y_ij ~ family(eta).
+Model: eta_ij = Intercept + (x_ij - x_means) b + z_ij r_j + offset_ij; r_j ~ MVN(0, diag(sd) Omega diag(sd));
+y_ij ~ family(eta). With brms's `0 + Intercept` there is no `Intercept` parameter: `b_Intercept` is the coefficient of
+a column of ones in x, and x_means are 0. The offset is data (a feature column), with coefficient 1.
 
-Covariates for training datasets are resampled from the user's data. A simulated group takes the covariate
-rows of a randomly chosen observed group. 75 % of the time it keeps that group's size and copies its rows in a
-random order, so every observed group's design is among the training designs; otherwise its size is log-uniform
-over the trained range and its rows are drawn with replacement. This keeps the designs realistic for users who
-refit new data of the same design or leave groups out, while still covering the whole range of N_j.
+Covariates for training datasets are resampled from the user's data (offsets travel with their rows). A simulated
+group takes the covariate rows of a randomly chosen observed group. 75 % of the time it keeps that group's size and
+copies its rows in a random order, so every observed group's design is among the training designs; otherwise its
+size is log-uniform over the trained range and its rows are drawn with replacement. This keeps the designs
+realistic for users who refit new data of the same design or leave groups out, while still covering the whole
+range of N_j.
 """
 
 from __future__ import annotations
@@ -117,11 +120,13 @@ class FormulaModel(TwoLevelModel):
         z_source: for each Z column, -1 for the intercept or the index of the feature column it copies.
         family: family name.
         x_means: (K,) means of the population-level columns (centring).
-        n_x: K, number of population-level columns (the first K feature columns).
+        x_source: (K,) for each population-level column, -1 for a column of ones (`0 + Intercept`) or the index of
+            the feature column it copies.
         feature_names: names of the per-row feature columns the networks see beside y.
         trials_column: index of the trials feature (binomial), or None.
         pool: covariate rows to resample designs from.
-        prior_local_corr: whether the group-level effects are correlated.
+        y_name: name of the response.
+        offset_column: index of the offset feature (added to eta with coefficient 1), or None.
     """
 
     ordered_rows = False
@@ -133,19 +138,20 @@ class FormulaModel(TwoLevelModel):
         z_source: Sequence[int],
         family: str,
         x_means: Sequence[float],
-        n_x: int,
+        x_source: Sequence[int],
         feature_names: Sequence[str],
         trials_column: int | None,
         pool: CovariatePool,
         y_name: str = "y",
+        offset_column: int | None = None,
     ):
         self.slots = tuple(slots)
         self.family = get_family(family)
         self.z_names = tuple(z_names)
         self.z_source = torch.as_tensor(list(z_source), dtype=torch.long)
         self.x_means = torch.as_tensor(np.asarray(x_means, dtype=np.float32).reshape(-1))
-        self.n_x = int(n_x)
-        self.trials_column = trials_column
+        self.x_source = torch.as_tensor(list(x_source), dtype=torch.long)
+        self.trials_column, self.offset_column = trials_column, offset_column
         self.pool = pool
         self.global_params = tuple(ParamSpec(s.name, s.support, s.labels) for s in self.slots)
         self.local_params = tuple(ParamSpec(z, "real") for z in self.z_names)
@@ -156,6 +162,11 @@ class FormulaModel(TwoLevelModel):
         self._sampling_priors = [s.prior for s in self.slots]
         if len(self.z_source) != len(self.z_names):
             raise SpecError("`z_source` needs one entry per group-level coefficient.")
+        if len(self.x_source) != len(self.x_means):
+            raise SpecError(
+                f"`x_source` needs one entry per population-level column ({len(self.x_means)} `x_means`), got "
+                f"{len(self.x_source)}."
+            )
 
     # ---- parameter access ---------------------------------------------------------------------------------
     def _block(self, global_params: Tensor, kind: str) -> list[tuple[GlobalSlot, Tensor]]:
@@ -273,29 +284,22 @@ class FormulaModel(TwoLevelModel):
         x[b, j, r] = self.pool.x[source[b, j], row_index]
         return GroupedBatch(None, row_mask, group_mask, x)
 
-    def linear_predictor(self, global_params: Tensor, local_params: Tensor, x: Tensor) -> Tensor:
-        """eta: global (..., B, G), local (..., B, J, M), features x (B, J, N, d_x) -> (..., B, J, N)."""
-        b = self.coefficients(global_params)
-        eta = self.intercept(global_params)[..., None, None]
-        if b.shape[-1]:
-            centred = x[..., : self.n_x] - self.x_means
-            eta = eta + torch.einsum("bjnk,...bk->...bjn", centred, b)
-        ones = x.new_ones(*x.shape[:-1], 1)
-        z = torch.cat([ones, x], -1)[..., self.z_source + 1]  # (B, J, N, M); source -1 picks the ones column
-        return eta + torch.einsum("bjnm,...bjm->...bjn", z, local_params)
-
-    def _packed(self, global_params: Tensor, local_params: Tensor, row_mask: Tensor, x: Tensor | None):
-        """The real rows only (padding is 90 % of a simulated batch): their (batch, group) indices, linear predictor
-        (..., R), family parameters (..., R, A) and trials (R,) or None."""
+    def packed_rows(self, global_params: Tensor, local_params: Tensor, row_mask: Tensor, x: Tensor | None):
+        """The linear predictor on the real rows only (padding is 94 % of a simulated radon batch): global (..., B,
+        G), local (..., B, J, M), row mask (B, J, N), features (B, J, N, d_x) or None -> the real rows' (batch,
+        group, row) indices (R,) each, in `row_mask.nonzero()` order, eta (..., R) (offset included), the family's
+        auxiliary parameters (..., R, A) and the trials (R,) or None."""
         b, j, n = row_mask.nonzero(as_tuple=True)
         dtype = global_params.dtype
         rows = x[b, j, n].to(dtype) if x is not None else global_params.new_zeros(len(b), 0)
+        with_ones = torch.cat([rows.new_ones(len(b), 1), rows], -1)  # source -1 picks the ones column
         eta = self.intercept(global_params)[..., b]
         coef = self.coefficients(global_params)
         if coef.shape[-1]:
-            eta = eta + ((rows[:, : self.n_x] - self.x_means.to(dtype)) * coef[..., b, :]).sum(-1)
-        z = torch.cat([rows.new_ones(len(b), 1), rows], -1)[:, self.z_source + 1]  # source -1 picks the ones column
-        eta = eta + (z * local_params[..., b, j, :]).sum(-1)
+            eta = eta + ((with_ones[:, self.x_source + 1] - self.x_means.to(dtype)) * coef[..., b, :]).sum(-1)
+        eta = eta + (with_ones[:, self.z_source + 1] * local_params[..., b, j, :]).sum(-1)
+        if self.offset_column is not None:
+            eta = eta + rows[:, self.offset_column]
         aux = self.aux(global_params)[..., b, :]
         trials = None if self.trials_column is None else rows[:, self.trials_column]
         return (b, j, n), eta, aux, trials
@@ -303,7 +307,7 @@ class FormulaModel(TwoLevelModel):
     def simulate(
         self, global_params: Tensor, local_params: Tensor, design: GroupedBatch, generator: torch.Generator
     ) -> Tensor:
-        (b, j, n), eta, aux, trials = self._packed(global_params, local_params, design.row_mask, design.x)
+        (b, j, n), eta, aux, trials = self.packed_rows(global_params, local_params, design.row_mask, design.x)
         cells = eta[:, None, None]  # the family's (groups, rows) axes, one cell per real row
         y = self.family.simulate(cells, aux, None if trials is None else trials[:, None, None], generator)
         out = eta.new_zeros(*design.row_mask.shape, 1)
@@ -327,7 +331,7 @@ class FormulaModel(TwoLevelModel):
         return -0.5 * (sol * sol).sum(-1) - logdet - 0.5 * m * float(np.log(2 * np.pi))
 
     def log_likelihood(self, batch: GroupedBatch, global_params: Tensor, local_params: Tensor) -> Tensor:
-        (b, j, n), eta, aux, trials = self._packed(global_params, local_params, batch.row_mask, batch.x)
+        (b, j, n), eta, aux, trials = self.packed_rows(global_params, local_params, batch.row_mask, batch.x)
         y = batch.y[b, j, n, 0]
         lp = self.family.log_lik(y[:, None, None], eta[..., None, None], aux,
                                  None if trials is None else trials[:, None, None])[..., 0, 0]  # fmt: skip

@@ -20,6 +20,10 @@ Differences from brms, because mlnpe simulates parameters from the prior to trai
   20, 99% between 1.5 and 66), the same as brms's default for ``nu``; set your own with
   ``prior("gamma(...)", class_="shape")``. The Stan reference uses the same prior, so comparisons stay exact.
 * ``nu ~ gamma(2, 0.1)`` with ``lb = 1`` (student) is brms's default and is kept.
+* With brms's ``0 + Intercept`` the intercept is the class ``b`` coefficient ``Intercept`` (as in brms: priors on
+  class ``b`` apply to it, ``coef = "Intercept"`` targets it alone, and there is no ``Intercept`` class). Its
+  default (flat in brms) is the data-based default of the ``Intercept`` class, ``student_t(3, loc, scale)``; as
+  the predictors are not centred, set your own when they are far from 0.
 
 Scale classes (``sd``, ``sigma``, ``shape``) get ``lb = 0`` and ``nu`` gets ``lb = 1`` automatically, so that
 e.g. ``student_t(3, 0, 2.5)`` on ``sd`` is a half-Student-t, as in brms.
@@ -544,7 +548,13 @@ def resolve_priors(
         if not any(slot.matches(spec) for slot in slots):
             valid = sorted({key for slot in slots for key in slot.keys()})
             listing = ", ".join(f"(class={c!r}, coef={k!r}, group={g!r})" for c, k, g in valid)
-            raise SpecError(f"user {spec} matches no parameter of the model; valid combinations are: {listing}.")
+            hint = ""
+            if spec.class_ == "Intercept" and ("b", "Intercept", "") in valid:
+                hint = (" With `0 + Intercept` the intercept is the class 'b' coefficient 'Intercept', as in brms: use "
+                        "prior(..., class_='b', coef='Intercept').")  # fmt: skip
+            raise SpecError(
+                f"user {spec} matches no parameter of the model; valid combinations are: {listing}.{hint}"
+            )
     out = []
     for slot in slots:
         candidates = [spec for spec in user if slot.matches(spec)]
@@ -561,7 +571,8 @@ def design_priors(
     design: Design, terms: FormulaTerms, family: Family, user: Sequence[PriorSpec]
 ) -> list[tuple[ParamSlot, PriorDist, str]]:
     """The prior in force for every parameter of a formula model: `resolve_priors` over `param_slots`, with the
-    data-based `default_priors` of the design's response and the SDs of its population-level columns."""
+    data-based `default_priors` of the design's response and the SDs of its population-level columns (the
+    coefficient Intercept of `0 + Intercept` gets the default of the Intercept class)."""
     sd_x = {name: float(np.std(design.X[:, k], ddof=1)) if len(design.y) > 1 else 1.0
             for k, name in enumerate(design.x_names)}
     try:
@@ -571,6 +582,8 @@ def design_priors(
             f"the scale of the data gives no default prior that mlnpe can simulate from ({error}) Rescale the response "
             f"{terms.response!r} and the covariates (e.g. other units)."
         ) from None
+    if terms.intercept_coef:  # `0 + Intercept`: the Intercept class's default, not a slope's (see the module doc)
+        defaults["b_Intercept"] = defaults["Intercept"]
     return resolve_priors(param_slots(design, terms, family), user, defaults, sd_x)
 
 

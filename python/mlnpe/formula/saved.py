@@ -1,7 +1,8 @@
 """The saved form of a formula model: a JSON specification, the covariate pool's tensors and the amortizer.
 
-A saved FormulaNPE is a directory: `formula.json` (:func:`config_dict`: formula, family, priors in force, user
-priors, design information, features, ranges, network, seed, focusing region and rounds), `pool.pt` (the
+A saved FormulaNPE is a directory: `formula.json` (:func:`config_dict`: formula (with `0 + Intercept` and offsets),
+family, priors in force, user priors, design information, features, ranges, network, seed, focusing region and
+rounds), `pool.pt` (the
 covariate pool, loaded with `weights_only=True`) and `amortizer/` (`MultilevelNPE.save`). No pickle.
 :func:`spec_hash` keys the on-disk cache (`mlnpe.formula.cache`) by everything that determines the trained
 amortizer.
@@ -44,8 +45,13 @@ FORMULA_FILE, POOL_FILE, AMORTIZER_DIR = "formula.json", "pool.pt", "amortizer"
 
 
 def config_dict(model: FormulaNPE) -> dict[str, Any]:
-    """The JSON specification of a formula model (`formula.json`), training results (region, rounds) included."""
-    return {
+    """The JSON specification of a formula model (`formula.json`), training results (region, rounds) included.
+
+    The formula covers `0 + Intercept` and the offsets' expressions (the offsets' values are a column of the pool);
+    "x_source" and "offset_column" are written only where they differ from a model without them, so that the
+    saves and cache keys (`spec_hash`) of such models stay what they were.
+    """
+    config = {
         "mlnpe_version": __version__,
         "formula": model.terms.formula,
         "family": model.family.name,
@@ -69,6 +75,11 @@ def config_dict(model: FormulaNPE) -> dict[str, Any]:
         "region": {k: list(v) for k, v in model.model.region.items()},
         "rounds": model.rounds,
     }
+    if list(model.x_source) != list(range(len(model.x_source))):
+        config["x_source"] = list(model.x_source)
+    if model.offset_column is not None:
+        config["offset_column"] = model.offset_column
+    return config
 
 
 def spec_hash(model: FormulaNPE, config: TrainConfig | None = None, focus: int = 0) -> str:

@@ -7,9 +7,11 @@ Stan program of a :class:`~mlnpe.formula.api.FormulaNPE` (its formula, family an
 
 The model is mlnpe's, which follows brms's Stan program (``make_stancode``):
 
-* ``eta = Intercept + (X - x_means) * b + sum_m Z[, m] .* r[group, m]``, where ``x_means`` are the centring
-  means **stored in the model** (fixed when it was built), passed as data and never recomputed, so that
-  ``Intercept`` means the same as in the amortizer; ``b_Intercept = Intercept - dot_product(x_means, b)``;
+* ``eta = Intercept + (X - x_means) * b + sum_m Z[, m] .* r[group, m] + offsets``, where ``x_means`` are the
+  centring means **stored in the model** (fixed when it was built), passed as data and never recomputed, so that
+  ``Intercept`` means the same as in the amortizer; ``b_Intercept = Intercept - dot_product(x_means, b)``. With
+  ``0 + Intercept`` there is no ``Intercept``: X holds a column of ones, ``b_Intercept`` is an element of ``b`` and
+  ``x_means`` are 0. ``offsets`` (data, the sum of the formula's ``offset()`` terms) is added to ``mu`` as brms adds it;
 * non-centred group-level effects: ``z ~ std_normal()``; correlated effects
   ``r = (diag_pre_multiply(sd, L) * z)'`` with ``L ~ lkj_corr_cholesky(eta)`` (the LKJ(eta) prior on the
   correlation matrix ``L L'``), uncorrelated ones ``r[, m] = sd[m] * z[m]'``;
@@ -139,6 +141,7 @@ class _Layout:
     aux: list[tuple[ParamSlot, PriorDist]]
     discrete: bool
     trials: bool
+    offset: bool
 
     @property
     def K(self) -> int:
@@ -174,6 +177,7 @@ def _layout(model: FormulaNPE) -> _Layout:
         aux=_aux_slots(model),
         discrete=name in _DISCRETE,
         trials=bool(getattr(model.family, "needs_trials", name == "binomial")),
+        offset=bool(model.terms.offsets),
     )
 
 
@@ -186,8 +190,8 @@ def stan_program(model: FormulaNPE) -> str:
 
     Returns:
         The Stan program text. Its data block declares exactly the keys of :func:`stan_data`: ``N``, ``Y``,
-        ``trials`` (binomial), ``K``, ``X``, ``x_means`` (when K > 0), ``M``, ``Z``, ``J``, ``group``
-        (1-based). Parameters: ``Intercept`` (centred intercept), ``b``, ``sd_1``, ``z_1``, ``L_1``
+        ``trials`` (binomial), ``K``, ``X``, ``x_means`` (when K > 0), ``offsets`` (with offsets), ``M``, ``Z``,
+        ``J``, ``group`` (1-based). Parameters: ``Intercept`` (centred intercept), ``b``, ``sd_1``, ``z_1``, ``L_1``
         (correlated effects), the family parameters; transformed parameters ``r_1`` (J x M); generated
         quantities ``b_Intercept`` and ``cor_1`` (upper triangle of ``L_1 L_1'``, column-major as brms).
 
@@ -204,10 +208,12 @@ def stan_program(model: FormulaNPE) -> str:
     data = ["int<lower=1> N;  // rows", y_decl]
     if lay.trials:
         data.append("array[N] int<lower=0> trials;  // binomial trials")
-    data.append("int<lower=0> K;  // population-level coefficients (without the intercept)")
+    data.append("int<lower=0> K;  // population-level coefficients (without the default intercept)")
     if K:
         data += ["matrix[N, K] X;  // population-level design, uncentred",
                  "vector[K] x_means;  // mlnpe's stored centring means"]  # fmt: skip
+    if lay.offset:
+        data.append("vector[N] offsets;  // the formula's offsets, coefficient 1")
     data += [
         "int<lower=1> M;  // group-level coefficients",
         "matrix[N, M] Z;  // group-level design",
@@ -236,6 +242,8 @@ def stan_program(model: FormulaNPE) -> str:
         mu = "rep_vector(Intercept, N)"
     if K:
         mu = f"{mu} + Xc * b" if lay.intercept else "Xc * b"
+    if lay.offset:
+        mu = f"{mu} + offsets" if lay.intercept or K else "offsets"
     model_block = [f"vector[N] mu = {mu};", "mu += rows_dot_product(Z, r_1[group]);"]
     if lay.intercept:
         model_block.append(lay.intercept[1].to_stan("Intercept"))
@@ -285,8 +293,8 @@ def stan_data(model: FormulaNPE, data: Any = None) -> dict[str, Any]:
 
     Returns:
         ``N``, ``Y`` (int array for discrete families), ``trials`` (binomial), ``K``, ``X`` (N, K) and
-        ``x_means`` (K,) (only when K > 0; ``x_means`` are the model's stored means), ``M``, ``Z`` (N, M),
-        ``J``, ``group`` (N,) 1-based, as numpy arrays and ints.
+        ``x_means`` (K,) (only when K > 0; ``x_means`` are the model's stored means), ``offsets`` (N,) (with
+        offsets), ``M``, ``Z`` (N, M), ``J``, ``group`` (N,) 1-based, as numpy arrays and ints.
 
     Raises:
         DataError: `data` is None and the model holds no data, or the design does not match the model.
@@ -335,6 +343,8 @@ def design_stan_data(model: FormulaNPE, design: Design) -> dict[str, Any]:
     if lay.K:
         out["X"] = np.asarray(design.X, dtype=np.float64)
         out["x_means"] = np.asarray(model.x_means, dtype=np.float64).reshape(-1)
+    if lay.offset:
+        out["offsets"] = np.asarray(design.offset, dtype=np.float64)
     out.update(
         M=lay.M,
         Z=np.asarray(design.Z, dtype=np.float64),

@@ -5,6 +5,9 @@ Supported syntax::
     y ~ x + f + x:f                  population-level terms (numeric or factor variables, interactions)
     y ~ a * b                        a + b + a:b   (`:` binds tighter than `*`, as in R)
     y ~ 0 + f   or   y ~ f - 1       no intercept (other `- term` removals are rejected)
+    y ~ 0 + Intercept + x            brms's intercept as an ordinary coefficient (`b_Intercept`, class b,
+                                     predictors not centred)
+    y ~ x + offset(log(t))           a known part of the linear predictor, coefficient 1 (several offsets add up)
     y | trials(n) ~ x + (1 | g)      binomial number of trials
     (1 | g)  (x | g)  (1 + x | g)    correlated group-level effects (an intercept is implied, as in lme4)
     (1 + x || g)                     uncorrelated group-level effects
@@ -12,9 +15,14 @@ Supported syntax::
 
 One grouping factor per model and one group-level term per grouping factor: `(1 | g) + (0 + x | g)` is
 rejected with a message suggesting `(1 + x || g)` (merging blocks would change how brms codes factors in
-them, and a partly correlated covariance cannot be represented). Functions (`log(x)`, `I(x^2)`, `s(x)`,
-`offset(o)`), `.`, `^`, `/`, `%in%` and parentheses other than around group-level terms raise
-:class:`~mlnpe.errors.SpecError`.
+them, and a partly correlated covariance cannot be represented). Functions (`log(x)`, `I(x^2)`, `s(x)`),
+`.`, `^`, `/`, `%in%` and parentheses other than around group-level terms raise
+:class:`~mlnpe.errors.SpecError`, except inside `offset()`.
+
+`Intercept` is brms's reserved name: it may only stand as a term of its own in the population-level part of a
+formula without the default intercept (`0 + Intercept`); as a variable anywhere else it is an error. An offset
+takes numeric columns, numbers, `+ - * / ^`, parentheses and the functions log, log2, log10, log1p, exp and sqrt
+(`offset(log(exposure))`, `offset(log(area * years))`); it is not allowed in group-level terms (nor in brms).
 
 Terms follow R's `terms()`: they are sorted by their number of variables (formula order among equals),
 duplicates are dropped and the variables of an interaction are ordered by their first appearance in the
@@ -24,13 +32,17 @@ formula part they belong to (population-level or the group-level term), so `y ~ 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, NoReturn, Sequence
 
 from ..errors import SpecError
 
-__all__ = ["FormulaTerms", "parse_formula"]
+__all__ = ["INTERCEPT", "FormulaTerms", "OffsetTerm", "parse_formula"]
+
+#: brms's reserved name of the intercept as an ordinary coefficient (`0 + Intercept`).
+INTERCEPT = "Intercept"
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<name>\.?[A-Za-z][A-Za-z0-9._]*)|(?P<number>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)"
@@ -49,12 +61,42 @@ class _Token:
     pos: int
 
 
+_OFFSET_FUNCTIONS = ("log", "log2", "log10", "log1p", "exp", "sqrt")
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "neg": 3, "^": 4}  # R's; names, numbers and calls bind tightest
+
+
+@dataclass(frozen=True)
+class OffsetTerm:
+    """One `offset(expr)` term: a known part of the linear predictor, with coefficient 1 (data, not a parameter).
+
+    Attributes:
+        expr: the expression as nested tuples: ("num", value), ("var", name), ("call", function, argument),
+            ("neg", argument) and ("op", operator, left, right), operator one of + - * / ^.
+    """
+
+    expr: tuple
+
+    @property
+    def text(self) -> str:
+        """The expression written back with R's precedence, e.g. "log(area * years)"."""
+        return _expression_text(self.expr)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The columns the expression reads, in order of appearance."""
+        return tuple(dict.fromkeys(_expression_variables(self.expr)))
+
+    def __str__(self) -> str:
+        return f"offset({self.text})"
+
+
 class _Sum(NamedTuple):
     """A parsed `term + term ...`: `terms` in R's order, `shown` in the order to write them back."""
 
     intercept: bool
     terms: tuple[tuple[str, ...], ...]
     shown: tuple[tuple[str, ...], ...]
+    offsets: tuple[OffsetTerm, ...] = ()
 
 
 class _GroupTerm(NamedTuple):
@@ -71,14 +113,17 @@ class FormulaTerms:
     Attributes:
         response: name of the response variable.
         trials: name of the binomial trials variable of `y | trials(n) ~ ...`, or None.
-        intercept: whether the population-level part has an intercept.
-        terms: population-level terms without the intercept, each a tuple of variable names (several for
-            an interaction), in R's `terms()` order.
+        intercept: whether the population-level part has the default intercept (brms's `Intercept` class, the
+            intercept of centred predictors).
+        terms: population-level terms without the default intercept, each a tuple of variable names (several
+            for an interaction), in R's `terms()` order; `("Intercept",)` is brms's intercept as an ordinary
+            coefficient (`0 + Intercept`, see :attr:`intercept_coef`).
         group: name of the grouping factor, or None without group-level terms.
         group_intercept: whether the group-level part has a (varying) intercept.
         group_terms: group-level terms without the intercept, like `terms`.
         correlated: True for `|` (correlated effects) and without group-level terms, False for `||`.
         formula: the normalized formula text, e.g. "y ~ 1 + x + (1 + x | g)".
+        offsets: the population-level `offset()` terms (their sum enters the linear predictor).
     """
 
     response: str
@@ -90,8 +135,14 @@ class FormulaTerms:
     group_terms: tuple[tuple[str, ...], ...]
     correlated: bool
     formula: str
+    offsets: tuple[OffsetTerm, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.intercept_coef and self.intercept:
+            raise SpecError(
+                "FormulaTerms: the term 'Intercept' (the intercept as a coefficient) needs `intercept=False`, got "
+                "True. Drop one of the two intercepts."
+            )
         if self.group is None and (self.group_intercept or self.group_terms):
             raise SpecError(
                 "FormulaTerms: `group_intercept`/`group_terms` need a `group`, got group=None. "
@@ -103,11 +154,19 @@ class FormulaTerms:
                 f"Use (1 | {self.group}) for a varying intercept."
             )
 
+    @property
+    def intercept_coef(self) -> bool:
+        """Whether the intercept is an ordinary population-level coefficient (brms's `0 + Intercept`): `b_Intercept`
+        of class b, the predictors not centred for it."""
+        return (INTERCEPT,) in self.terms
+
     def variables(self) -> tuple[str, ...]:
-        """All variable names used, without repeats: response, trials, predictors in term order, group."""
+        """All data columns used, without repeats: response, trials, predictors in term order, the offsets'
+        columns, group (`Intercept` of `0 + Intercept` is no column)."""
         names = [self.response, self.trials]
-        names += [v for term in self.terms for v in term]
+        names += [v for term in self.terms if term != (INTERCEPT,) for v in term]
         names += [v for term in self.group_terms for v in term]
+        names += [v for offset in self.offsets for v in offset.variables]
         names.append(self.group)
         return tuple(dict.fromkeys(n for n in names if n is not None))
 
@@ -128,6 +187,9 @@ def parse_formula(formula: str) -> FormulaTerms:
         >>> t = parse_formula("Reaction ~ Days + (Days | Subject)")
         >>> t.terms, t.group, t.group_terms, t.formula
         ((('Days',),), 'Subject', (('Days',),), 'Reaction ~ 1 + Days + (1 + Days | Subject)')
+        >>> t = parse_formula("y ~ 0 + Intercept + x + offset(log(t)) + (1 | g)")
+        >>> t.intercept, t.intercept_coef, t.terms, [str(o) for o in t.offsets]
+        (False, True, (('Intercept',), ('x',)), ['offset(log(t))'])
     """
     if not isinstance(formula, str):
         raise SpecError(f"`formula` must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}.")
@@ -148,6 +210,7 @@ def parse_formula(formula: str) -> FormulaTerms:
     if term is None:
         term = _GroupTerm(None, _Sum(False, (), ()), True, "")
     used = {v for t in fixed.terms + term.part.terms for v in t} | {term.group}
+    used |= {v for offset in fixed.offsets for v in offset.variables}
     if response in used:
         raise SpecError(
             f"`formula` {formula!r} uses the response {response!r} as a predictor too. Remove it from the "
@@ -163,6 +226,7 @@ def parse_formula(formula: str) -> FormulaTerms:
         group_terms=term.part.terms,
         correlated=term.correlated,
         formula=_format(response, trials, fixed, term),
+        offsets=fixed.offsets,
     )
 
 
@@ -239,6 +303,7 @@ def _parse_sum(tokens: list[_Token], formula: str, *, allow_groups: bool) -> tup
     intercept = True
     found: list[frozenset[str]] = []
     groups: list[_GroupTerm] = []
+    offsets: list[OffsetTerm] = []
     own: list[_Token] = []  # the population-level part's tokens: its variables' order of first appearance
     for sign, part in _split(tokens, ("+", "-")):
         if not part:
@@ -253,14 +318,24 @@ def _parse_sum(tokens: list[_Token], formula: str, *, allow_groups: bool) -> tup
             groups.append(_parse_group(part[1:-1], formula))
         elif len(part) == 1 and part[0].kind == "number":
             intercept = _intercept_flag(part[0], sign, formula)
+        elif _is_offset(part):
+            offsets.append(_parse_offset(part, sign, formula, allow_groups))
         elif sign == "-":
             raise SpecError(
                 f"`formula` {formula!r}: removing terms with '-' ({_text(part)!r}) is not supported, only "
                 "'- 1'. Write the terms you want, e.g. a + b instead of a*b - a:b."
             )
+        elif allow_groups and len(part) == 1 and part[0].text == INTERCEPT:  # brms's `0 + Intercept`
+            found += [t for t in (frozenset({INTERCEPT}),) if t not in found]
+            own += part
         else:
             found += [t for t in _parse_product(part, formula) if t not in found]
             own += part
+    if intercept and frozenset({INTERCEPT}) in found:
+        raise SpecError(
+            f"`formula` {formula!r}: the term 'Intercept' (brms's intercept as an ordinary coefficient, class b) "
+            "needs the default intercept removed, as in brms: write '0 + Intercept + ...'."
+        )
     order = {}  # group-level terms do not count, as lme4's fixed part (nobars()) has none: (z | g) + x*z gives x:z
     for token in own:
         if token.kind == "name":
@@ -269,7 +344,7 @@ def _parse_sum(tokens: list[_Token], formula: str, *, allow_groups: bool) -> tup
     terms = tuple(tuple(sorted(term, key=order.__getitem__)) for term in ordered)
     in_order = tuple(tuple(sorted(term, key=order.__getitem__)) for term in found)
     shown = terms if _first_appearance(terms) == _first_appearance(in_order) else in_order
-    return _Sum(intercept, terms, shown), groups
+    return _Sum(intercept, terms, shown, tuple(offsets)), groups
 
 
 def _first_appearance(terms: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
@@ -310,8 +385,11 @@ def _reject_unsupported(tokens: list[_Token], formula: str) -> None:
         if token.kind == "name" and following == "(":
             name = token.text
             if name == "offset":
-                what = "offsets (offset(...))"
-            elif name == "I":
+                raise SpecError(
+                    f"`formula` {formula!r}: an offset must be a term of its own, got {_text(tokens)!r}. Write it "
+                    "as '+ offset(...)', e.g. y ~ x + offset(log(exposure)) + (1 | g)."
+                )
+            if name == "I":
                 what = "I(...) expressions"
             else:
                 what = f"functions such as {name}(...)"
@@ -408,7 +486,7 @@ def _single_group(groups: list[_GroupTerm], formula: str) -> _GroupTerm | None:
 def _format(response: str, trials: str | None, fixed: _Sum, term: _GroupTerm) -> str:
     """The normalized formula text, with explicit 1/0 for the intercepts."""
     lhs = response if trials is None else f"{response} | trials({trials})"
-    rhs = [_format_sum(fixed)]
+    rhs = [_format_sum(fixed)] + [str(offset) for offset in fixed.offsets]
     if term.group is not None:
         rhs.append(f"({_format_sum(term.part)} {'|' if term.correlated else '||'} {term.group})")
     return f"{lhs} ~ {' + '.join(rhs)}"
@@ -460,17 +538,176 @@ def _has_bar(tokens: Sequence[_Token]) -> bool:
 
 
 def _check_name(token: _Token, formula: str) -> str:
-    """Rejects brms's reserved `Intercept` and other special names."""
+    """Rejects brms's reserved `Intercept` (as a variable) and other special names."""
     if token.kind != "name":
         raise SpecError(
             f"`formula` {formula!r}: expected a variable name at position {token.pos}, got {token.text!r}."
         )
-    if token.text == "Intercept":
+    if token.text == INTERCEPT:
         raise SpecError(
-            f"`formula` {formula!r}: 'Intercept' is reserved (brms's intercept name). Use 1 or 0 to keep or "
-            "drop the intercept, and rename a column called 'Intercept'."
+            f"`formula` {formula!r}: 'Intercept' is reserved (brms's intercept name): it may only stand alone in "
+            "the population-level part as '0 + Intercept' (the intercept as an ordinary coefficient). Elsewhere "
+            "use 1 or 0 to keep or drop the intercept, and rename a column called 'Intercept'."
         )
     return token.text
+
+
+# --- offsets -----------------------------------------------------------------------------------------------
+
+
+def _is_offset(part: Sequence[_Token]) -> bool:
+    """Whether a term is `offset(...)` as a whole."""
+    return (
+        len(part) >= 3 and part[0].text == "offset" and part[0].kind == "name" and part[1].text == "("
+        and _closing(part, 1) == len(part) - 1
+    )  # fmt: skip
+
+
+def _parse_offset(part: list[_Token], sign: str, formula: str, population: bool) -> OffsetTerm:
+    """Parses the term `offset(expr)` of the population-level part."""
+    text = formula[part[0].pos : part[-1].pos + len(part[-1].text)]  # as the user wrote it
+    if not population:
+        raise SpecError(
+            f"`formula` {formula!r}: {text} is inside a group-level term; offsets belong to the population-level "
+            "part (brms does not allow them in group-level terms either). Move it out, e.g. "
+            "y ~ x + offset(log(exposure)) + (1 | g)."
+        )
+    if sign == "-":
+        raise SpecError(
+            f"`formula` {formula!r}: an offset cannot be subtracted (- {text}); negate its expression instead, "
+            "e.g. + offset(-o)."
+        )
+    inner = part[2:-1]
+    if not inner:
+        raise SpecError(
+            f"`formula` {formula!r}: offset() is empty; give the known part of the linear predictor, e.g. "
+            "offset(log(exposure))."
+        )
+    reader = _OffsetReader(inner, formula, text)
+    expr = reader.sum()
+    if reader.pos < len(inner):
+        reader.fail()
+    return OffsetTerm(expr)
+
+
+class _OffsetReader:
+    """Recursive descent over the tokens of an offset's expression, with R's precedence: `^` (right-associative)
+    over unary minus over `* /` over `+ -`."""
+
+    def __init__(self, tokens: list[_Token], formula: str, text: str):
+        self.tokens, self.formula, self.text, self.pos = tokens, formula, text, 0
+
+    def peek(self) -> str:
+        return self.tokens[self.pos].text if self.pos < len(self.tokens) else ""
+
+    def take(self) -> _Token:
+        if self.pos >= len(self.tokens):
+            self.fail()
+        self.pos += 1
+        return self.tokens[self.pos - 1]
+
+    def fail(self, why: str = "") -> NoReturn:
+        at = repr(self.tokens[self.pos].text) if self.pos < len(self.tokens) else "its end"
+        raise SpecError(
+            f"`formula` {self.formula!r}: cannot read {self.text} at {at}{why}. An offset takes numeric columns, "
+            f"numbers, + - * / ^, parentheses and the functions {', '.join(_OFFSET_FUNCTIONS)}, e.g. "
+            "offset(log(exposure)); compute anything else as a column of the data first."
+        )
+
+    def sum(self) -> tuple:
+        node = self.product()
+        while self.peek() in ("+", "-"):
+            node = ("op", self.take().text, node, self.product())
+        return node
+
+    def product(self) -> tuple:
+        node = self.unary()
+        while self.peek() in ("*", "/"):
+            node = ("op", self.take().text, node, self.unary())
+        return node
+
+    def unary(self) -> tuple:
+        if self.peek() in ("+", "-"):
+            negate = self.take().text == "-"
+            node = self.unary()
+            return ("neg", node) if negate else node
+        return self.power()
+
+    def power(self) -> tuple:
+        node = self.atom()
+        if self.peek() == "^":
+            self.take()
+            node = ("op", "^", node, self.unary())
+        return node
+
+    def atom(self) -> tuple:
+        token = self.take()
+        if token.kind == "number":
+            if not math.isfinite(float(token.text)):
+                self.pos -= 1
+                self.fail(" (the number is too large)")
+            return ("num", float(token.text))
+        if token.text == "(":
+            node = self.sum()
+            self.expect(")")
+            return node
+        if token.kind != "name":
+            self.pos -= 1
+            self.fail()
+        if self.peek() != "(":
+            return ("var", _check_name(token, self.formula))
+        if token.text not in _OFFSET_FUNCTIONS:
+            self.pos -= 1
+            self.fail(f" (the function {token.text}() is not supported in offsets)")
+        self.take()
+        node = ("call", token.text, self.sum())
+        if self.peek() == ",":
+            self.fail(f" ({token.text}() takes one argument here)")
+        self.expect(")")
+        return node
+
+    def expect(self, text: str) -> None:
+        if self.peek() != text:
+            self.fail()
+        self.pos += 1
+
+
+def _expression_text(node: tuple) -> str:
+    """An offset's expression as text that parses back to the same tree (R's deparse spacing)."""
+    kind = node[0]
+    if kind == "num":
+        value = node[1]
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if kind == "var":
+        return node[1]
+    if kind == "call":
+        return f"{node[1]}({_expression_text(node[2])})"
+    if kind == "neg":
+        return "-" + _operand(node[1], _level(node[1]) < _PRECEDENCE["^"])
+    _, op, left, right = node
+    if op == "^":  # right-associative; a negated exponent needs no parentheses (2^-1)
+        base = _operand(left, _level(left) <= _PRECEDENCE["^"])
+        return f"{base}^{_operand(right, _level(right) < _PRECEDENCE['neg'])}"
+    sep = "/" if op == "/" else f" {op} "
+    return f"{_operand(left, _level(left) < _PRECEDENCE[op])}{sep}{_operand(right, _level(right) <= _PRECEDENCE[op])}"
+
+
+def _level(node: tuple) -> int:
+    """How tightly a node binds: its operator's precedence; numbers, columns and calls bind tightest."""
+    if node[0] == "op":
+        return _PRECEDENCE[node[1]]
+    return _PRECEDENCE["neg"] if node[0] == "neg" else 5
+
+
+def _operand(node: tuple, parenthesize: bool) -> str:
+    text = _expression_text(node)
+    return f"({text})" if parenthesize else text
+
+
+def _expression_variables(node: tuple) -> list[str]:
+    if node[0] == "var":
+        return [node[1]]
+    return [v for child in node[1:] if isinstance(child, tuple) for v in _expression_variables(child)]
 
 
 def _text(tokens: Sequence[_Token]) -> str:
