@@ -4,7 +4,8 @@ Steps, each printed as it finishes:
 1. the exact first-passage sampler: cost per 10^5 trials (prior parameters) and accuracy against the analytic
    choice probability and mean decision time;
 2. a prior predictive check against the lexical decision data (accuracy condition, one block);
-3. training of both variants (shared beta, eq. 23; subject-level beta_j, eq. 25) for `--seconds` each;
+3. training of both variants (shared beta, eq. 23; subject-level beta_j, eq. 25) for `--seconds` each, on
+   simulations and the block's own reverse KL (`--observed-weight`, 1; 0: simulations alone);
 4. SBC on `--sbc` simulated datasets (J in [10, 30], N in [1, 100]) with ECDF-difference plots (99 % bands) and
    a recovery plot;
 5. the fit of the shared-beta model to the data against Stan (4 chains, 1000 warm-up + 1000 draws by default);
@@ -133,12 +134,18 @@ def prior_predictive(data, n_sims: int, seed: int, path: Path) -> dict:
 
 
 # ---- 3. training --------------------------------------------------------------------------------------------
-def train(model, seconds: float, n_sims: int, seed: int, steps: int | None = None) -> tuple[MultilevelNPE, float]:
+def train(
+    model, seconds: float, n_sims: int, seed: int, steps: int | None = None, observed=None, observed_weight: float = 1.0
+) -> tuple[MultilevelNPE, float]:
+    """Offline training on `n_sims` simulations; with `observed` data (the block) and `observed_weight` > 0, every
+    step adds the reverse KL of the amortized posterior from the exact one (Wiener density) for the block, its
+    leave-one-subject-out subsets and bootstrap resamples of its subjects (`MultilevelNPE.train(observed=)`)."""
     npe = MultilevelNPE(model, groups=(10, 30), rows=(1, 100), network=ddm_network(), seed=seed, pilot_size=512)
     start = time.perf_counter()
     npe.train(TrainConfig(mode="offline", n_simulations=n_sims, steps=steps or 1_000_000, batch_size=32,
                           learning_rate=1e-3, time_limit=None if steps else seconds, patience=15, seed=seed,
-                          progress=False))  # fmt: skip
+                          progress=False, observed_weight=observed_weight),
+              observed=observed if observed_weight else None)  # fmt: skip
     return npe, time.perf_counter() - start
 
 
@@ -306,6 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--logo-refined", action="store_true",
                         help="also run LOGO on refined (HMC through the amortizer) posteriors: the reference for the "
                              "amortized LOGO, one HMC run per subject and variant")
+    parser.add_argument("--observed-weight", type=float, default=1.0,
+                        help="weight of the block's own reverse KL in training (0: amortized on simulations alone)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stan-fit", type=Path, default=None,
                         help="npz file of the Stan fit: reused when it exists (same block and settings), else written")
@@ -351,13 +360,14 @@ def main(argv: list[str] | None = None) -> dict:
             npes[name] = MultilevelNPE.load(saved, model=model)
             train_seconds[name] = npes[name].history.train_seconds
         else:
-            npes[name], train_seconds[name] = train(model, args.seconds, args.simulations, args.seed, args.steps)
+            npes[name], train_seconds[name] = train(model, args.seconds, args.simulations, args.seed, args.steps,
+                                                   data, args.observed_weight)  # fmt: skip
             if saved is not None:
                 npes[name].save(saved)
         h = npes[name].history
         log(f"trained {name}: {train_seconds[name]:.0f} s, {h.datasets_seen} datasets, last val loss {h.val_loss[-1]:.3f}")
     result["training"] = {n: {"seconds": round(s, 1), "datasets_seen": npes[n].history.datasets_seen,
-                              "simulations": args.simulations, "val_loss": round(npes[n].history.val_loss[-1], 3)}
+                              "simulations": args.simulations, "observed_weight": args.observed_weight, "val_loss": round(npes[n].history.val_loss[-1], 3)}
                           for n, s in train_seconds.items()}  # fmt: skip
 
     result["sbc"] = {n: sbc(npes[n], args.sbc, 250, args.seed + 7, n) for n in models}

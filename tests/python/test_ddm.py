@@ -170,7 +170,10 @@ def test_tiny_train_sample_and_logo():
                             pilot_size=32)  # fmt: skip
         # each subject's fastest response reaches the networks (the non-decision time must stay below it)
         assert npe.estimator.local_summary.extremes and npe.estimator.local_shift
-        npe.train(TrainConfig(steps=3, batch_size=8, progress=False))
+        # with the data's reverse KL through the Wiener density (on from the second step), as ddm.py trains
+        npe.train(TrainConfig(steps=3, batch_size=8, progress=False, observed_draws=2, observed_datasets=2),
+                  observed=data)  # fmt: skip
+        assert np.isfinite(npe.history.loss).all()
         draws = npe.sample(data, n_draws=20, seed=1)
         assert draws.local_draws.shape == (20, 11, len(model.local_names))
         result = logo_elpd(npe, model, data, n_draws=8, n_local=4, seed=2)

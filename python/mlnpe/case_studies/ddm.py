@@ -29,6 +29,11 @@ log; on the natural scale Normal(0, 0.05) would make thresholds of about 0 and i
   contradict (every subject gives 45-51 % "word" responses); the scale reading is the plausible one. Either
   is one argument away: ``DDMPriors(xi=(5, 1 / 3))`` is the rate reading.
 
+Training: ``MultilevelNPE(model, groups, rows, network=ddm_network())``, trained on simulations and, for the data
+at hand, ``train(config, observed=data)``: the Wiener density gives the exact joint density, so every step adds the
+reverse KL of the amortized posterior for the data, their leave-one-subject-out subsets and bootstrap resamples
+(block 4 against Stan: 0.04 median and 0.13 worst Stan sds off, against 0.24 and 1.78 on simulations alone).
+
 Contents: the two models, the lexical decision data (:func:`load_speed_acc`) with validation
 (:func:`check_ddm_data`), Stan programs and a PyStan fit (:func:`fit_stan_ddm`), and leave-one-group-out
 cross-validation (:func:`logo_elpd`, :func:`compare_logo`). The exact first-passage sampler
