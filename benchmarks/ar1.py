@@ -1,7 +1,8 @@
 """Case study: the hierarchical AR(1) of Habermann et al. (2024), sec. 3.2 (eqs. 16-22), on simulated data.
 
 Steps: train an ML-NPE (recurrent local summary, set-transformer global summary) amortized over J in [10, 30]
-series of T in [5, 30] steps for a wall-clock budget; SBC on simulated datasets (global parameters, and local
+series of T in [5, 30] steps for a wall-clock budget, with the reverse KL of the Stan comparison's datasets (the
+data at hand; `--observed-weight 0` trains on simulations alone); SBC on simulated datasets (global parameters, and local
 ones pooled over groups) with ECDF-difference plots and 99 % simultaneous bands; recovery plots; comparison with
 Stan (4 chains, 1000 warm-up + 1000 draws) on simulated datasets of J = 16 series of T = 16 steps (the size of
 the paper's Eurostat data): per-parameter mean and sd agreement, 95 % interval overlap, pooling factors (eq. 15),
@@ -60,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sbc-draws", type=int, default=250)
     p.add_argument("--stan-datasets", type=int, default=2)
     p.add_argument("--fit-draws", type=int, default=4000, help="mlnpe draws per fit in the Stan comparison")
+    p.add_argument("--observed-weight", type=float, default=1.0,
+                   help="weight of the comparison datasets' reverse KL in training (0: simulations alone)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-refine", action="store_true", help="skip the HMC refinement (mlnpe.inference.refine) of each fit")
@@ -73,13 +76,22 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def comparison_datasets(model, n: int) -> list:
+    """The `n` simulated datasets (J = 16, T = 16) that the Stan comparison fits."""
+    return simulate_batch(model, n, (16, 16), (16, 16), torch.Generator().manual_seed(4242)).batch.to_datasets()
+
+
 def train(args: argparse.Namespace):
+    """Trains on simulations and, with `--observed-weight` > 0, the reverse KL of the comparison datasets (the data
+    at hand, as `mlnpe()` trains on its data; `MultilevelNPE.train(observed=)`)."""
     npe = ar1_estimator(seed=args.seed)
     config = TrainConfig(steps=args.steps or 10**7, batch_size=64, learning_rate=1e-3,
                          time_limit=None if args.steps else args.seconds, seed=args.seed,
-                         progress=False)  # fmt: skip
-    history = npe.train(config)
+                         progress=False, observed_weight=args.observed_weight)  # fmt: skip
+    observed = comparison_datasets(npe.model, args.stan_datasets) if args.observed_weight else None
+    history = npe.train(config, observed=observed)
     return npe, {
+        "observed_weight": args.observed_weight,
         "seconds": round(history.train_seconds, 1),
         "steps": int(history.datasets_seen) // config.batch_size,
         "datasets": int(history.datasets_seen),
@@ -206,8 +218,7 @@ def _refined(npe, data, n_draws: int, seed: int):
 
 
 def compare_with_stan(npe, args: argparse.Namespace) -> tuple[dict, list]:
-    sims = simulate_batch(npe.model, args.stan_datasets, (16, 16), (16, 16), torch.Generator().manual_seed(4242))
-    datasets = sims.batch.to_datasets()
+    datasets = comparison_datasets(npe.model, args.stan_datasets)
     rows, kappas, timings, fits = [], [], [], []
     for i, data in enumerate(datasets):
         npe.sample(data, n_draws=100, seed=0, log_prob=False)  # warm-up call, not timed

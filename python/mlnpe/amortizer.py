@@ -122,7 +122,7 @@ class MultilevelNPE:
         self,
         config: TrainConfig | None = None,
         *,
-        observed: GroupedData | None = None,
+        observed: GroupedData | Sequence[GroupedData] | None = None,
         monitor: Callable[[int], str | None] | None = None,
         **overrides: Any,
     ) -> TrainHistory:
@@ -130,9 +130,10 @@ class MultilevelNPE:
 
         Arguments:
             config: training settings; keyword overrides replace single fields (e.g. `steps=500`).
-            observed: an observed dataset: with `config.observed_weight` > 0 (a model with tractable densities),
-                every step adds `config.observed_loss` of it, its leave-one-group-out subsets and bootstrap
-                resamples of its groups (`mlnpe.consistency.ObservedSets`; Mishra et al. 2025).
+            observed: an observed dataset, or a list of them: with `config.observed_weight` > 0 (a model with
+                tractable densities), every step adds `config.observed_loss` of one of them (in turn), and of
+                leave-one-group-out subsets and bootstrap resamples of their groups
+                (`mlnpe.consistency.ObservedSets`; Mishra et al. 2025).
             monitor: called every `config.check_every` steps; a string it returns stops training (e.g.
                 `mlnpe.inference.certificate.Certificate`).
         Returns:
@@ -140,9 +141,15 @@ class MultilevelNPE:
         """
         config = train_config(config, overrides)
         if observed is not None:
-            if not isinstance(observed, GroupedData):
-                raise DataError(f"`observed` must be a GroupedData or None, got {type(observed).__name__}.")
-            self.check_design(observed, argument="`observed`")
+            many = isinstance(observed, (list, tuple))
+            datasets = list(observed) if many else [observed]
+            if not datasets or not all(isinstance(d, GroupedData) for d in datasets):
+                got = type(observed).__name__
+                if many:
+                    got += " of " + (", ".join(sorted({type(d).__name__ for d in datasets})) or "nothing")
+                raise DataError(f"`observed` must be a GroupedData, a non-empty list of them or None, got {got}.")
+            for i, d in enumerate(datasets):
+                self.check_design(d, argument=f"`observed`[{i}]" if many else "`observed`")
         if monitor is not None and not callable(monitor):
             raise ConfigError(f"`monitor` must be a function of the step or None, got {type(monitor).__name__}.")
         generator = torch.Generator().manual_seed(config.seed + 12345 * (1 + len(self.history.step)))
@@ -157,7 +164,7 @@ class MultilevelNPE:
         return self.history
 
     def _consistency(
-        self, config: TrainConfig, observed: GroupedData | None = None
+        self, config: TrainConfig, observed: GroupedData | Sequence[GroupedData] | None = None
     ) -> Callable[[SimulatedBatch, float], Tensor] | None:
         """The extra losses of a training step (`mlnpe.consistency`): self-consistency on the simulated batch
         (`config.self_consistency`) and the unlabeled loss on observed data (`config.observed_loss`, weight

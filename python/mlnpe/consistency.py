@@ -19,12 +19,15 @@ bound of the same joint density, whose pathwise gradient is far less noisy on on
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from .core.data import GroupedBatch, GroupedData, collate
 from .core.spec import TwoLevelModel
+from .errors import DataError
 from .estimator import MultilevelEstimator
 
 __all__ = ["ObservedSets", "has_likelihood", "log_joint", "reverse_kl", "self_consistency"]
@@ -109,34 +112,42 @@ def reverse_kl(
 
 
 class ObservedSets:
-    """Unlabeled datasets around an observed one, for self-consistency on real data (Mishra et al. 2025).
+    """Unlabeled datasets around observed ones, for self-consistency on real data (Mishra et al. 2025).
 
-    Each call to :meth:`batch` returns the observed dataset and k - 1 others, each either a leave-one-group-out
-    subset (one random group removed) or a bootstrap resample of the groups (J groups drawn with replacement,
-    each with all its rows), with equal probability. Subsets that would fall below `min_groups` are replaced by
-    resamples.
+    Each call to :meth:`batch` returns one observed dataset as it is (in turn, when there are several) and k - 1
+    others, each a leave-one-group-out subset (one random group removed) or a bootstrap resample of the groups
+    (J groups drawn with replacement, each with all its rows) of an observed dataset drawn at random, with equal
+    probability. Subsets that would fall below `min_groups` are replaced by resamples.
 
     Arguments:
-        data: the observed dataset.
+        data: the observed dataset, or a non-empty sequence of them.
         min_groups: the fewest groups the amortizer was trained on.
     """
 
-    def __init__(self, data: GroupedData, min_groups: int = 1):
-        self.data, self.min_groups = data, int(min_groups)
-        self._observed = collate([data])
+    def __init__(self, data: GroupedData | Sequence[GroupedData], min_groups: int = 1):
+        self.datasets = [data] if isinstance(data, GroupedData) else list(data)
+        if not self.datasets:
+            raise DataError("`observed` must hold at least one dataset, got an empty sequence.")
+        self.min_groups, self._turn = int(min_groups), 0
+        self._observed = [collate([d]) for d in self.datasets]
 
     def batch(self, k: int, generator: torch.Generator) -> GroupedBatch:
-        """The observed dataset and k - 1 leave-one-group-out subsets or bootstrap resamples, collated."""
+        """One observed dataset and k - 1 leave-one-group-out subsets or bootstrap resamples, collated."""
+        first = self._turn % len(self.datasets)
+        self._turn += 1
         if k <= 1:
-            return self._observed
-        j = self.data.n_groups
-        datasets = [self.data]
+            return self._observed[first]
+        datasets = [self.datasets[first]]
         for _ in range(k - 1):
+            source = self.datasets[0]
+            if len(self.datasets) > 1:
+                source = self.datasets[int(torch.randint(0, len(self.datasets), (1,), generator=generator))]
+            j = source.n_groups
             u = torch.rand(2, generator=generator).tolist()
             if u[0] < 0.5 and j - 1 >= max(self.min_groups, 1):
                 left = int(u[1] * j)
-                datasets.append(self.data.subset([g for g in range(j) if g != left]))
+                datasets.append(source.subset([g for g in range(j) if g != left]))
             else:
                 picks = torch.randint(0, j, (j,), generator=generator).numpy()
-                datasets.append(self.data.subset(np.sort(picks).tolist()))
+                datasets.append(source.subset(np.sort(picks).tolist()))
         return collate(datasets)

@@ -8,7 +8,7 @@ import torch
 from mlnpe import MultilevelNPE, NetworkConfig, TrainConfig, TwoLevelModel
 from mlnpe.consistency import has_likelihood, log_joint, self_consistency
 from mlnpe.core.models import NormalHierarchical
-from mlnpe.errors import ConfigError
+from mlnpe.errors import ConfigError, DataError
 
 SMALL = NetworkConfig.from_dict({"summary": {"hidden": 16, "row_hidden": 8, "local_dim": 4, "global_dim": 8},
                                  "global_flow": {"transforms": 1, "hidden": [16]},
@@ -115,6 +115,41 @@ def test_observed_sets_are_the_data_its_leave_one_out_subsets_and_group_resample
     # a subset below the trained minimum of groups is replaced by a resample
     assert {d.n_groups for d in ObservedSets(data, min_groups=5).batch(20, torch.Generator()).to_datasets()} == {5}
     assert ObservedSets(data).batch(1, torch.Generator()).batch_size == 1
+
+
+def test_observed_sets_of_several_datasets_take_turns_and_mix_their_resamples():
+    import numpy as np
+
+    from mlnpe.consistency import ObservedSets
+
+    a, b = _observed(11, groups=5), _observed(12, groups=7)
+    sets = ObservedSets([a, b], min_groups=3)
+    gen = torch.Generator().manual_seed(0)
+    firsts = [sets.batch(30, gen).to_datasets() for _ in range(4)]
+    for i, datasets in enumerate(firsts):  # each dataset as it is, in turn, first in its batch
+        assert np.array_equal(datasets[0].y, (a, b)[i % 2].y)
+    rest = [d for datasets in firsts for d in datasets[1:]]
+    rows_a = {tuple(a.group(j)[0][:, 0]) for j in range(5)}
+    rows_b = {tuple(b.group(j)[0][:, 0]) for j in range(7)}
+    sources = set()
+    for d in rest:  # every perturbed dataset is made of the groups of one observed dataset, whole
+        groups = {tuple(d.group(j)[0][:, 0]) for j in range(d.n_groups)}
+        assert groups <= rows_a or groups <= rows_b
+        sources.add("a" if groups <= rows_a else "b")
+    assert sources == {"a", "b"}
+    assert [s.batch(1, gen).batch_size for s in (sets, sets)] == [1, 1]
+    with pytest.raises(DataError, match="at least one dataset"):
+        ObservedSets([])
+
+
+def test_training_takes_a_list_of_observed_datasets():
+    history = _npe().train(TrainConfig(steps=3, batch_size=8, progress=False),
+                           observed=[_observed(1), _observed(2, groups=6)])  # fmt: skip
+    assert len(history.loss) == 3 and all(v == v for v in history.loss)
+    with pytest.raises(DataError, match="a non-empty list of them or None, got list of int"):
+        _npe().train(TrainConfig(steps=1, batch_size=4, progress=False), observed=[1, 2])
+    with pytest.raises(DataError, match="got list of nothing"):
+        _npe().train(TrainConfig(steps=1, batch_size=4, progress=False), observed=[])
 
 
 def test_reverse_kl_is_finite_per_dataset_and_reaches_the_networks():
