@@ -230,6 +230,8 @@ def refined_real_data(npe: MultilevelNPE, model, data, npe_draws, seed: int) -> 
 def stan_reference(model, data, args) -> tuple[PosteriorDraws, dict]:
     """The Stan fit on `args.stan_cores` cores (4 chains), or the one saved in `args.stan_fit` for the same settings."""
     settings = {"block": args.block, "warmup": args.stan_warmup, "draws": args.stan_draws, "seed": args.seed}
+    if args.coding != "stimulus":
+        settings["coding"] = args.coding
     if args.stan_fit is not None and args.stan_fit.exists():
         saved = np.load(args.stan_fit)
         diag = json.loads(str(saved["diagnostics"]))
@@ -302,6 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="train for this many steps instead of a time limit (reproducible figures)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, short Stan chains (< 5 min)")
     parser.add_argument("--block", type=int, default=4)
+    parser.add_argument("--coding", choices=("stimulus", "accuracy"), default="stimulus",
+                        help="response coding: upper boundary = 'word' (stimulus) or = correct (accuracy)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--sbc", type=int, default=200)
     parser.add_argument("--simulations", type=int, default=40_000, help="offline simulation budget per variant")
@@ -334,14 +338,14 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"command": "python benchmarks/ddm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "date": datetime.date.today().isoformat(),
                     "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}, 1 thread",
-                    "block": args.block, "condition": "accuracy"}  # fmt: skip
+                    "block": args.block, "condition": "accuracy", "coding": args.coding}  # fmt: skip
 
     result["simulator"] = simulator_check(args.seed)
     log(f"simulator: {result['simulator']}")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = load_speed_acc(args.data, block=args.block)
+        data = load_speed_acc(args.data, block=args.block, coding=args.coding)
     result["data"] = {"subjects": data.n_groups, "trials": int(data.n_rows.sum()),
                       "dropped": [str(w.message) for w in caught]}  # fmt: skip
     log(f"data: {result['data']}")

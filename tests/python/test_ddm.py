@@ -153,6 +153,11 @@ def test_speed_acc_block_4_accuracy():
     assert set(np.unique(data.y[:, 1])) == {0.0, 1.0} and data.y[:, 0].min() > 0.3
     with pytest.raises(DataError, match="censored='drop'"):
         load_speed_acc(SPEED_ACC, block=4, censored="error")
+    with pytest.warns(DDMDataWarning):  # accuracy coding: 1 = correct; the same trials and rts
+        correct = load_speed_acc(SPEED_ACC, block=4, coding="accuracy")
+    assert np.array_equal(correct.y[:, 0], data.y[:, 0]) and correct.y[:, 1].mean() == pytest.approx(0.956, abs=0.001)
+    with pytest.raises(ConfigError, match="`coding` must be 'stimulus' or 'accuracy'"):
+        load_speed_acc(SPEED_ACC, block=4, coding="correct")
     with pytest.raises(DataError, match="no trials"):
         load_speed_acc(SPEED_ACC, block=3)  # odd blocks are speed blocks
     sdata = stan_data_ddm(HierarchicalDDM(), data)

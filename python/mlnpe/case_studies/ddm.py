@@ -409,11 +409,17 @@ def ddm_data(
 
 
 def load_speed_acc(
-    path: str | Path, block: int = 4, condition: str = "accuracy", censored: str = "drop", min_rt: float = MIN_RT
+    path: str | Path,
+    block: int = 4,
+    condition: str = "accuracy",
+    censored: str = "drop",
+    min_rt: float = MIN_RT,
+    coding: str = "stimulus",
 ) -> GroupedData:
     """The lexical decision data of Wagenmakers et al. (2008) for one block and condition, subjects as groups.
 
-    Response coding: 1 = "word" (upper boundary), 0 = "nonword". The table's `censor` flag marks trials that
+    Response coding (`coding`): "stimulus" (the default), 1 = "word" (upper boundary), 0 = "nonword"; or
+    "accuracy", 1 = correct (the response matches the stimulus category), 0 = error. The table's `censor` flag marks trials that
     rtdists considers uninterpretable (rt < 0.18 s or > 3 s), and response "error" is an uninterpretable key
     press; with ``censored="drop"`` both are removed with a :class:`DDMDataWarning` that counts them, with
     ``censored="error"`` they raise.
@@ -424,6 +430,7 @@ def load_speed_acc(
         condition: "accuracy" or "speed".
         censored: "drop" or "error".
         min_rt: see :func:`check_ddm_data`.
+        coding: "stimulus" or "accuracy" (see above).
 
     Returns:
         GroupedData with y = (rt, response), levels = subject ids.
@@ -435,6 +442,8 @@ def load_speed_acc(
         raise ConfigError(f"`censored` must be 'drop' or 'error', got {censored!r}.")
     if condition not in ("accuracy", "speed"):
         raise ConfigError(f"`condition` must be 'accuracy' or 'speed', got {condition!r}.")
+    if coding not in ("stimulus", "accuracy"):
+        raise ConfigError(f"`coding` must be 'stimulus' or 'accuracy', got {coding!r}.")
     path = Path(path)
     if not path.exists():
         raise DataError(f"no file {str(path)!r}; pass the path of speed_acc.csv.")
@@ -442,7 +451,8 @@ def load_speed_acc(
         rows = [r for r in csv.DictReader(f) if r.get("condition") == condition and r.get("block") == str(int(block))]
     if not rows:
         raise DataError(f"no trials with block = {block} and condition = {condition!r} in {str(path)!r}; blocks run 1-20.")
-    missing = {"id", "rt", "response", "censor"} - set(rows[0])
+    needed = {"id", "rt", "response", "censor"} | ({"stim_cat"} if coding == "accuracy" else set())
+    missing = needed - set(rows[0])
     if missing:
         raise DataError(f"{str(path)!r} lacks the columns {sorted(missing)}.")
     flagged = [r for r in rows if r["censor"].upper() == "TRUE"]
@@ -457,9 +467,8 @@ def load_speed_acc(
         warnings.warn(f"{message} were dropped.", DDMDataWarning, stacklevel=2)
     keep = [r for r in rows if r["censor"].upper() != "TRUE" and r["response"] in ("word", "nonword")]
     keep.sort(key=lambda r: int(r["id"]))
-    return ddm_data(
-        [float(r["rt"]) for r in keep], [float(r["response"] == "word") for r in keep], [r["id"] for r in keep], min_rt
-    )
+    upper = [r["response"] == (r["stim_cat"] if coding == "accuracy" else "word") for r in keep]
+    return ddm_data([float(r["rt"]) for r in keep], [float(u) for u in upper], [r["id"] for r in keep], min_rt)
 
 
 # ----------------------------------------------------------------------------------------------------------
