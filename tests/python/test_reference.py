@@ -400,3 +400,25 @@ def test_pystan_fit_of_a_small_gaussian_model():
         warnings.simplefilter("ignore", StanDiagnosticWarning)
         again = asyncio.run(in_loop())
     pd.testing.assert_frame_equal(again.draws, fit.draws)
+
+
+@pytest.mark.slow
+def test_pystan_fit_of_a_poisson_model_with_an_offset_and_the_intercept_as_a_coefficient():
+    # brms's `0 + Intercept` (b_Intercept of class b) and `offset(log(t))` compile, sample and recover the truth
+    pytest.importorskip("stan", reason='needs PyStan 3: pip install pystan "setuptools<81"')
+    rng = np.random.default_rng(5)
+    J, n, b0, b_x = 12, 15, 0.3, 0.5
+    g = np.repeat([f"s{j}" for j in range(J)], n)
+    x, t = rng.normal(size=J * n), rng.uniform(0.5, 5.0, size=J * n)
+    u = 0.3 * rng.normal(size=J)
+    y = rng.poisson(t * np.exp(b0 + b_x * x + u[np.arange(J).repeat(n)]))
+    data = pd.DataFrame({"y": y, "x": x, "t": t, "g": g})
+    model = FormulaNPE("y ~ 0 + Intercept + x + offset(log(t)) + (1 | g)", data, family="poisson")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StanDiagnosticWarning)
+        fit = fit_stan(model, chains=2, warmup=300, draws=300, seed=4, backend="pystan")
+    assert fit.variables[:3] == ["b_Intercept", "b_x", "sd_g__Intercept"] and fit.diagnostics["max_rhat"] < 1.1
+    d = fit.draws
+    # without the offset, b_Intercept would absorb mean(log t) = 0.8
+    assert abs(d["b_Intercept"].mean() - b0) < 3 * d["b_Intercept"].std() + 0.05
+    assert abs(d["b_x"].mean() - b_x) < 3 * d["b_x"].std() + 0.05
