@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "amortized LOGO, one HMC run per subject and variant")
     parser.add_argument("--observed-weight", type=float, default=1.0,
                         help="weight of the block's own reverse KL in training (0: amortized on simulations alone)")
+    parser.add_argument("--logo-plugin", action="store_true",
+                        help="also the plug-in LOGO (logo_elpd proposal='plugin': x_j used twice), a reading of the paper")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stan-fit", type=Path, default=None,
                         help="npz file of the Stan fit: reused when it exists (same block and settings), else written")
@@ -423,6 +425,14 @@ def main(argv: list[str] | None = None) -> dict:
         "stan_estimate_seconds_all_refits_1000_1000": round(data.n_groups * diag["sample_seconds"] * 2000 / (args.stan_warmup + args.stan_draws), 0),
     }  # fmt: skip
     log(f"LOGO: {json.dumps(result['logo'])}")
+    if args.logo_plugin:  # the held-out subject's own parameters fitted to its data, then scored on it (x_j twice)
+        plugin = {n: logo_elpd(npes[n], models[n], data, n_draws=args.logo_draws, n_local=args.logo_local,
+                               seed=args.seed, proposal="plugin") for n in models}  # fmt: skip
+        diff_p = compare_logo(plugin["beta"], plugin["shared"])
+        result["logo_plugin"] = {"elpd_diff_beta_minus_shared": round(diff_p["elpd_diff"], 2),
+                                 "se_diff": round(diff_p["se_diff"], 2),
+                                 **{n: round(r.elpd, 2) for n, r in plugin.items()}}  # fmt: skip
+        log(f"LOGO, plug-in reading: {json.dumps(result['logo_plugin'])}")
     if args.logo_refined:  # the same estimator on exact LOGO posteriors (HMC through the amortizer)
         refined = {n: logo_elpd(npes[n], models[n], data, n_draws=args.logo_draws, n_local=args.logo_local,
                                 seed=args.seed, posterior="refined") for n in models}  # fmt: skip

@@ -191,7 +191,7 @@ def test_train_arguments(npe):
         npe.train(steps=2.5)
     with pytest.raises(ConfigError, match=r"TrainConfig got unknown keys \['stepz'\]"):
         npe.train({"stepz": 3})
-    with pytest.raises(DataError, match="`observed` must be a GroupedData or None, got dict"):
+    with pytest.raises(DataError, match="`observed` must be a GroupedData, a non-empty list of them or None, got dict"):
         npe.train(TrainConfig(steps=1, progress=False), observed={"y": [1.0]})
     with pytest.raises(ConfigError, match="`monitor` must be a function"):
         npe.train(TrainConfig(steps=1, progress=False), monitor=3)

@@ -184,6 +184,8 @@ def test_tiny_train_sample_and_logo():
         result = logo_elpd(npe, model, data, n_draws=8, n_local=4, seed=2)
         assert result.elpd_j.shape == (11,) and np.isfinite(result.se) and result.refit_seconds > 0
         assert np.isnan(result.pareto_k).all() and result.nobs_j.tolist() == [12] * 11  # amortized refits: no PSIS
+        plugin = logo_elpd(npe, model, data, n_draws=8, n_local=4, seed=2, proposal="plugin")
+        assert plugin.elpd_j.shape == (11,) and np.isfinite(plugin.elpd_j).all()
         results.append(result)
     diff = compare_logo(results[1], results[0])
     assert diff["elpd_diff"] == pytest.approx(results[1].elpd - results[0].elpd)

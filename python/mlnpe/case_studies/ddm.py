@@ -673,6 +673,13 @@ def logo_elpd(
     too narrow. ``proposal="prior"`` draws lambda_j from p(lambda_j | tau) (weights = likelihood): also unbiased,
     but with 96 trials per subject a handful of draws carry all the weight and log(mean) is biased low.
 
+    ``proposal="plugin"`` is not an estimate of eq. 26's predictive density: it draws lambda_j from the local flow
+    given x_j alone and ignores the weights, so x_j is used twice (to fit the held-out subject's own parameters,
+    then to score them). It is kept to check a reading of the paper: with accuracy coding (upper = correct,
+    ``load_speed_acc(coding="accuracy")``) it reproduces the paper's positive elpd difference for the beta_j
+    model (+18.1, SE 7.3, against the paper's +13.3, SE 1.5), while the unbiased estimator gives -0.4 (SE 5.2) with
+    accuracy coding and -12.3 (SE 2.6) with stimulus coding (BENCHMARKS.md, DDM case study).
+
     With ``posterior="refined"`` the S global draws of each refit come from HMC on the exact LOGO posterior,
     started and preconditioned by the amortized one (`mlnpe.inference.refine`): a reference for the amortized
     estimate that costs one HMC run per subject (tens of seconds each) instead of a fraction of a second.
@@ -684,7 +691,7 @@ def logo_elpd(
         n_draws: S global draws per refit.
         n_local: M local draws per global draw.
         seed: seed of all draws (refit j's amortized draws use seed + j; the proposals share one generator).
-        proposal: "flow" or "prior" (see above).
+        proposal: "flow", "prior" or "plugin" (see above).
         posterior: "amortized" or "refined" (see above).
         refine_config: a `mlnpe.RefineConfig` for ``posterior="refined"`` (default: RefineConfig's defaults with
             seed `seed`); subject j's refit uses its seed + j.
@@ -698,8 +705,8 @@ def logo_elpd(
         raise DataError("leave-one-group-out needs at least two subjects.")
     if int(n_draws) < 1 or int(n_local) < 1:
         raise ConfigError(f"`n_draws` and `n_local` must be positive, got {n_draws!r} and {n_local!r}.")
-    if proposal not in ("flow", "prior"):
-        raise ConfigError(f"`proposal` must be 'flow' or 'prior', got {proposal!r}.")
+    if proposal not in ("flow", "prior", "plugin"):
+        raise ConfigError(f"`proposal` must be 'flow', 'prior' or 'plugin', got {proposal!r}.")
     if posterior not in ("amortized", "refined"):
         raise ConfigError(f"`posterior` must be 'amortized' or 'refined', got {posterior!r}.")
     generator = torch.Generator().manual_seed(seed)
@@ -717,6 +724,9 @@ def logo_elpd(
         g = torch.as_tensor(global_draws, dtype=torch.float32)  # (S, G)
         if proposal == "flow":
             return npe.local_proposal(data.subset([j]), g, m, generator, model=model)
+        if proposal == "plugin":  # the flow alone (a vanishing prior share), weights ignored
+            l, _ = npe.local_proposal(data.subset([j]), g, m, generator, flow_fraction=1 - 1e-12, model=model)
+            return l, torch.zeros(l.shape[0], dtype=torch.float64)
         l = model.sample_local(g.double(), m, generator)  # (S, M, L)
         return l.reshape(-1, l.shape[-1]), torch.zeros(l.shape[0] * l.shape[1], dtype=torch.float64)
 
