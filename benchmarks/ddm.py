@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["runtime"] = {"stan_seconds_per_fit_1000_1000": round(stan_s, 1), "stan_measured_seconds": round(diag["sample_seconds"], 1),
                          "stan_iterations_measured": [args.stan_warmup, args.stan_draws], "extrapolated": scale != 1,
                          "stan_time_source": "--stan-seconds (not measured)" if args.no_stan else "measured", "stan_compile_seconds": round(diag["compile_seconds"], 1),
-                         "stan_cores": args.stan_cores, "npe_train_seconds": round(train_seconds["shared"], 1),
+                         "stan_cores": diag.get("cores", args.stan_cores), "npe_train_seconds": round(train_seconds["shared"], 1),
                          "npe_seconds_per_fit_4000_draws": round(npe_fit_s, 3), "break_even_fits": break_even}  # fmt: skip
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     log(f"runtime: {json.dumps(result['runtime'])}")
