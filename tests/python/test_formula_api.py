@@ -113,6 +113,15 @@ def test_save_load_and_cache(gaussian, tmp_path, monkeypatch):
     assert hit3 is False  # another prior is another model
 
 
+def _tiny_fit(formula, df, family, n_draws):
+    """A FormulaNPE trained for a few steps and its unrefined fit of `df` (k-hat warnings silenced)."""
+    model = FormulaNPE(formula, df, family, network=NET)
+    model.train(TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ParetoKWarning)
+        return model, model.fit(n_draws=n_draws, seed=0, refine=False)
+
+
 @pytest.mark.parametrize(
     "formula, family",
     [("bin ~ x + (1 | g)", "bernoulli"), ("count ~ x + (1 | g)", "poisson"),
@@ -120,11 +129,7 @@ def test_save_load_and_cache(gaussian, tmp_path, monkeypatch):
      ("y ~ x + (1 + x || g)", "student")],
 )
 def test_families_train_and_fit(formula, family):
-    model = FormulaNPE(formula, _df(), family, network=NET)
-    model.train(TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ParetoKWarning)
-        fit = model.fit(n_draws=20, seed=0, refine=False)
+    model, fit = _tiny_fit(formula, _df(), family, n_draws=20)
     assert np.isfinite(fit.draws.to_numpy()).all()
     assert np.isfinite(fit.log_lik()).all()
 
@@ -372,11 +377,7 @@ def test_offset_model_saves_and_loads_with_its_offset(exposure, tmp_path):
      ("bin ~ 0 + Intercept + x + offset(-x) + (1 | g)", "bernoulli")],
 )  # fmt: skip
 def test_offsets_train_and_fit_in_every_family(formula, family):
-    model = FormulaNPE(formula, _exposure_df(), family, network=NET)
-    model.train(TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ParetoKWarning)
-        fit = model.fit(n_draws=10, seed=0, refine=False)
+    model, fit = _tiny_fit(formula, _exposure_df(), family, n_draws=10)
     assert np.isfinite(fit.draws.to_numpy()).all() and np.isfinite(fit.log_lik()).all()
     np.testing.assert_allclose(fit.log_lik().sum(1), _model_log_lik(model, fit, _exposure_df()), rtol=1e-4)
 
