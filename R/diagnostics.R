@@ -89,7 +89,8 @@ print.mlnpe_sbc <- function(x, digits = 3, ...) {
 #'
 #' @param fit An `mlnpefit`, or any object with brms-named draws (`posterior::as_draws_matrix()` works on it,
 #'   e.g. a `brmsfit`).
-#' @param group,coef The grouping factor and its coefficients; taken from an `mlnpefit`, needed otherwise.
+#' @param group,coef The grouping factor and its coefficients; for an `mlnpefit` any of its grouping factors (by
+#'   default the one with the most levels) and by default its coefficients; needed otherwise.
 #' @return A levels x coefficients matrix of pooling factors.
 #' @examples
 #' \dontrun{
@@ -101,7 +102,13 @@ print.mlnpe_sbc <- function(x, digits = 3, ...) {
 pooling_factor <- function(fit, group = NULL, coef = NULL) {
   if (inherits(fit, "mlnpefit")) {
     group <- group %||% fit$group
-    coef <- coef %||% fit$z_names
+    factor <- Filter(function(f) identical(f$group, group), grouping_factors(fit))
+    if (!length(factor)) {
+      mlnpe_abort(sprintf("`group` is %s, which is no grouping factor of this fit (%s).", describe_value(group),
+                          paste0("\"", vapply(grouping_factors(fit), `[[`, character(1), "group"), "\"", collapse = ", ")),
+                  "mlnpe_argument_error")
+    }
+    coef <- coef %||% factor[[1L]]$z_names
   }
   if (!is.character(group) || length(group) != 1L || !is.character(coef) || !length(coef)) {
     mlnpe_abort("`group` (one name) and `coef` (the group-level coefficients) are needed for a fit that is not an mlnpefit.",

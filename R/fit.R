@@ -5,9 +5,11 @@
 #' Identical later calls load the trained amortizer from the cache, and [update()][update.mlnpefit] with
 #' `newdata` fits new data of the same design without training.
 #'
-#' Models have one grouping factor: `y ~ x + (1 + x | g)`, `(1 | g)`, `(1 + x || g)`, `(0 + x | g)`, factor
-#' predictors and interactions, and `y | trials(n) ~ ...` for binomial models. Parameters are named as brms
-#' names them.
+#' Models have one or more grouping factors: `y ~ x + (1 + x | g)`, `(1 | g)`, `(1 + x || g)`, `(0 + x | g)`,
+#' crossed `(1 | subject) + (1 | item)` and nested `(1 | school/class)`, factor predictors and interactions, and
+#' `y | trials(n) ~ ...` for binomial models. Parameters are named as brms names them. With several factors, the
+#' one with the most levels is amortized over its levels; the effects of the others (at most 100) are parameters
+#' of the trained model, so new data may use their trained levels only.
 #'
 #' Differences from brms: every prior must be proper (see [mlnpe_prior()]); the default prior on `b` is
 #' `normal(0, 2.5 * sd(y) / sd(x))` instead of flat; rows with missing values are an error, not dropped; the
@@ -15,7 +17,7 @@
 #' the exact posterior (at most 0.7 is good).
 #'
 #' @param formula A model formula as in brms (a formula, a string, or a `brms::bf()` object): population-level
-#'   terms, one grouping factor, `y | trials(n)` for binomial models, brms's `0 + Intercept` (the intercept as a
+#'   terms, group-level terms of one or more grouping factors (crossed or nested), `y | trials(n)` for binomial models, brms's `0 + Intercept` (the intercept as a
 #'   class `b` coefficient, predictors not centred) and offsets such as `offset(log(exposure))` (columns, numbers,
 #'   `+ - * / ^` and `log`, `log2`, `log10`, `log1p`, `exp`, `sqrt`; not in group-level terms). An offset is data:
 #'   `newdata` of predictions needs its columns, and its values must be finite on every row.
@@ -136,6 +138,9 @@ new_mlnpefit <- function(value, spec, data, data_name, family, prior, settings, 
     levels = levels,
     x_names = as.character(unlist(value$x_names)),
     z_names = as.character(unlist(value$z_names)),
+    crossed = lapply(value$crossed, function(f) {
+      list(group = f$group, levels = as.character(unlist(f$levels)), z_names = as.character(unlist(f$z_names)))
+    }),
     aux = as.character(unlist(value$aux)),
     nobs = as.integer(value$nobs),
     diagnostics = diagnostics_from_py(value$diagnostics),

@@ -8,6 +8,9 @@
 #' unbiased and much less noisy than prior draws alone when groups have many rows. brms needs one MCMC refit
 #' per group for the same quantity (`kfold(fit, group = )`).
 #'
+#' With several grouping factors the groups left out are the levels of the primary factor, the one with the most
+#' levels (`fit$group`); the effects of the others are parameters of the trained model, fixed by its levels.
+#'
 #' The refits are never refined by HMC (`refine` in [mlnpe()]): that would cost seconds to a minute per group.
 #' Their k-hats (in `diagnostics`) say how far each amortized refit is from its exact posterior.
 #'

@@ -11,15 +11,21 @@ summarise_columns <- function(m, probs = c(0.025, 0.975), robust = FALSE) {
 
 b_names <- function(x) grep("^b_", variables.mlnpefit(x), value = TRUE)
 
-r_names <- function(x, coef) {
-  sprintf("r_%s[%s,%s]", x$group, gsub(" ", ".", x$levels, fixed = TRUE), coef)
+# The grouping factors of a fit, the primary one (whose levels the data set) first: each a list of its name
+# (`group`), `levels` and group-level coefficients (`z_names`).
+grouping_factors <- function(x) {
+  c(list(list(group = x$group, levels = x$levels, z_names = x$z_names)), x$crossed)
 }
 
-cor_pairs <- function(x) {
-  z <- x$z_names
+r_names <- function(f, coef) {
+  sprintf("r_%s[%s,%s]", f$group, gsub(" ", ".", f$levels, fixed = TRUE), coef)
+}
+
+cor_pairs <- function(x, f) {
+  z <- f$z_names
   pairs <- list()
   for (j in seq_along(z)) for (i in seq_len(j - 1L)) pairs[[length(pairs) + 1L]] <- c(z[i], z[j])
-  names <- vapply(pairs, function(p) sprintf("cor_%s__%s__%s", x$group, p[1], p[2]), character(1))
+  names <- vapply(pairs, function(p) sprintf("cor_%s__%s__%s", f$group, p[1], p[2]), character(1))
   keep <- names %in% variables.mlnpefit(x)
   list(pairs = pairs[keep], names = names[keep])
 }
@@ -58,11 +64,10 @@ fixef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.0
   summarise_columns(m, probs, robust)
 }
 
-ranef_draws <- function(object) {
-  z <- object$z_names
-  out <- array(NA_real_, c(object$ndraws, length(object$levels), length(z)),
-               dimnames = list(NULL, object$levels, z))
-  for (k in seq_along(z)) out[, , k] <- draws_matrix(object, r_names(object, z[k]))
+ranef_draws <- function(object, f) {
+  z <- f$z_names
+  out <- array(NA_real_, c(object$ndraws, length(f$levels), length(z)), dimnames = list(NULL, f$levels, z))
+  for (k in seq_along(z)) out[, , k] <- draws_matrix(object, r_names(f, z[k]))
   out
 }
 
@@ -84,27 +89,33 @@ summarise_array <- function(a, probs, robust) {
 #' @export
 ranef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.025, 0.975), ...) {
   check_summary_args(summary, robust, probs)
-  a <- ranef_draws(object)
-  out <- list(if (summary) summarise_array(a, probs, robust) else a)
-  stats::setNames(out, object$group)
+  factors <- grouping_factors(object)
+  out <- lapply(factors, function(f) {
+    a <- ranef_draws(object, f)
+    if (summary) summarise_array(a, probs, robust) else a
+  })
+  stats::setNames(out, vapply(factors, `[[`, character(1), "group"))
 }
 
 #' @rdname effects-mlnpefit
 #' @export
 coef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.025, 0.975), ...) {
   check_summary_args(summary, robust, probs)
-  r <- ranef_draws(object)
   b <- fixef.mlnpefit(object, summary = FALSE)
-  # as brms: the group-level coefficients first, then the population-level ones without a group-level part
-  coefs <- c(dimnames(r)[[3L]], setdiff(colnames(b), dimnames(r)[[3L]]))
-  a <- array(0, c(dim(r)[1:2], length(coefs)), dimnames = list(NULL, dimnames(r)[[2L]], coefs))
-  for (k in seq_along(coefs)) {
-    nm <- coefs[k]
-    if (nm %in% dimnames(r)[[3L]]) a[, , k] <- r[, , nm]
-    if (nm %in% colnames(b)) a[, , k] <- a[, , k] + b[, nm]
-  }
-  out <- list(if (summary) summarise_array(a, probs, robust) else a)
-  stats::setNames(out, object$group)
+  factors <- grouping_factors(object)
+  out <- lapply(factors, function(f) {
+    r <- ranef_draws(object, f)
+    # as brms: the group-level coefficients first, then the population-level ones without a group-level part
+    coefs <- c(dimnames(r)[[3L]], setdiff(colnames(b), dimnames(r)[[3L]]))
+    a <- array(0, c(dim(r)[1:2], length(coefs)), dimnames = list(NULL, dimnames(r)[[2L]], coefs))
+    for (k in seq_along(coefs)) {
+      nm <- coefs[k]
+      if (nm %in% dimnames(r)[[3L]]) a[, , k] <- r[, , nm]
+      if (nm %in% colnames(b)) a[, , k] <- a[, , k] + b[, nm]
+    }
+    if (summary) summarise_array(a, probs, robust) else a
+  })
+  stats::setNames(out, vapply(factors, `[[`, character(1), "group"))
 }
 
 #' @rdname effects-mlnpefit
@@ -112,24 +123,27 @@ coef.mlnpefit <- function(object, summary = TRUE, robust = FALSE, probs = c(0.02
 #' @export
 VarCorr.mlnpefit <- function(x, sigma = 1, summary = TRUE, robust = FALSE, probs = c(0.025, 0.975), ...) {
   check_summary_args(summary, robust, probs)
-  z <- x$z_names
-  sds <- draws_matrix(x, sprintf("sd_%s__%s", x$group, z))
-  colnames(sds) <- z
-  n <- nrow(sds)
-  cors <- array(0, c(n, length(z), length(z)), dimnames = list(NULL, z, z))
-  for (k in seq_along(z)) cors[, k, k] <- 1
-  cp <- cor_pairs(x)
-  for (i in seq_along(cp$names)) {
-    v <- draws_matrix(x, cp$names[i])[, 1L]
-    cors[, cp$pairs[[i]][1], cp$pairs[[i]][2]] <- v
-    cors[, cp$pairs[[i]][2], cp$pairs[[i]][1]] <- v
-  }
-  covs <- cors
-  for (i in seq_along(z)) for (j in seq_along(z)) covs[, i, j] <- cors[, i, j] * sds[, i] * sds[, j]
-  group <- if (!summary) list(sd = sds, cor = cors, cov = covs) else
-    list(sd = summarise_columns(sds, probs, robust),
-         cor = summarise_cross(cors, probs, robust), cov = summarise_cross(covs, probs, robust))
-  out <- stats::setNames(list(group), x$group)
+  factors <- grouping_factors(x)
+  out <- lapply(factors, function(f) {
+    z <- f$z_names
+    sds <- draws_matrix(x, sprintf("sd_%s__%s", f$group, z))
+    colnames(sds) <- z
+    n <- nrow(sds)
+    cors <- array(0, c(n, length(z), length(z)), dimnames = list(NULL, z, z))
+    for (k in seq_along(z)) cors[, k, k] <- 1
+    cp <- cor_pairs(x, f)
+    for (i in seq_along(cp$names)) {
+      v <- draws_matrix(x, cp$names[i])[, 1L]
+      cors[, cp$pairs[[i]][1], cp$pairs[[i]][2]] <- v
+      cors[, cp$pairs[[i]][2], cp$pairs[[i]][1]] <- v
+    }
+    covs <- cors
+    for (i in seq_along(z)) for (j in seq_along(z)) covs[, i, j] <- cors[, i, j] * sds[, i] * sds[, j]
+    if (!summary) list(sd = sds, cor = cors, cov = covs) else
+      list(sd = summarise_columns(sds, probs, robust),
+           cor = summarise_cross(cors, probs, robust), cov = summarise_cross(covs, probs, robust))
+  })
+  out <- stats::setNames(out, vapply(factors, `[[`, character(1), "group"))
   if ("sigma" %in% variables.mlnpefit(x)) {
     s <- draws_matrix(x, "sigma")
     colnames(s) <- "Intercept"
@@ -170,7 +184,10 @@ nobs.mlnpefit <- function(object, ...) object$nobs
 #' @rdname info-mlnpefit
 #' @exportS3Method lme4::ngrps
 #' @rawNamespace S3method(brms::ngrps, mlnpefit)
-ngrps.mlnpefit <- function(object, ...) stats::setNames(list(length(object$levels)), object$group)
+ngrps.mlnpefit <- function(object, ...) {
+  factors <- grouping_factors(object)
+  stats::setNames(lapply(factors, function(f) length(f$levels)), vapply(factors, `[[`, character(1), "group"))
+}
 
 #' @rdname info-mlnpefit
 #' @export

@@ -34,11 +34,13 @@ summary.mlnpefit <- function(object, prob = 0.95, robust = FALSE, ...) {
   }
   b <- b_names(object)
   fixed <- tidy(draws_matrix(object, b), sub("^b_", "", b))
-  sd_vars <- sprintf("sd_%s__%s", object$group, object$z_names)
-  cp <- cor_pairs(object)
-  random_rows <- c(sprintf("sd(%s)", object$z_names),
-                   vapply(cp$pairs, function(p) sprintf("cor(%s,%s)", p[1], p[2]), character(1)))
-  random <- stats::setNames(list(tidy(draws_matrix(object, c(sd_vars, cp$names)), random_rows)), object$group)
+  factors <- grouping_factors(object)
+  random <- lapply(factors, function(f) {
+    cp <- cor_pairs(object, f)
+    rows <- c(sprintf("sd(%s)", f$z_names), vapply(cp$pairs, function(p) sprintf("cor(%s,%s)", p[1], p[2]), character(1)))
+    tidy(draws_matrix(object, c(sprintf("sd_%s__%s", f$group, f$z_names), cp$names)), rows)
+  })
+  random <- stats::setNames(random, vapply(factors, `[[`, character(1), "group"))
   spec_pars <- if (length(object$aux)) tidy(draws_matrix(object, object$aux), object$aux) else NULL
   structure(list(
     formula = object$formula_text, family = object$family, aux = object$aux, data_name = object$data_name,

@@ -79,6 +79,7 @@ class MultilevelNPE:
         if not self.global_params or not self.local_params:
             raise ConfigError("the model must declare at least one global and one local parameter.")
         self.y_dim, self.x_dim = int(specs["y_dim"]), int(specs["x_dim"])
+        self.effects = tuple((int(g), int(x)) for g, x in specs.get("effects", ()))
         self.groups = check_sizes("groups", groups)
         self.rows = check_sizes("rows", rows)
         changes = network_changes(network)
@@ -94,6 +95,7 @@ class MultilevelNPE:
                 self.network,
                 local_summary,
                 global_summary,
+                [(g, self.y_dim + x) for g, x in self.effects],
             )
         self.custom_summaries = (local_summary is not None, global_summary is not None)
         self.history = TrainHistory()
@@ -408,6 +410,7 @@ class MultilevelNPE:
                 "local_params": [p.to_dict() for p in self.local_params],
                 "y_dim": self.y_dim,
                 "x_dim": self.x_dim,
+                **({"effects": [list(p) for p in self.effects]} if self.effects else {}),
             },
             "groups": list(self.groups),
             "rows": list(self.rows),
@@ -474,4 +477,5 @@ def _specs_of(model: TwoLevelModel) -> dict[str, Any]:
         "local_params": [p.to_dict() for p in model.local_params],
         "y_dim": model.y_dim,
         "x_dim": model.x_dim,
+        **({"effects": [list(p) for p in model.level_effects]} if model.level_effects else {}),
     }

@@ -6,12 +6,15 @@ local flow is conditioned on the true global parameters (eq. 13); sampling is an
 Flows work on unconstrained parameters; draws and log densities are on the constrained scale.
 
 The global summary may carry hand-made statistics of the data (`mlnpe.networks.statistics`), and the flows may
-model the residuals of a regression shift fitted to the pilot simulations (`mlnpe.networks.shift`).
+model the residuals of a regression shift fitted to the pilot simulations (`mlnpe.networks.shift`). Global
+parameters that act on rows through features (the effects of a formula model's other grouping factors) reach the
+flows through `mlnpe.networks.effects`; the summaries never see those features.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +23,7 @@ from .core.constraints import Bijector
 from .core.data import GroupedBatch
 from .errors import ConfigError
 from .networks.config import NetworkConfig
+from .networks.effects import LevelEffects
 from .networks.flows import ConditionalFlow
 from .networks.shift import GlobalShift, LocalShift
 from .networks.statistics import PooledStatistics, data_zero, group_moments, masked_moments, signed_log
@@ -89,6 +93,8 @@ class MultilevelEstimator(nn.Module):
         config: the networks' configuration.
         local_summary: optional custom local summary module (see mlnpe.networks.summaries for the interface).
         global_summary: optional custom global summary module.
+        effects: (global column, row column) per global parameter that multiplies a row feature
+            (`mlnpe.networks.effects`); those row columns are hidden from the summaries.
     """
 
     def __init__(
@@ -99,10 +105,15 @@ class MultilevelEstimator(nn.Module):
         config: NetworkConfig = NetworkConfig(),
         local_summary: nn.Module | None = None,
         global_summary: nn.Module | None = None,
+        effects: Sequence[tuple[int, int]] = (),
     ):
         super().__init__()
         self.global_bijector, self.local_bijector, self.config = global_bijector, local_bijector, config
         g, l = global_bijector.unconstrained_dim(), local_bijector.unconstrained_dim()
+        self.effects = LevelEffects(effects, row_features) if effects else None
+        hidden = set() if self.effects is None else set(self.effects.row_columns.tolist())
+        self.visible = [c for c in range(row_features) if c not in hidden]  # the row columns the summaries see
+        row_features = len(self.visible)
         s, sufficient = config.summary, config.summary.sufficient
         if local_summary is None and sufficient is not None:
             local_summary = SufficientSummary(
@@ -128,18 +139,21 @@ class MultilevelEstimator(nn.Module):
             isinstance(self.global_summary, DeepSet) and self.global_summary.moments != "none"
         )
         h_global = self.global_summary.out_features + pooled_dim + (2 * h_local if self.group_moments else 0)
+        h_global += 0 if self.effects is None else self.effects.statistics_features
         shifted = self.statistics is not None and config.shift is not None
         self._fixed_cols = fixed_columns(self.local_summary, h_local) if shifted else []
         self._estimate_pairs = [(int(e), int(v)) for e, v in getattr(self.local_summary, "group_estimates", [])]
         if not self._fixed_cols:
             self._estimate_pairs = []
         n_stats = pooled_dim + 2 * len(self._fixed_cols) + 2 * len(self._estimate_pairs)
+        n_stats += 0 if self.effects is None else self.effects.statistics_features
         self.global_shift = GlobalShift(n_stats, global_bijector, config.shift) if shifted else None
         self.local_shift = LocalShift(len(self._fixed_cols), g, l) if self._fixed_cols else None
         self.global_embed = MLP(h_global, [s.hidden], s.embedding) if s.embedding else nn.Identity()
         gf, lf = config.global_flow, config.local_flow
         self.global_flow = ConditionalFlow(g, s.embedding or h_global, gf.transforms, gf.hidden, gf.bins, gf.affine)
-        self.local_flow = ConditionalFlow(l, h_local + g, lf.transforms, lf.hidden, lf.bins, lf.affine)
+        offsets = 0 if self.effects is None else 1  # each group's mean offset from the effects
+        self.local_flow = ConditionalFlow(l, h_local + g + offsets, lf.transforms, lf.hidden, lf.bins, lf.affine)
         if any(not 0 <= i < row_features for i in config.log_inputs):
             raise ConfigError(
                 f"NetworkConfig `log_inputs` {list(config.log_inputs)} must index the {row_features} row columns."
@@ -164,7 +178,10 @@ class MultilevelEstimator(nn.Module):
         if self.global_shift is not None:
             h_local, packed, group_of_row = self._local(batch)
             stats = self._statistics(packed, group_of_row, *batch.row_mask.shape[:2])
-            loc, scale = self.global_shift.fit(self._shift_statistics(stats, h_local, batch.group_mask), gu, loc, scale)
+            regressors = self._shift_statistics(
+                stats, h_local, batch.group_mask, self._effect_statistics(batch, packed, group_of_row)
+            )
+            loc, scale = self.global_shift.fit(regressors, gu, loc, scale)
         self.global_flow.set_standardization(loc, scale)
         lu = self.local_bijector.inverse(local_params)
         loc, scale = masked_moments(lu, batch.group_mask)
@@ -175,6 +192,10 @@ class MultilevelEstimator(nn.Module):
                 h_local[..., self._fixed_cols][real], g, lu[real], loc, scale, self.config.shift.spread_limit
             )
         self.local_flow.set_standardization(loc, scale)
+        if self.effects is not None:
+            rows, owner = _real_rows(batch)
+            weights = self.effects.group_weights(rows, owner, *batch.row_mask.shape[:2])
+            self.effects.set_scale(weights, gu, batch.group_mask)
 
     def _standardized_globals(self, gu: Tensor) -> Tensor:
         """Unconstrained globals (..., G) in units of their prior's robust moments (the local flow's context)."""
@@ -232,11 +253,14 @@ class MultilevelEstimator(nn.Module):
     # ---- summaries ------------------------------------------------------------------------------------------
     def _rows(self, batch: GroupedBatch) -> Tensor:
         """(B, J, N, d) rows as the networks see them, before standardization."""
-        return _log_columns(batch.rows(), self.log_inputs, self.config.log_response)
+        rows = batch.rows()
+        rows = rows if self.effects is None else rows[..., self.visible]
+        return _log_columns(rows, self.log_inputs, self.config.log_response)
 
     def _packed(self, batch: GroupedBatch) -> tuple[Tensor, Tensor]:
         """The R real rows, standardized (R, d), and each one's group among the B * J (R,)."""
         rows, group_of_row = _real_rows(batch)
+        rows = rows if self.effects is None else rows[:, self.visible]
         rows = _log_columns(rows, self.log_inputs, self.config.log_response)
         return (rows - self.row_loc) / self.row_scale, group_of_row
 
@@ -271,18 +295,32 @@ class MultilevelEstimator(nn.Module):
         h_global = self.global_summary(h_local, real)
         if self.group_moments:
             h_global = torch.cat([h_global, *group_moments(h_local, real)], -1)
+        extra, stats_extra = h_local, None  # with effects, h_local returns with each group's mean effect features
+        if self.effects is not None:
+            rows = _real_rows(batch)[0]
+            effect_stats = self.effects.statistics(rows, packed[:, 0], group_of_row, b, j)
+            h_global = torch.cat([h_global, effect_stats], -1)
+            stats_extra = effect_stats
+            extra = torch.cat([h_local, self.effects.group_weights(rows, group_of_row, b, j)], -1)
         if self.statistics is None:
-            return h_local, self.global_embed(h_global)
+            return extra, self.global_embed(h_global)
         stats = self._statistics(packed, group_of_row, b, j)
         h_global = self.global_embed(torch.cat([h_global, stats], -1))
         if self.global_shift is not None:  # the flow's shift rides along in the last columns (`_split_global`)
-            shift = self.global_shift(self._shift_statistics(stats, h_local, real))
+            shift = self.global_shift(self._shift_statistics(stats, h_local, real, stats_extra))
             h_global = torch.cat([h_global, shift.to(h_global.dtype)], -1)
-        return h_local, h_global
+        return extra, h_global
 
-    def _shift_statistics(self, stats: Tensor, h_local: Tensor, real: Tensor) -> Tensor:
-        """The regressors of the global shift: see `_shift_regressors`."""
-        return _shift_regressors(stats, h_local, real, self._fixed_cols, self._estimate_pairs)
+    def _shift_statistics(self, stats: Tensor, h_local: Tensor, real: Tensor, effect_stats: Tensor | None) -> Tensor:
+        """The regressors of the global shift: see `_shift_regressors`, then the effects' statistics."""
+        out = _shift_regressors(stats, h_local, real, self._fixed_cols, self._estimate_pairs)
+        return out if effect_stats is None else torch.cat([out, effect_stats], -1)
+
+    def _effect_statistics(self, batch: GroupedBatch, packed: Tensor, owner: Tensor) -> Tensor | None:
+        """The effects' statistics (B, 2P) (`LevelEffects.statistics`), or None without effects."""
+        if self.effects is None:
+            return None
+        return self.effects.statistics(_real_rows(batch)[0], packed[:, 0], owner, *batch.row_mask.shape[:2])
 
     @torch.no_grad()
     def pooled_statistics(self, batch: GroupedBatch) -> Tensor | None:
@@ -296,13 +334,14 @@ class MultilevelEstimator(nn.Module):
     @torch.no_grad()
     def shift_statistics(self, batch: GroupedBatch) -> Tensor | None:
         """(B, F) the regressors of the global shift (the pooled statistics, then the mean and log variance over
-        groups of the local summary's fixed features), or the pooled statistics alone without fixed features;
-        None when `statistics` is off. Functions of the data alone (the fixed features have no weights)."""
+        groups of the local summary's fixed features, the effects' statistics), or the pooled statistics alone
+        without fixed features; None when `statistics` is off. Functions of the data alone (the fixed features have no weights)."""
         if self.statistics is None:
             return None
         b, j, _ = batch.row_mask.shape
         h_local, packed, owner = self._local(batch)
-        return self._shift_statistics(self._statistics(packed, owner, b, j), h_local, batch.group_mask)
+        stats = self._statistics(packed, owner, b, j)
+        return self._shift_statistics(stats, h_local, batch.group_mask, self._effect_statistics(batch, packed, owner))
 
     # ---- the local flow -------------------------------------------------------------------------------------
     def _local_inputs(
@@ -314,11 +353,15 @@ class MultilevelEstimator(nn.Module):
         globals (..., B, 1, G) (`ConditionalFlow.from_noise` then applies the first layers to each once).
         """
         g = self._standardized_globals(global_u).unsqueeze(-2)  # (..., B, 1, G)
+        pieces = [g]
+        if self.effects is not None:  # h_local ends with the group's mean effect features: its offset at gu
+            h_local, weights = h_local[..., : -self.effects.size], h_local[..., -self.effects.size :]
+            pieces.append(self.effects.offsets(weights, global_u))  # (..., B, J, 1)
         if parts:
-            context = (h_local, g)
+            context = (h_local, *pieces)
         else:
-            shape = torch.broadcast_shapes(g.shape[:-2], h_local.shape[:-2]) + h_local.shape[-2:-1]
-            context = torch.cat([h_local.expand(*shape, -1), g.expand(*shape, -1)], -1)
+            shape = torch.broadcast_shapes(*(p.shape[:-2] for p in pieces), h_local.shape[:-2]) + h_local.shape[-2:-1]
+            context = torch.cat([t.expand(*shape, -1) for t in (h_local, *pieces)], -1)
         if self.local_shift is None:
             return context, None
         return context, self.local_shift(h_local[..., self._fixed_cols], g)

@@ -329,6 +329,8 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
         "aux": list(family.aux_names),
         "x_names": [brms_rename(x) for x in model.info.x_names],
         "z_names": [brms_rename(z) for z in model.z_names],
+        "crossed": [{"group": c.group, "levels": [str(v) for v in c.levels], "z_names": [brms_rename(z) for z in c.z_names]}
+                    for c in model.crossed],  # fmt: skip
         "intercept": bool(model.terms.intercept),
         "groups": [int(g) for g in model.groups],
         "rows": [int(r) for r in model.rows],

@@ -145,7 +145,7 @@ def test_untrained_model_gets_a_khat_warning():
     [
         (dict(formula="y ~ z + (1 | g)"), DataError, "z"),
         (dict(formula="y ~ x"), SpecError, "group-level term"),
-        (dict(formula="y ~ x + (1 | g) + (1 | sex)"), SpecError, "one grouping factor"),
+        (dict(formula="y ~ x + (1 | g) + (0 + x | g)"), SpecError, "one term per grouping factor"),
         (dict(formula="count ~ x + (1 | g)", family="poisson", data=_df().assign(count=-1)), DataError, "poisson"),
         (dict(formula="y ~ x + (1 | g)", family="bernoulli"), DataError, "bernoulli"),
         (dict(formula="y ~ x + (1 | g)", prior=prior("normal(0, 1)", "b", coef="w")), SpecError, "w"),

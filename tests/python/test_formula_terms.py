@@ -141,12 +141,11 @@ def test_direct_construction_is_checked():
         ("y ~ 2 + x", "the number '2' is not a term"),
         ("y ~ 2*x", "numbers cannot be part of a term"),
         ("y ~ x | g", r"group-level terms need parentheses, e.g. \(1 \+ x \| g\)"),
-        ("y ~ x + (1 | g1) + (1 | g2)", r"one grouping factor per model, found groups \['g1', 'g2'\]"),
-        ("y ~ x + (1 + x | g1) + (1 | g2) + (1 | g1)", r"found groups \['g1', 'g2'\]"),
-        ("y ~ x + (1 | a/b)", r"one grouping factor per model; \(1 \| a / b\) uses the groups \['a', 'a:b'\]"),
-        ("y ~ x + (1 | a:b)", r"one grouping factor per model; .* uses the groups \['a:b'\]"),
-        ("y ~ (1 | a/b/c)", r"\['a', 'a:b', 'a:b:c'\]"),
-        ("y ~ (1 | gr(g))", "grouping factor in .* must be a single variable name"),
+        ("y ~ x + (1 + x | g1) + (1 | g2) + (1 | g1)", r"the group 'g1' appears in 2 group-level terms"),
+        ("y ~ x + (1 | a/b) + (1 | a)", r"the group 'a' appears in 2 group-level terms"),
+        ("y ~ (1 | a:a)", r"names 'a' twice in the factor 'a:a'"),
+        ("y ~ (1 | a/)", "must be a variable name"),
+        ("y ~ (1 | gr(g))", "grouping factor in .* must be a variable name"),
         ("y ~ (1 | p | g)", "ID syntax"),
         ("y ~ (0 | g)", r"has no coefficients; write \(1 \| g\)"),
         ("y ~ ( | g)", "nothing left of the bar"),
@@ -232,3 +231,30 @@ def test_formula_layer_imports_no_torch():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not any(m.split(".")[0] == "torch" for m in imported), name
+
+
+@pytest.mark.parametrize(
+    "formula, primary, crossed, variables",
+    [
+        ("y ~ x + (1 | a) + (1 | b)", "a", ["b"], ("y", "x", "a", "b")),
+        ("y ~ (1 + x | a) + (1 || b)", "a", ["b"], ("y", "x", "a", "b")),
+        ("y ~ (1 | a/b)", "a", ["a:b"], ("y", "a", "b")),
+        ("y ~ (1 | a/b/c)", "a", ["a:b", "a:b:c"], ("y", "a", "b", "c")),
+        ("y ~ (1 | a:b)", "a:b", [], ("y", "a", "b")),
+    ],
+)
+def test_several_grouping_factors(formula, primary, crossed, variables):
+    t = parse_formula(formula)
+    assert t.group == primary and [c.group for c in t.crossed] == crossed and t.variables() == variables
+    assert parse_formula(t.formula) == t
+    last = t.with_primary(t.groups[-1])  # another primary factor: the same model, the formula says so
+    assert last.groups[0] == t.groups[-1] and set(last.groups) == set(t.groups)
+    assert parse_formula(last.formula) == last
+
+
+def test_nesting_expands_as_brms_does():
+    t = parse_formula("y ~ x + (1 + x | school/class)")
+    assert t.formula == "y ~ 1 + x + (1 + x | school) + (1 + x | school:class)"
+    assert t.crossed[0].intercept and t.crossed[0].terms == (("x",),) and t.crossed[0].correlated
+    with pytest.raises(SpecError, match="none of the grouping factors"):
+        t.with_primary("class")

@@ -90,11 +90,11 @@ def test_gaussian_program_has_every_resolved_prior_and_the_model(slopes):
     assert "target += std_normal_lpdf(to_vector(z_1));" in model_block
     assert "Y ~ normal(mu, sigma);" in model_block
     assert "vector[N] mu = Intercept + Xc * b;" in model_block
-    assert "mu += rows_dot_product(Z, r_1[group]);" in model_block
+    assert "mu += rows_dot_product(Z_1, r_1[group_1]);" in model_block
     assert "r_1 = (diag_pre_multiply(sd_1, L_1) * z_1)';" in block(program, "transformed parameters")
     params = block(program, "parameters")
-    assert "vector<lower=0>[M] sd_1;" in params and "real<lower=0> sigma;" in params
-    assert "cholesky_factor_corr[M] L_1;" in params and "matrix[M, J] z_1;" in params
+    assert "vector<lower=0>[M_1] sd_1;" in params and "real<lower=0> sigma;" in params
+    assert "cholesky_factor_corr[M_1] L_1;" in params and "matrix[M_1, J_1] z_1;" in params
     assert "Xc = X - rep_matrix(x_means', N);" in block(program, "transformed data")
     gq = block(program, "generated quantities")
     assert "real b_Intercept = Intercept - dot_product(x_means, b);" in gq
@@ -190,17 +190,17 @@ def test_user_priors_bounds_and_per_coefficient_statements(df):
 def test_stan_data_matches_the_design_and_keeps_the_models_centring(df, slopes):
     data = stan_data(slopes)
     assert set(data) == set(declared(stan_program(slopes), "data"))
-    assert data["N"] == len(df) and data["K"] == 1 and data["M"] == 2 and data["J"] == len(LEVELS)
+    assert data["N"] == len(df) and data["K"] == 1 and data["M_1"] == 2 and data["J_1"] == len(LEVELS)
     np.testing.assert_allclose(data["Y"], df["y"])
     np.testing.assert_allclose(data["X"][:, 0], df["x"])
-    np.testing.assert_allclose(data["Z"], np.column_stack([np.ones(len(df)), df["x"]]))
-    assert data["group"].min() == 1 and data["group"].max() == len(LEVELS)
+    np.testing.assert_allclose(data["Z_1"], np.column_stack([np.ones(len(df)), df["x"]]))
+    assert data["group_1"].min() == 1 and data["group_1"].max() == len(LEVELS)
     # a subset with other covariate means still uses the means stored at training time
     part = df[df["g"].isin(["s1", "s2"])]
     sub = stan_data(slopes, part)
     np.testing.assert_allclose(sub["x_means"], slopes.x_means)
     assert not np.isclose(part["x"].mean(), slopes.x_means[0])
-    assert sub["N"] == len(part) and sub["J"] == 2
+    assert sub["N"] == len(part) and sub["J_1"] == 2
 
 
 def test_discrete_data_are_integers(df):

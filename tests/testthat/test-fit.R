@@ -139,3 +139,26 @@ test_that("offsets and 0 + Intercept go through fits and predictions", {
   bad <- transform(new, expo = c(0, 1, 1, 1))
   expect_error(posterior_epred(fit, newdata = bad), "offset\\(log\\(expo\\)\\) takes log\\(\\)", class = "mlnpe_data_error")
 })
+
+test_that("crossed and nested grouping factors: brms names, every factor's methods, predictions, errors", {
+  skip_if_no_mlnpe_python()
+  d <- withr::with_seed(4, data.frame(y = stats::rnorm(48), subj = rep(sprintf("s%d", 1:8), each = 6),
+                                      item = rep(c("i1", "i2", "i3"), 16), school = rep(c("A", "B"), each = 24)))
+  tr <- list(steps = 5, batch_size = 4, progress = FALSE)
+  fit <- quietly(mlnpe(y ~ 1 + (1 | item) + (1 | subj), d, train = tr, network = tiny_network, cache = tiny_cache(),
+                       ndraws = 20, seed = 1, refine = FALSE, focus = 0))
+  expect_equal(fit$group, "subj")  # the factor with the most levels is the primary one
+  expect_equal(variables(fit)[1:7], c("b_Intercept", "sd_subj__Intercept", "sd_item__Intercept", "sigma",
+                                      "r_item[i1,Intercept]", "r_item[i2,Intercept]", "r_item[i3,Intercept]"))
+  expect_named(ranef(fit), c("subj", "item"))
+  expect_named(VarCorr(fit), c("subj", "item", "residual__"))
+  expect_equal(dim(posterior_epred(fit, newdata = d[1:5, ])), c(20L, 5L))
+  bad <- d[1:2, ]
+  bad$item <- "i9"
+  expect_error(posterior_epred(fit, newdata = bad), "crossed grouping factor 'item'", class = "mlnpe_data_error")
+  nested <- quietly(mlnpe(y ~ 1 + (1 | school/subj), d, train = tr, network = tiny_network, cache = tiny_cache(),
+                          ndraws = 20, seed = 1, refine = FALSE, focus = 0))
+  expect_equal(nested$group, "school:subj")
+  expect_true("r_school:subj[A_s1,Intercept]" %in% variables(nested))
+  expect_true("sd_school__Intercept" %in% variables(nested))
+})

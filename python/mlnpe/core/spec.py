@@ -90,6 +90,10 @@ class TwoLevelModel(abc.ABC):
     y_names: tuple[str, ...] = ()
     x_names: tuple[str, ...] = ()
     ordered_rows: bool = False
+    #: (global scalar, covariate column) per global parameter with real support that enters the model as
+    #: covariate * parameter on every row (the effects of a formula model's other grouping factors); the networks
+    #: then see those covariates only through `mlnpe.networks.effects`
+    level_effects: tuple[tuple[int, int], ...] = ()
 
     @abc.abstractmethod
     def sample_global(self, n: int, generator: torch.Generator) -> Tensor:

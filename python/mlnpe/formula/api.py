@@ -42,7 +42,7 @@ from .fit import FormulaFit, design_features, fit_dataset, log_joint
 from .focus import (
     check_focus, posterior_region, record_round, region_edges, regression_region, train_focused, training_data,
 )
-from .model import CovariatePool, FormulaModel, global_slots
+from .model import CovariatePool, FormulaModel, crossed_factors, global_slots
 from .names import brms_globals, brms_local_names
 from .priors import as_prior_specs, design_priors, prior_table
 from .terms import FormulaTerms, parse_formula
@@ -67,7 +67,8 @@ class FormulaNPE:
     """An amortized posterior of a brms-style multilevel formula model.
 
     Arguments:
-        formula: brms/lme4 formula with one grouping factor, e.g. "y ~ x + (1 + x | g)".
+        formula: brms/lme4 formula with one or more grouping factors, e.g. "y ~ x + (1 + x | g)" or
+            "y ~ x + (1 | subject) + (1 | item)" (see `mlnpe.formula.model` for several factors).
         data: the data (pandas DataFrame or dict of columns): sets default priors, centring, covariates for training.
         family: "gaussian", "bernoulli", "binomial", "poisson", "negbinomial", "lognormal", "Gamma", "student".
         prior: PriorSpec(s) from `prior()`, a brmsprior-like table, or None for the defaults.
@@ -105,6 +106,7 @@ class FormulaNPE:
             self._restore(_state)
             return
         design = build_design(self.terms, data)
+        self.terms = design.info.terms  # with several grouping factors, the one with the most levels first
         self.family.check_response(design.y, design.trials, argument=self.terms.response)
         self.info: DesignInfo = design.info
         # brms centres predictors only when the model has the default intercept (the Intercept prior is then the
@@ -112,10 +114,11 @@ class FormulaNPE:
         self.x_means = np.asarray(design.x_means, dtype=float) * (1.0 if design.intercept else 0.0)
         self.user_priors = as_prior_specs(prior)
         self.resolved = design_priors(design, self.terms, self.family, self.user_priors)
-        self.slots = global_slots(self.resolved, self.terms.group, self.family)
         features = design_features(design, design.trials is not None)
         self.feature_names, self.x_source, self.z_source = features.names, features.x_source, features.z_source
         self.trials_column, self.offset_column = features.trials_column, features.offset_column
+        self.crossed = crossed_factors(self.info, self.feature_names)
+        self.slots = global_slots(self.resolved, self.family, self.crossed)
         self.pool = CovariatePool.from_rows(features.x, design.group, len(design.levels))
         self.z_names = tuple(design.z_names)
         default_groups, default_rows = default_ranges(len(design.levels), np.bincount(design.group))
@@ -162,7 +165,7 @@ class FormulaNPE:
     def _model(self) -> FormulaModel:
         return FormulaModel(
             self.slots, self.z_names, self.z_source, self.family.name, self.x_means, self.x_source,
-            self.feature_names, self.trials_column, self.pool, self.terms.response, self.offset_column,
+            self.feature_names, self.trials_column, self.pool, self.terms.response, self.offset_column, self.crossed,
         )
 
     def prior_summary(self) -> Any:
@@ -329,8 +332,9 @@ class FormulaNPE:
         self.x_means = np.asarray(state["x_means"], dtype=float)
         self.user_priors = saved.saved_user_priors(state["user_priors"])
         self.resolved = saved.saved_priors(state["priors"])
-        self.slots = global_slots(self.resolved, self.terms.group, self.family)
         self.feature_names = list(state["feature_names"])
+        self.crossed = crossed_factors(self.info, self.feature_names)
+        self.slots = global_slots(self.resolved, self.family, self.crossed)
         self.z_names = tuple(state["z_names"])
         self.z_source = list(state["z_source"])
         self.x_source = list(state.get("x_source", range(len(self.x_means))))  # saved only when not 0..K-1

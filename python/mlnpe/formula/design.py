@@ -33,10 +33,17 @@ Names. `x_names`/`z_names` are R's `model.matrix` column names and keep spaces o
 whose brms names would collide are rejected here.
 
 Rows are never dropped: a missing value in any used column raises :class:`~mlnpe.errors.DataError`.
+
+Several grouping factors. A factor `a:b` is the interaction of its columns, its levels the R labels pasted with
+"_" ("x_p"), sorted as brms sorts them; `(1 | a/b)` is `(1 | a) + (1 | a:b)`. Without a `reference`, the factor
+with the most levels becomes the primary one (:meth:`~mlnpe.formula.terms.FormulaTerms.with_primary`; its
+effects are the model's local parameters) and the others are :attr:`Design.crossed`, whose levels are fixed by
+the training data (:attr:`DesignInfo.crossed_levels`): new data may use them, not others.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -45,9 +52,9 @@ import pandas as pd
 
 from ..errors import DataError, SpecError
 from .names import brms_rename
-from .terms import INTERCEPT, FormulaTerms, OffsetTerm, parse_formula
+from .terms import INTERCEPT, FormulaTerms, OffsetTerm, factor_variables, parse_formula
 
-__all__ = ["Design", "DesignInfo", "as_frame", "build_design"]
+__all__ = ["CrossedDesign", "Design", "DesignInfo", "as_frame", "build_design", "factor_values"]
 
 # One design column: (variable, level) pairs multiplied together; level None means the numeric value.
 _Column = tuple[tuple[str, "str | None"], ...]
@@ -64,6 +71,7 @@ class DesignInfo:
         numeric: names of the numeric predictor variables.
         x_names: population-level column names (without the intercept).
         z_names: group-level column names ("Intercept" first when there is a varying intercept).
+        crossed_levels: the levels of every crossed grouping factor (`terms.crossed`), in order.
     """
 
     terms: FormulaTerms
@@ -71,10 +79,18 @@ class DesignInfo:
     numeric: tuple[str, ...]
     x_names: tuple[str, ...]
     z_names: tuple[str, ...]
+    crossed_levels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         levels = {str(k): tuple(str(v) for v in vals) for k, vals in dict(self.factor_levels).items()}
         object.__setattr__(self, "factor_levels", levels)
+        crossed = {str(k): tuple(str(v) for v in vals) for k, vals in dict(self.crossed_levels).items()}
+        object.__setattr__(self, "crossed_levels", crossed)
+        if list(crossed) != [c.group for c in self.terms.crossed]:
+            raise SpecError(
+                f"DesignInfo: `crossed_levels` covers the factors {list(crossed)}, the formula "
+                f"{self.terms.formula!r} crosses {[c.group for c in self.terms.crossed]}. Rebuild it with build_design()."
+            )
         object.__setattr__(self, "numeric", tuple(self.numeric))
         object.__setattr__(self, "x_names", tuple(self.x_names))
         object.__setattr__(self, "z_names", tuple(self.z_names))
@@ -101,6 +117,7 @@ class DesignInfo:
             "numeric": list(self.numeric),
             "x_names": list(self.x_names),
             "z_names": list(self.z_names),
+            **({"crossed_levels": {k: list(v) for k, v in self.crossed_levels.items()}} if self.crossed_levels else {}),
         }
 
     @classmethod
@@ -123,7 +140,31 @@ class DesignInfo:
             numeric=tuple(data["numeric"]),
             x_names=tuple(data["x_names"]),
             z_names=tuple(data["z_names"]),
+            crossed_levels={k: tuple(v) for k, v in data.get("crossed_levels", {}).items()},
         )
+
+    def crossed_plan(self, index: int) -> tuple[tuple[str, _Column], ...]:
+        """The group-level columns of crossed factor `index` ("Intercept" first when it has a varying intercept)."""
+        return _term_plan(self.terms.crossed[index].intercept, self.terms.crossed[index].terms, self.factor_levels)
+
+
+@dataclass(frozen=True)
+class CrossedDesign:
+    """The group-level part of one crossed grouping factor.
+
+    Attributes:
+        group: the factor's name ("b" or "a:b").
+        Z: (rows, M_f) its group-level columns.
+        z_names: (M_f,) their names.
+        codes: (rows,) int64 codes 0..K_f-1 indexing `levels`.
+        levels: (K_f,) its levels, those of the training data.
+    """
+
+    group: str
+    Z: np.ndarray
+    z_names: tuple[str, ...]
+    codes: np.ndarray
+    levels: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -145,6 +186,7 @@ class Design:
         group: (rows,) int64 group codes 0..J-1 indexing `levels`.
         levels: (J,) group levels as strings, in R's order.
         info: what is needed to rebuild the same columns on new data.
+        crossed: the other grouping factors (`info.terms.crossed`), in order.
     """
 
     y: np.ndarray
@@ -159,6 +201,7 @@ class Design:
     group: np.ndarray
     levels: tuple[str, ...]
     info: DesignInfo = field(repr=False)
+    crossed: tuple[CrossedDesign, ...] = ()
 
 
 def build_design(
@@ -206,11 +249,17 @@ def build_design(
     used = terms.variables()
     _check_present(frame, used, terms.offsets)
     _check_missing(frame, used)
+    grouping = {v for g in terms.groups for v in factor_variables(g)}
     for name in used:
         _check_one_kind(frame[name], name)
-        if name != terms.group:
+        if name not in grouping:
             _check_not_temporal(frame[name], name)
     _check_intercept_column(frame, terms)
+    factors = {g: factor_values(frame, g) for g in terms.groups}
+    if reference is None and terms.crossed:  # the factor with the most levels is the primary one
+        counts = {g: len(pd.unique(v)) for g, v in factors.items()}
+        terms = terms.with_primary(max(terms.groups, key=lambda g: (counts[g], -terms.groups.index(g))))
+        _check_structure(frame, terms, factors)
     if reference is None:
         levels, numeric = _learn_kinds(frame, _predictors(terms))
     else:
@@ -223,8 +272,15 @@ def build_design(
     x_names, z_names = tuple(n for n, _ in x_plan), tuple(n for n, _ in z_plan)
     _check_brms_duplicates(x_names, "population-level")
     _check_brms_duplicates(z_names, "group-level")
-    info = reference or DesignInfo(terms, levels, numeric, x_names, z_names)
-    group, group_levels = _group_codes(frame[terms.group], terms.group, min_groups)
+    crossed = []
+    for c in terms.crossed:
+        plan = _term_plan(c.intercept, c.terms, levels)
+        known = None if reference is None else reference.crossed_levels[c.group]
+        codes, factor_levels = _crossed_codes(factors[c.group], c.group, known)
+        crossed.append(CrossedDesign(c.group, _evaluate(plan, values, levels, len(frame)), tuple(n for n, _ in plan),
+                                     codes, factor_levels))  # fmt: skip
+    info = reference or DesignInfo(terms, levels, numeric, x_names, z_names, {c.group: c.levels for c in crossed})
+    group, group_levels = _group_codes(factors[terms.group], terms.group, min_groups)
     y = _response(frame[terms.response], terms.response)
     trials = None if terms.trials is None else _trials(frame[terms.trials], terms.trials, y, terms.response)
     return Design(
@@ -240,7 +296,73 @@ def build_design(
         group=group,
         levels=group_levels,
         info=info,
+        crossed=tuple(crossed),
     )
+
+
+def _check_structure(frame: pd.DataFrame, terms: FormulaTerms, factors: Mapping[str, pd.Series]) -> None:
+    """Warnings about several grouping factors that a brms user may not mean: a nested factor whose levels repeat
+    under several levels of its parent, a factor used alone and nested, and levels of a non-primary factor with
+    one row (their effects rest on one observation and the prior)."""
+    groups = terms.groups
+    for g in groups:
+        parts = factor_variables(g)
+        if len(parts) < 2 or ":".join(parts[:-1]) not in groups:
+            continue
+        parent, child = ":".join(parts[:-1]), parts[-1]
+        shared = frame.assign(_p=factors[parent].to_numpy()).groupby(child, observed=True)["_p"].nunique()
+        repeated = [str(v) for v in shared[shared > 1].index]
+        if repeated:
+            warnings.warn(
+                f"levels {repeated[:5]} of {child!r} appear under several levels of {parent!r}: in (1 | {parent}/{child}) "
+                f"brms, and mlnpe, treat each pair as its own unit of {g!r} (levels <{parent}>_<{child}>). If {child!r} "
+                f"is crossed with {parent!r} instead, write (1 | {parent}) + (1 | {child}).",
+                UserWarning, stacklevel=3,
+            )
+        if child in groups:
+            warnings.warn(
+                f"{child!r} is a grouping factor on its own and nested in {parent!r} ({g!r}); if that is not meant, "
+                f"drop (... | {child}) or write the nesting as (1 | {parent}) + (1 | {child}).",
+                UserWarning, stacklevel=3,
+            )
+    for c in terms.crossed:
+        counts = factors[c.group].map(_r_label).value_counts()
+        single = sorted(str(v) for v in counts[counts == 1].index)
+        if single:
+            warnings.warn(
+                f"levels {single[:5]} of the grouping factor {c.group!r} have one row each ({len(single)} of "
+                f"{len(counts)}): their effects rest on that row and the prior. Check the factor, or drop it if its "
+                "levels are the rows.",
+                UserWarning, stacklevel=3,
+            )
+
+
+def factor_values(frame: pd.DataFrame, group: str) -> pd.Series:
+    """A grouping factor's values: its column, or for an interaction "a:b" its columns' R labels pasted with "_"."""
+    variables = factor_variables(group)
+    if len(variables) == 1:
+        return frame[group]
+    labels = [frame[v].map(_r_label).astype(str) for v in variables]
+    out = labels[0]
+    for more in labels[1:]:
+        out = out + "_" + more
+    return out.rename(group)
+
+
+def _crossed_codes(series: pd.Series, name: str, known: Sequence[str] | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Codes and levels of a crossed factor: the data's levels, or `known` (the training data's) for new data,
+    which may use only those."""
+    if known is None:
+        return _group_codes(series, name)
+    try:
+        return _codes(series, known, name), tuple(known)
+    except DataError:
+        labels = sorted({_r_label(v) for v in pd.unique(series)} - set(known), key=_r_string_key)
+        raise DataError(
+            f"the crossed grouping factor {name!r} has levels {labels[:5]} in `data` that the model was not trained "
+            f"with (it knows {list(known)[:10]}{' ...' if len(known) > 10 else ''}): the effects of {name!r} are "
+            "fixed parameters of the trained model. Drop those rows, or fit the model on data with every level."
+        ) from None
 
 
 # --- data checks -------------------------------------------------------------------------------------------
@@ -601,7 +723,8 @@ def _evaluate_offset(node: tuple, columns: Mapping[str, np.ndarray], offset: Off
 
 def _predictors(terms: FormulaTerms) -> tuple[str, ...]:
     """Variables of X and Z, in formula order (`Intercept` of `0 + Intercept` is no variable)."""
-    names = (v for term in terms.terms + terms.group_terms if term != (INTERCEPT,) for v in term)
+    crossed = tuple(t for c in terms.crossed for t in c.terms)
+    names = (v for term in terms.terms + terms.group_terms + crossed if term != (INTERCEPT,) for v in term)
     return tuple(dict.fromkeys(names))
 
 
@@ -611,10 +734,15 @@ def _plans(
     """(name, column) lists of X (without the default intercept) and Z (with "Intercept" first if varying)."""
     # brms codes factors beside `0 + Intercept` as with an intercept (treatment contrasts, no cell means)
     x_plan = _plan(terms.intercept or terms.intercept_coef, terms.terms, levels)
-    z_plan = _plan(terms.group_intercept, terms.group_terms, levels)
-    if terms.group_intercept:
-        z_plan = (("Intercept", ()),) + z_plan
-    return x_plan, z_plan
+    return x_plan, _term_plan(terms.group_intercept, terms.group_terms, levels)
+
+
+def _term_plan(
+    intercept: bool, terms: Sequence[tuple[str, ...]], levels: Mapping[str, tuple[str, ...]]
+) -> tuple[tuple[str, _Column], ...]:
+    """(name, column) list of a group-level term, with "Intercept" first if varying."""
+    plan = _plan(intercept, terms, levels)
+    return (("Intercept", ()),) + plan if intercept else plan
 
 
 def _plan(

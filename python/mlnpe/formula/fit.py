@@ -59,6 +59,8 @@ class DesignFeatures(NamedTuple):
         z_source: (M,) for each column of Z the feature it is, -1 for the varying intercept.
         trials_column: the trials feature, or None.
         offset_column: the offset feature, or None.
+        crossed: per crossed grouping factor, its effects' feature columns z_m * [level == k], level-major (the
+            last features).
     """
 
     x: np.ndarray
@@ -67,6 +69,7 @@ class DesignFeatures(NamedTuple):
     z_source: list[int]
     trials_column: int | None
     offset_column: int | None
+    crossed: tuple[tuple[int, ...], ...] = ()
 
 
 def design_features(design: Design, trials: bool) -> DesignFeatures:
@@ -100,8 +103,17 @@ def design_features(design: Design, trials: bool) -> DesignFeatures:
         offset_column = len(names)
         names.append(" + ".join(str(offset) for offset in design.info.terms.offsets))
         columns.append(design.offset)
+    crossed = []
+    for factor in design.crossed:
+        first = len(names)
+        for k, level in enumerate(factor.levels):
+            here = factor.codes == k
+            for m, z in enumerate(factor.z_names):
+                names.append(f"{factor.group}[{level},{z}]")
+                columns.append(factor.Z[:, m] * here)
+        crossed.append(tuple(range(first, len(names))))
     x = np.stack(columns, 1) if columns else np.zeros((len(design.y), 0))
-    return DesignFeatures(x, names, x_source, z_source, trials_column, offset_column)
+    return DesignFeatures(x, names, x_source, z_source, trials_column, offset_column, tuple(crossed))
 
 
 def fit_dataset(
@@ -320,12 +332,12 @@ class FormulaFit:
         design = self._design_for(newdata)
         n_draws = self.raw.n_draws if ndraws is None else min(check_int(ndraws, "ndraws"), self.raw.n_draws)
         check_memory(  # eta, its parts and the group-level effects of every row, float64
-            8.0 * len(design.y) * (len(self.model.z_names) + 6), n_draws,
+            8.0 * len(design.y) * (len(self.model.z_names) + sum(len(c.z_names) for c in design.crossed) + 6), n_draws,
             f"predictions of {n_draws} draws for {len(design.y)} rows",
             "Pass ndraws <= {most}, or predict for fewer rows of `newdata` at a time.",
             fix_none="Not even one draw fits: predict for fewer rows of `newdata` at a time.",
         )
-        intercept, b, r, _, _ = self._components(ndraws, seed)
+        intercept, b, r, _, idx = self._components(ndraws, seed)
         eta = np.repeat(intercept[:, None], len(design.y), 1)
         if b.shape[1]:
             eta = eta + b @ (design.X - self.model.x_means).T
@@ -333,6 +345,11 @@ class FormulaFit:
             eta = eta + design.offset
         codes = np.array([self.design.levels.index(level) for level in design.levels])[design.group]
         eta = eta + np.einsum("nm,snm->sn", design.Z, r[:, codes, :])
+        if design.crossed:  # the other grouping factors' effects are global draws
+            g = torch.as_tensor(self.raw.global_draws, dtype=torch.float64)[idx]
+            for factor, part in zip(self.model.model.crossed, design.crossed):
+                effects = self.model.model.effects(g, factor).numpy()  # (S, K_f, M_f)
+                eta = eta + np.einsum("nm,snm->sn", part.Z, effects[:, part.codes, :])
         return eta
 
     def posterior_epred(self, newdata: Any = None, ndraws: int | None = None, seed: int | None = None) -> np.ndarray:

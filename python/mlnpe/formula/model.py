@@ -6,6 +6,15 @@ Parameters, in brms's order:
   `cor_<g>__<zi>__<zj>` (one LKJ block), and the family parameters (sigma, shape, nu);
 - local: the group-level effects r_j of every group (one per column of Z).
 
+Several grouping factors (`(1 | a) + (1 | b)`, `(1 | a/b)`): the factor with the most levels is the primary one,
+whose effects are the local parameters; every other (crossed or nesting) factor f contributes global parameters:
+its sds, its correlations and its effects `r_<f>[level,coef]` for each of its K_f levels (kind "r", after the
+family parameters), r_f[k] ~ MVN(0, diag(sd_f) Omega_f diag(sd_f)). This factorization is exact: given the globals,
+the primary factor's units are independent, as ML-NPE needs. Its limit is that the other factors' levels are
+fixed by the training data and their K_f * M_f effects widen the global flow (`MAX_CROSSED` in total). Each row
+carries, as features, the products of that factor's columns with the indicator of its level (`crossed_columns`),
+so a simulated group that copies an observed group's rows keeps the observed cross-classification.
+
 Model: eta_ij = Intercept + (x_ij - x_means) b + z_ij r_j + offset_ij; r_j ~ MVN(0, diag(sd) Omega diag(sd));
 y_ij ~ family(eta). With brms's `0 + Intercept` there is no `Intercept` parameter: `b_Intercept` is the coefficient of
 a column of ones in x, and x_means are 0. The offset is data (a feature column), with coefficient 1.
@@ -31,10 +40,14 @@ from ..core.data import GroupedBatch, make_masks
 from ..errors import SpecError
 from ..core.spec import ParamSpec, TwoLevelModel
 from ..core.constraints import corr_vector_to_matrix
+from .design import DesignInfo
 from .families import Family, get_family
 from .names import brms_rename
 
-__all__ = ["CovariatePool", "FormulaModel", "GlobalSlot", "global_slots"]
+__all__ = ["MAX_CROSSED", "CovariatePool", "CrossedFactor", "FormulaModel", "GlobalSlot", "crossed_factors", "global_slots"]
+
+#: the most effects of non-primary grouping factors (sum of levels times coefficients) a model may have
+MAX_CROSSED = 100
 
 _MIN_FOCUS_LOG_MASS = float(np.log(1e-7))  # a focusing box with less prior mass stays unapplied
 
@@ -45,10 +58,11 @@ class GlobalSlot:
 
     Attributes:
         name: brms name of the block (for correlations the block name `cor_<g>`).
-        kind: "Intercept", "b", "sd", "cor" or "aux".
-        prior: the PriorDist in force.
+        kind: "Intercept", "b", "sd", "cor", "aux" or "r" (the effects of a non-primary grouping factor).
+        prior: the PriorDist in force (None for "r": its prior is its factor's sds and correlations).
         labels: brms names of the scalars.
         support: support spec string.
+        group: the grouping factor of "sd", "cor" and "r" blocks, else "".
     """
 
     name: str
@@ -56,17 +70,68 @@ class GlobalSlot:
     prior: Any
     labels: tuple[str, ...]
     support: str
+    group: str = ""
 
 
-def global_slots(resolved: Sequence[tuple[Any, Any, str]], group: str, family: Family) -> list[GlobalSlot]:
-    """The global parameter blocks of resolved priors (`mlnpe.formula.priors.design_priors`), in their order.
+@dataclass(frozen=True)
+class CrossedFactor:
+    """A grouping factor other than the primary one: its effects are global parameters.
+
+    Attributes:
+        group: its name ("b" or "a:b").
+        levels: its levels (brms labels).
+        z_names: its group-level columns' names.
+        columns: the feature columns holding z_m * [level == k], level-major ((k, m) at k * M + m).
+    """
+
+    group: str
+    levels: tuple[str, ...]
+    z_names: tuple[str, ...]
+    columns: tuple[int, ...]
+
+    def labels(self) -> tuple[str, ...]:
+        """brms names of its effects, level-major: r_<g>[level,coef]."""
+        levels = ["".join("." if ch.isspace() else ch for ch in level) for level in self.levels]
+        return tuple(f"r_{self.group}[{level},{brms_rename(z)}]" for level in levels for z in self.z_names)
+
+
+def crossed_factors(info: DesignInfo, feature_names: Sequence[str]) -> tuple[CrossedFactor, ...]:
+    """The non-primary grouping factors of a design, with their feature columns (named `<g>[<level>,<coef>]` by
+    `mlnpe.formula.fit.design_features`).
+
+    Raises:
+        SpecError: they have more than `MAX_CROSSED` effects in all.
+    """
+    out = []
+    index = {name: i for i, name in enumerate(feature_names)}
+    for i, term in enumerate(info.terms.crossed):
+        z_names = tuple(name for name, _ in info.crossed_plan(i))
+        levels = info.crossed_levels[term.group]
+        columns = tuple(index[f"{term.group}[{level},{z}]"] for level in levels for z in z_names)
+        out.append(CrossedFactor(term.group, levels, z_names, columns))
+    total = sum(len(c.levels) * len(c.z_names) for c in out)
+    if total > MAX_CROSSED:
+        sizes = {c.group: f"{len(c.levels)} levels x {len(c.z_names)} coefficients" for c in out}
+        raise SpecError(
+            f"the formula {info.terms.formula!r} makes {info.terms.group!r} (the factor with the most levels) the "
+            f"primary grouping factor; the effects of the others ({sizes}) are global parameters of the amortizer, "
+            f"{total} in all, more than the {MAX_CROSSED} it supports. Drop varying slopes of those factors, or fit "
+            "them as population-level terms."
+        )
+    return tuple(out)
+
+
+def global_slots(
+    resolved: Sequence[tuple[Any, Any, str]], family: Family, crossed: Sequence[CrossedFactor] = ()
+) -> list[GlobalSlot]:
+    """The global parameter blocks of resolved priors (`mlnpe.formula.priors.design_priors`), in their order, then
+    the effects of the `crossed` (non-primary) grouping factors.
 
     Arguments:
         resolved: (ParamSlot, PriorDist, source) per parameter.
-        group: the grouping factor (names the correlations `cor_<g>__<zi>__<zj>`).
         family: the response family (the supports of its parameters).
+        crossed: the non-primary grouping factors.
     """
-    g = group
     out = []
     for slot, dist, _ in resolved:
         if slot.class_ == "Intercept":
@@ -74,15 +139,17 @@ def global_slots(resolved: Sequence[tuple[Any, Any, str]], group: str, family: F
         elif slot.class_ == "b":
             out.append(GlobalSlot(slot.name, "b", dist, (slot.name,), "real"))
         elif slot.class_ == "sd":
-            out.append(GlobalSlot(slot.name, "sd", dist, (slot.name,), "positive"))
+            out.append(GlobalSlot(slot.name, "sd", dist, (slot.name,), "positive", slot.group))
         elif slot.class_ == "cor":
-            z = [s.coef for s, _, _ in resolved if s.class_ == "sd"]
-            z = [brms_rename(name) for name in z]
+            g = slot.group
+            z = [brms_rename(s.coef) for s, _, _ in resolved if s.class_ == "sd" and s.group == g]
             labels = tuple(f"cor_{g}__{z[i]}__{z[j]}" for i in range(len(z)) for j in range(i + 1, len(z)))
-            out.append(GlobalSlot(slot.name, "cor", dist, labels, f"correlation:{len(z)}"))
+            out.append(GlobalSlot(slot.name, "cor", dist, labels, f"correlation:{len(z)}", g))
         else:
             support = dict(family.aux)[slot.class_]
             out.append(GlobalSlot(slot.name, "aux", dist, (slot.name,), support))
+    for factor in crossed:  # one scalar slot per effect (supports are scalar)
+        out += [GlobalSlot(label, "r", None, (label,), "real", factor.group) for label in factor.labels()]
     return out
 
 
@@ -127,6 +194,7 @@ class FormulaModel(TwoLevelModel):
         pool: covariate rows to resample designs from.
         y_name: name of the response.
         offset_column: index of the offset feature (added to eta with coefficient 1), or None.
+        crossed: the non-primary grouping factors, whose effects are the slots of kind "r".
     """
 
     ordered_rows = False
@@ -144,8 +212,10 @@ class FormulaModel(TwoLevelModel):
         pool: CovariatePool,
         y_name: str = "y",
         offset_column: int | None = None,
+        crossed: Sequence[CrossedFactor] = (),
     ):
         self.slots = tuple(slots)
+        self.crossed = tuple(crossed)
         self.family = get_family(family)
         self.z_names = tuple(z_names)
         self.z_source = torch.as_tensor(list(z_source), dtype=torch.long)
@@ -159,9 +229,27 @@ class FormulaModel(TwoLevelModel):
         self.y_names, self.x_names = (y_name,), tuple(feature_names)
         self.offsets = np.cumsum([0] + [ParamSpec(s.name, s.support, s.labels).dim for s in self.slots])
         self.region: dict[str, tuple[float, float]] = {}
+        self._unboxed = ("cor", "r", "Intercept", "b") if crossed else ("cor",)
         self._sampling_priors = [s.prior for s in self.slots]
         if len(self.z_source) != len(self.z_names):
             raise SpecError("`z_source` needs one entry per group-level coefficient.")
+        self.group = ""  # the primary factor's sd and cor slots are those of no crossed factor
+        crossed_groups = {c.group for c in self.crossed}
+        self._index: dict[tuple[str, str], Tensor] = {}  # (kind, group) -> global columns of sd, cor and r
+        for kind in ("sd", "cor", "r"):
+            for g in [""] + [c.group for c in self.crossed]:
+                cols = [c for i, slot in enumerate(self.slots) if slot.kind == kind
+                        and (slot.group if slot.group in crossed_groups else "") == g
+                        for c in range(self.offsets[i], self.offsets[i + 1])]  # fmt: skip
+                self._index[kind, g] = torch.as_tensor(cols, dtype=torch.long)
+        self.level_effects = tuple(
+            (int(g), int(x)) for c in self.crossed for g, x in zip(self._index["r", c.group], c.columns)
+        )
+        for c in self.crossed:
+            if not len(self._index["r", c.group]) == len(c.levels) * len(c.z_names) == len(c.columns):
+                raise SpecError(f"the crossed factor {c.group!r} needs one r slot and one feature column per effect.")
+            if len(self._index["sd", c.group]) != len(c.z_names):
+                raise SpecError(f"the crossed factor {c.group!r} needs one sd slot per coefficient.")
         if len(self.x_source) != len(self.x_means):
             raise SpecError(
                 f"`x_source` needs one entry per population-level column ({len(self.x_means)} `x_means`), got "
@@ -189,19 +277,23 @@ class FormulaModel(TwoLevelModel):
         """(..., G) -> (..., K) population-level coefficients."""
         return self._vector(global_params, "b")
 
-    def sds(self, global_params: Tensor) -> Tensor:
-        """(..., G) -> (..., M) group-level sds."""
-        return self._vector(global_params, "sd")
+    def sds(self, global_params: Tensor, group: str = "") -> Tensor:
+        """(..., G) -> (..., M) group-level sds of the primary factor (of a crossed factor `group`)."""
+        return global_params[..., self._index["sd", group]]
 
     def aux(self, global_params: Tensor) -> Tensor:
         """(..., G) -> (..., A) family parameters."""
         return self._vector(global_params, "aux")
 
-    def scale_tril(self, global_params: Tensor) -> Tensor:
-        """(..., G) -> (..., M, M) Cholesky factor of the covariance of r_j."""
-        sd = self.sds(global_params)
+    def effects(self, global_params: Tensor, factor: CrossedFactor) -> Tensor:
+        """(..., G) -> (..., K_f, M_f) the effects of a crossed factor."""
+        return global_params[..., self._index["r", factor.group]].unflatten(-1, (len(factor.levels), len(factor.z_names)))
+
+    def scale_tril(self, global_params: Tensor, group: str = "") -> Tensor:
+        """(..., G) -> (..., M, M) Cholesky factor of the covariance of r_j (of a crossed factor's effects)."""
+        sd = self.sds(global_params, group)
         m = sd.shape[-1]
-        cor = self._vector(global_params, "cor")
+        cor = global_params[..., self._index["cor", group]]
         if cor.shape[-1]:
             chol = torch.linalg.cholesky(corr_vector_to_matrix(cor, m))
         else:
@@ -219,13 +311,18 @@ class FormulaModel(TwoLevelModel):
             the bounds in force, after intersecting with each prior's support. A bound that would leave the
             prior almost no mass (the data far in the prior's tail) is not applied.
 
+        With several grouping factors, the intercept and the coefficients stay unrestricted too: the effects of the
+        other factors absorb part of them (a level's mean is Intercept + r_f[level]), so their marginal posteriors
+        are much wider than the combinations the data pin down, and a box from an early round's posterior would
+        cut them.
+
         Only simulation changes: `log_prior_global` stays the full prior, so PSIS weights target the posterior
         of the model as specified. The amortizer then learns p(theta | y) for datasets whose posterior lies
         inside the box, where it equals the full-prior posterior (Deistler et al. 2022, truncated proposals).
         """
         self.region, self._sampling_priors = {}, []
         for slot in self.slots:
-            box = None if slot.kind == "cor" or not region else region.get(slot.labels[0])
+            box = None if slot.kind in self._unboxed or not region else region.get(slot.labels[0])
             prior = slot.prior
             if box is not None:
                 lo_s, hi_s = prior.support
@@ -247,11 +344,18 @@ class FormulaModel(TwoLevelModel):
         parts = []
         for slot, prior in zip(self.slots, self._sampling_priors):
             if slot.kind == "cor":
-                m = len(self.z_names)
-                parts.append(prior.sample_corr(m, (n,), generator).to(torch.float32))
+                m = slot.support.split(":")[1]
+                parts.append(prior.sample_corr(int(m), (n,), generator).to(torch.float32))
+            elif slot.kind == "r":  # drawn below, given their factor's sds and correlations
+                parts.append(torch.zeros(n, 1))
             else:
                 parts.append(prior.sample((n,), generator).to(torch.float32).reshape(n, 1))
-        return torch.cat(parts, -1)
+        out = torch.cat(parts, -1)
+        for factor in self.crossed:
+            z = torch.randn(n, len(factor.levels), len(factor.z_names), generator=generator)
+            r = torch.einsum("bmq,bkq->bkm", self.scale_tril(out, factor.group), z)
+            out[:, self._index["r", factor.group]] = r.flatten(1)
+        return out
 
     def sample_local(self, global_params: Tensor, n_groups: int, generator: torch.Generator) -> Tensor:
         m = len(self.z_names)
@@ -298,6 +402,9 @@ class FormulaModel(TwoLevelModel):
         if coef.shape[-1]:
             eta = eta + ((with_ones[:, self.x_source + 1] - self.x_means.to(dtype)) * coef[..., b, :]).sum(-1)
         eta = eta + (with_ones[:, self.z_source + 1] * local_params[..., b, j, :]).sum(-1)
+        for factor in self.crossed:  # each row's columns z_m * [level == k] times r_f[k, m]
+            effects = global_params[..., self._index["r", factor.group]]
+            eta = eta + (rows[:, list(factor.columns)] * effects[..., b, :]).sum(-1)
         if self.offset_column is not None:
             eta = eta + rows[:, self.offset_column]
         aux = self.aux(global_params)[..., b, :]
@@ -318,17 +425,16 @@ class FormulaModel(TwoLevelModel):
         total = global_params.new_zeros(global_params.shape[:-1])
         for slot, value in [pair for kind in ("Intercept", "b", "sd", "cor", "aux") for pair in self._block(global_params, kind)]:
             if slot.kind == "cor":
-                total = total + slot.prior.log_prob_corr(value, len(self.z_names))
+                total = total + slot.prior.log_prob_corr(value, int(slot.support.split(":")[1]))
             else:
                 total = total + slot.prior.log_prob(value[..., 0])
+        for factor in self.crossed:
+            chol = self.scale_tril(global_params, factor.group)[..., None, :, :]
+            total = total + _mvn_log_prob(self.effects(global_params, factor), chol).sum(-1)
         return total
 
     def log_prior_local(self, local_params: Tensor, global_params: Tensor) -> Tensor:
-        chol = self.scale_tril(global_params)[..., None, :, :]  # (..., 1, M, M)
-        sol = torch.linalg.solve_triangular(chol, local_params[..., None], upper=False)[..., 0]
-        m = local_params.shape[-1]
-        logdet = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        return -0.5 * (sol * sol).sum(-1) - logdet - 0.5 * m * float(np.log(2 * np.pi))
+        return _mvn_log_prob(local_params, self.scale_tril(global_params)[..., None, :, :])
 
     def log_likelihood(self, batch: GroupedBatch, global_params: Tensor, local_params: Tensor) -> Tensor:
         (b, j, n), eta, aux, trials = self.packed_rows(global_params, local_params, batch.row_mask, batch.x)
@@ -341,3 +447,10 @@ class FormulaModel(TwoLevelModel):
 
     def to_config(self) -> dict[str, Any]:
         return {"class": "FormulaModel"}
+
+
+def _mvn_log_prob(values: Tensor, chol: Tensor) -> Tensor:
+    """log N(values | 0, chol chol^T): values (..., K, M), chol (..., 1, M, M) -> (..., K)."""
+    sol = torch.linalg.solve_triangular(chol, values[..., None], upper=False)[..., 0]
+    logdet = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * (sol * sol).sum(-1) - logdet - 0.5 * values.shape[-1] * float(np.log(2 * np.pi))

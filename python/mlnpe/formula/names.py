@@ -128,10 +128,10 @@ def brms_local_names(model: FormulaNPE) -> list[str]:
 
 def brms_globals(model: FormulaNPE, gd: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The global parameters (..., G) in brms's names and order (b_Intercept uncentred, b_*, sd_*, cor_*, family
-    parameters): (names, values (..., P))."""
+    parameters, the effects r_<f>[level,coef] of the non-primary grouping factors): (names, values (..., P))."""
     cols, names = [], []
     offset = 0
-    by_kind: dict[str, list[tuple[str, np.ndarray]]] = {"b": [], "sd": [], "cor": [], "aux": []}
+    by_kind: dict[str, list[tuple[str, np.ndarray]]] = {"b": [], "sd": [], "cor": [], "aux": [], "r": []}
     intercept = None
     for slot in model.slots:
         width = len(slot.labels)
@@ -140,7 +140,8 @@ def brms_globals(model: FormulaNPE, gd: np.ndarray) -> tuple[list[str], np.ndarr
         if slot.kind == "Intercept":
             intercept = block[..., 0]
         elif slot.kind == "cor":
-            pairs = [(i, j) for i in range(len(model.z_names)) for j in range(i + 1, len(model.z_names))]
+            m = int(slot.support.split(":")[1])
+            pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
             # brms orders correlations column-major over the upper triangle: (1,2), (1,3), (2,3), (1,4), ...
             order = sorted(range(len(pairs)), key=lambda p: (pairs[p][1], pairs[p][0]))
             by_kind["cor"] += [(slot.labels[p], block[..., p]) for p in order]
@@ -150,7 +151,7 @@ def brms_globals(model: FormulaNPE, gd: np.ndarray) -> tuple[list[str], np.ndarr
     if intercept is not None:
         names.append("b_Intercept")
         cols.append(intercept - b @ model.x_means if b.shape[-1] else intercept)
-    for kind in ("b", "sd", "cor", "aux"):
+    for kind in ("b", "sd", "cor", "aux", "r"):
         for name, v in by_kind[kind]:
             names.append(name)
             cols.append(v)

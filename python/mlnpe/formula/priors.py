@@ -335,15 +335,19 @@ class ParamSlot:
 
 def param_slots(design: Design, terms: FormulaTerms, family: Family) -> list[ParamSlot]:
     """The parameters of a formula model that need a prior, in brms's order: ``Intercept``, ``b`` per column of X,
-    ``sd`` per column of Z, ``cor`` (correlated terms with 2 or more coefficients), the family's parameters."""
-    g = terms.group
+    ``sd`` per column of Z of every grouping factor (the primary one first), ``cor`` (correlated terms with 2 or
+    more coefficients), the family's parameters."""
     slots = []
     if design.intercept:
         slots.append(ParamSlot("Intercept", "", "", "Intercept"))
     slots += [ParamSlot("b", x, "", f"b_{brms_rename(x)}") for x in design.x_names]
-    slots += [ParamSlot("sd", z, g, f"sd_{g}__{brms_rename(z)}") for z in design.z_names]
-    if terms.correlated and len(design.z_names) > 1:
-        slots.append(ParamSlot("cor", "", g, f"cor_{g}"))
+    factors = [(terms.group, design.z_names, terms.correlated)]
+    factors += [(c.group, d.z_names, c.correlated) for c, d in zip(terms.crossed, design.crossed)]
+    for g, z_names, _ in factors:
+        slots += [ParamSlot("sd", z, g, f"sd_{g}__{brms_rename(z)}") for z in z_names]
+    for g, z_names, correlated in factors:
+        if correlated and len(z_names) > 1:
+            slots.append(ParamSlot("cor", "", g, f"cor_{g}"))
     slots += [ParamSlot(name) for name, _ in family.aux]
     return slots
 

@@ -7,7 +7,8 @@ Stan program of a :class:`~mlnpe.formula.api.FormulaNPE` (its formula, family an
 
 The model is mlnpe's, which follows brms's Stan program (``make_stancode``):
 
-* ``eta = Intercept + (X - x_means) * b + sum_m Z[, m] .* r[group, m] + offsets``, where ``x_means`` are the
+* ``eta = Intercept + (X - x_means) * b + sum_i sum_m Z_i[, m] .* r_i[group_i, m] + offsets`` (i over the grouping
+  factors, 1 the primary one), where ``x_means`` are the
   centring means **stored in the model** (fixed when it was built), passed as data and never recomputed, so that
   ``Intercept`` means the same as in the amortizer; ``b_Intercept = Intercept - dot_product(x_means, b)``. With
   ``0 + Intercept`` there is no ``Intercept``: X holds a column of ones, ``b_Intercept`` is an element of ``b`` and
@@ -131,13 +132,25 @@ def _vector_priors(name: str, dists: list[PriorDist]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class _Factor:
+    """A grouping factor in the Stan program: number i (1 the primary), its sds' and correlations' priors."""
+
+    group: str
+    sd: list[tuple[ParamSlot, PriorDist]]
+    cor: tuple[ParamSlot, PriorDist] | None
+
+    @property
+    def M(self) -> int:
+        return len(self.sd)
+
+
+@dataclass(frozen=True)
 class _Layout:
     """What the Stan program of a model contains (derived once from the model)."""
 
     intercept: tuple[ParamSlot, PriorDist] | None
     b: list[tuple[ParamSlot, PriorDist]]
-    sd: list[tuple[ParamSlot, PriorDist]]
-    cor: tuple[ParamSlot, PriorDist] | None
+    factors: list[_Factor]
     aux: list[tuple[ParamSlot, PriorDist]]
     discrete: bool
     trials: bool
@@ -146,10 +159,6 @@ class _Layout:
     @property
     def K(self) -> int:
         return len(self.b)
-
-    @property
-    def M(self) -> int:
-        return len(self.sd)
 
 
 def _layout(model: FormulaNPE) -> _Layout:
@@ -161,19 +170,24 @@ def _layout(model: FormulaNPE) -> _Layout:
             f"`model.x_means` has {len(x_means)} entries but the model has {len(b)} population-level "
             f"coefficients ({[s.coef for s, _ in b]}); pass a model built by FormulaNPE."
         )
-    if len(sd) != len(model.z_names) or not sd:
-        raise SpecError(
-            f"`model.z_names` {list(model.z_names)} does not match the group-level sd priors "
-            f"{[s.coef for s, _ in sd]}; pass a model built by FormulaNPE."
-        )
-    if cor and len(sd) < 2:
-        raise SpecError(f"the model has a correlation prior but only {len(sd)} group-level coefficient.")
+    factors = []
+    z_names = [model.z_names] + [c.z_names for c in model.crossed]
+    for group, z in zip(model.terms.groups, z_names):
+        mine = [(slot, dist) for slot, dist in sd if slot.group == group]
+        if [slot.coef for slot, _ in mine] != list(z) or not mine:
+            raise SpecError(
+                f"the group-level columns {list(z)} of {group!r} do not match its sd priors "
+                f"{[s.coef for s, _ in mine]}; pass a model built by FormulaNPE."
+            )
+        own_cor = [(slot, dist) for slot, dist in cor if slot.group == group]
+        if own_cor and len(mine) < 2:
+            raise SpecError(f"{group!r} has a correlation prior but only {len(mine)} group-level coefficient.")
+        factors.append(_Factor(group, mine, own_cor[0] if own_cor else None))
     name = model.family.name
     return _Layout(
         intercept=intercept[0] if intercept else None,
         b=b,
-        sd=sd,
-        cor=cor[0] if cor else None,
+        factors=factors,
         aux=_aux_slots(model),
         discrete=name in _DISCRETE,
         trials=bool(getattr(model.family, "needs_trials", name == "binomial")),
@@ -190,10 +204,11 @@ def stan_program(model: FormulaNPE) -> str:
 
     Returns:
         The Stan program text. Its data block declares exactly the keys of :func:`stan_data`: ``N``, ``Y``,
-        ``trials`` (binomial), ``K``, ``X``, ``x_means`` (when K > 0), ``offsets`` (with offsets), ``M``, ``Z``,
-        ``J``, ``group`` (1-based). Parameters: ``Intercept`` (centred intercept), ``b``, ``sd_1``, ``z_1``, ``L_1``
-        (correlated effects), the family parameters; transformed parameters ``r_1`` (J x M); generated
-        quantities ``b_Intercept`` and ``cor_1`` (upper triangle of ``L_1 L_1'``, column-major as brms).
+        ``trials`` (binomial), ``K``, ``X``, ``x_means`` (when K > 0), ``offsets`` (with offsets), and per grouping
+        factor i (1 the primary one, then `terms.crossed`) ``M_i``, ``Z_i``, ``J_i``, ``group_i`` (1-based).
+        Parameters: ``Intercept`` (centred intercept), ``b``, ``sd_i``, ``z_i``, ``L_i`` (correlated effects), the
+        family parameters; transformed parameters ``r_i`` (J_i x M_i); generated quantities ``b_Intercept`` and
+        ``cor_i`` (upper triangle of ``L_i L_i'``, column-major as brms).
 
     Raises:
         SpecError: the model's priors, centring means and group-level names are inconsistent.
@@ -202,7 +217,7 @@ def stan_program(model: FormulaNPE) -> str:
         >>> print(stan_program(FormulaNPE("y ~ x + (1 | g)", df)))                     # doctest: +SKIP
     """
     lay = _layout(model)
-    K, M = lay.K, lay.M
+    K = lay.K
     terms = model.terms
     y_decl = f"array[N] int{_DISCRETE[model.family.name]} Y;" if lay.discrete else "vector[N] Y;"
     data = ["int<lower=1> N;  // rows", y_decl]
@@ -214,29 +229,31 @@ def stan_program(model: FormulaNPE) -> str:
                  "vector[K] x_means;  // mlnpe's stored centring means"]  # fmt: skip
     if lay.offset:
         data.append("vector[N] offsets;  // the formula's offsets, coefficient 1")
-    data += [
-        "int<lower=1> M;  // group-level coefficients",
-        "matrix[N, M] Z;  // group-level design",
-        "int<lower=1> J;  // groups",
-        "array[N] int<lower=1, upper=J> group;  // group of every row",
-    ]
+    for i, f in enumerate(lay.factors, 1):
+        data += [
+            f"int<lower=1> M_{i};  // group-level coefficients of {f.group}",
+            f"matrix[N, M_{i}] Z_{i};  // their design",
+            f"int<lower=1> J_{i};  // levels of {f.group}",
+            f"array[N] int<lower=1, upper=J_{i}> group_{i};  // level of every row",
+        ]
     tdata = ["matrix[N, K] Xc = X - rep_matrix(x_means', N);  // centred with the model's means"] if K else []
     params = []
     if lay.intercept:
         params.append(f"real{_bounds(*_support(lay.intercept[1], lay.intercept[0]))} Intercept;  // centred intercept")
     if K:
         params.append(_vector_declaration("b", "K", [_support(d, s) for s, d in lay.b], tdata))
-    params.append(_vector_declaration("sd_1", "M", [_support(d, s) for s, d in lay.sd], tdata))
-    params.append("matrix[M, J] z_1;  // standardized group-level effects")
-    if lay.cor:
-        params.append("cholesky_factor_corr[M] L_1;  // Cholesky factor of the group-level correlations")
+    tparams = []
+    for i, f in enumerate(lay.factors, 1):
+        params.append(_vector_declaration(f"sd_{i}", f"M_{i}", [_support(d, s) for s, d in f.sd], tdata))
+        params.append(f"matrix[M_{i}, J_{i}] z_{i};  // standardized group-level effects")
+        if f.cor:
+            params.append(f"cholesky_factor_corr[M_{i}] L_{i};  // Cholesky factor of the group-level correlations")
+            r_def = f"r_{i} = (diag_pre_multiply(sd_{i}, L_{i}) * z_{i})';"
+        else:
+            r_def = f"r_{i} = diag_pre_multiply(sd_{i}, z_{i})';  // r_{i}[, m] = sd_{i}[m] * z_{i}[m]'"
+        tparams += [f"matrix[J_{i}, M_{i}] r_{i};  // group-level effects of {f.group}", r_def]
     for slot, dist in lay.aux:
         params.append(f"real{_bounds(*_support(dist, slot))} {slot.class_};")
-    if lay.cor:
-        r_def = "r_1 = (diag_pre_multiply(sd_1, L_1) * z_1)';"
-    else:
-        r_def = "r_1 = diag_pre_multiply(sd_1, z_1)';  // r_1[, m] = sd_1[m] * z_1[m]'"
-    tparams = ["matrix[J, M] r_1;  // group-level effects", r_def]
     mu = "Intercept" if lay.intercept else "rep_vector(0.0, N)"
     if lay.intercept and not K:
         mu = "rep_vector(Intercept, N)"
@@ -244,40 +261,45 @@ def stan_program(model: FormulaNPE) -> str:
         mu = f"{mu} + Xc * b" if lay.intercept else "Xc * b"
     if lay.offset:
         mu = f"{mu} + offsets" if lay.intercept or K else "offsets"
-    model_block = [f"vector[N] mu = {mu};", "mu += rows_dot_product(Z, r_1[group]);"]
+    model_block = [f"vector[N] mu = {mu};"]
+    model_block += [f"mu += rows_dot_product(Z_{i}, r_{i}[group_{i}]);" for i in range(1, len(lay.factors) + 1)]
     if lay.intercept:
         model_block.append(lay.intercept[1].to_stan("Intercept"))
     if K:
         model_block += _vector_priors("b", [d for _, d in lay.b])
-    model_block += _vector_priors("sd_1", [d for _, d in lay.sd])
-    if lay.cor:
-        model_block.append(lay.cor[1].to_stan("L_1"))
+    for i, f in enumerate(lay.factors, 1):
+        model_block += _vector_priors(f"sd_{i}", [d for _, d in f.sd])
+        if f.cor:
+            model_block.append(f.cor[1].to_stan(f"L_{i}"))
     for slot, dist in lay.aux:
         model_block.append(dist.to_stan(slot.class_))
-    model_block += ["target += std_normal_lpdf(to_vector(z_1));", model.family.stan_likelihood()]
+    model_block += [f"target += std_normal_lpdf(to_vector(z_{i}));" for i in range(1, len(lay.factors) + 1)]
+    model_block.append(model.family.stan_likelihood())
     gq = []
     if lay.intercept:
         gq.append("real b_Intercept = Intercept - dot_product(x_means, b);" if K else "real b_Intercept = Intercept;")
-    if lay.cor:
-        gq += [
-            f"vector[{M * (M - 1) // 2}] cor_1;  // upper triangle, column-major (brms's order)",
-            "{",
-            "  matrix[M, M] Cor_1 = multiply_lower_tri_self_transpose(L_1);",
-            "  int k = 0;",
-            "  for (j in 2:M) {",
-            "    for (i in 1:(j - 1)) {",
-            "      k += 1;",
-            "      cor_1[k] = Cor_1[i, j];",
-            "    }",
-            "  }",
-            "}",
-        ]
+    for i, f in enumerate(lay.factors, 1):
+        if f.cor:
+            gq += [
+                f"vector[{f.M * (f.M - 1) // 2}] cor_{i};  // upper triangle, column-major (brms's order)",
+                "{",
+                f"  matrix[M_{i}, M_{i}] Cor_{i} = multiply_lower_tri_self_transpose(L_{i});",
+                "  int k = 0;",
+                f"  for (j in 2:M_{i}) {{",
+                "    for (i in 1:(j - 1)) {",
+                "      k += 1;",
+                f"      cor_{i}[k] = Cor_{i}[i, j];",
+                "    }",
+                "  }",
+                "}",
+            ]
     blocks = [("data", data), ("transformed data", tdata), ("parameters", params),
               ("transformed parameters", tparams), ("model", model_block), ("generated quantities", gq)]  # fmt: skip
     head = [
         f"// mlnpe reference model: {terms.formula}",
-        f"// family: {model.family.name} (link: {model.family.link}); group-level effects of {terms.group!r}:"
-        f" {', '.join(model.z_names)} ({'correlated' if lay.cor else 'uncorrelated'})",
+        f"// family: {model.family.name} (link: {model.family.link}); group-level effects"
+        + "; ".join(f" of {f.group!r} (r_{i}): {', '.join(s.coef for s, _ in f.sd)} "
+                    f"({'correlated' if f.cor else 'uncorrelated'})" for i, f in enumerate(lay.factors, 1)),
     ]
     body = [f"{name} {{\n" + "".join(f"  {line}\n" for line in lines) + "}" for name, lines in blocks if lines]
     return "\n".join(head) + "\n" + "\n".join(body) + "\n"
@@ -294,7 +316,8 @@ def stan_data(model: FormulaNPE, data: Any = None) -> dict[str, Any]:
     Returns:
         ``N``, ``Y`` (int array for discrete families), ``trials`` (binomial), ``K``, ``X`` (N, K) and
         ``x_means`` (K,) (only when K > 0; ``x_means`` are the model's stored means), ``offsets`` (N,) (with
-        offsets), ``M``, ``Z`` (N, M), ``J``, ``group`` (N,) 1-based, as numpy arrays and ints.
+        offsets), per grouping factor i ``M_i``, ``Z_i`` (N, M_i), ``J_i``, ``group_i`` (N,) 1-based, as numpy
+        arrays and ints.
 
     Raises:
         DataError: `data` is None and the model holds no data, or the design does not match the model.
@@ -327,10 +350,12 @@ def design_stan_data(model: FormulaNPE, design: Design) -> dict[str, Any]:
     """
     lay = _layout(model)
     n = len(design.y)
-    if design.X.shape[1] != lay.K or design.Z.shape[1] != lay.M:
+    zs = [design.Z] + [c.Z for c in design.crossed]
+    if design.X.shape[1] != lay.K or [z.shape[1] for z in zs] != [f.M for f in lay.factors]:
         raise DataError(
-            f"`data` gives a design with {design.X.shape[1]} population-level and {design.Z.shape[1]} group-level "
-            f"columns, but the model has {lay.K} and {lay.M}; pass data with the model's variables."
+            f"`data` gives a design with {design.X.shape[1]} population-level and {[z.shape[1] for z in zs]} "
+            f"group-level columns, but the model has {lay.K} and {[f.M for f in lay.factors]}; pass data with the "
+            "model's variables."
         )
     if lay.discrete:
         y: np.ndarray = np.rint(design.y).astype(np.int64)
@@ -345,12 +370,10 @@ def design_stan_data(model: FormulaNPE, design: Design) -> dict[str, Any]:
         out["x_means"] = np.asarray(model.x_means, dtype=np.float64).reshape(-1)
     if lay.offset:
         out["offsets"] = np.asarray(design.offset, dtype=np.float64)
-    out.update(
-        M=lay.M,
-        Z=np.asarray(design.Z, dtype=np.float64),
-        J=len(design.levels),
-        group=np.asarray(design.group, dtype=np.int64) + 1,
-    )
+    codes = [(design.group, design.levels)] + [(c.codes, c.levels) for c in design.crossed]
+    for i, (f, z, (code, levels)) in enumerate(zip(lay.factors, zs, codes), 1):
+        out[f"M_{i}"], out[f"Z_{i}"] = f.M, np.asarray(z, dtype=np.float64)
+        out[f"J_{i}"], out[f"group_{i}"] = len(levels), np.asarray(code, dtype=np.int64) + 1
     return out
 
 
@@ -389,11 +412,13 @@ def brms_variable_names(model: FormulaNPE, levels: Sequence[str]) -> list[str]:
     g = model.terms.group
     names = ["b_Intercept"] if lay.intercept else []
     names += [slot.name for slot, _ in lay.b]
-    names += [slot.name for slot, _ in lay.sd]
-    z = [slot.coef for slot, _ in lay.sd]
-    if lay.cor:
-        names += [f"cor_{g}__{z[i]}__{z[j]}" for j in range(len(z)) for i in range(j)]
+    names += [slot.name for f in lay.factors for slot, _ in f.sd]
+    for f in lay.factors:
+        z = [slot.coef for slot, _ in f.sd]
+        if f.cor:
+            names += [f"cor_{f.group}__{z[i]}__{z[j]}" for j in range(len(z)) for i in range(j)]
     names += [slot.class_ for slot, _ in lay.aux]
+    names += [label for c in model.crossed for label in c.labels()]
     names += [f"r_{g}[{str(level).replace(' ', '.')},{coef}]" for coef in model.z_names for level in levels]
     return names
 
@@ -416,12 +441,15 @@ def brms_columns(
     if lay.intercept:
         cols.append(variables["b_Intercept"])
     cols += [variables["b"][..., k] for k in range(lay.K)]
-    cols += [variables["sd_1"][..., m] for m in range(lay.M)]
-    if lay.cor:
-        cols += [variables["cor_1"][..., k] for k in range(lay.M * (lay.M - 1) // 2)]
+    cols += [variables[f"sd_{i}"][..., m] for i, f in enumerate(lay.factors, 1) for m in range(f.M)]
+    for i, f in enumerate(lay.factors, 1):
+        if f.cor:
+            cols += [variables[f"cor_{i}"][..., k] for k in range(f.M * (f.M - 1) // 2)]
     cols += [variables[slot.class_] for slot, _ in lay.aux]
+    for i, (f, c) in enumerate(zip(lay.factors[1:], model.crossed), 2):  # level-major, as `CrossedFactor.labels`
+        cols += [variables[f"r_{i}"][..., k, m] for k in range(len(c.levels)) for m in range(f.M)]
     r = variables["r_1"]
-    cols += [r[..., j, m] for m in range(lay.M) for j in range(len(levels))]
+    cols += [r[..., j, m] for m in range(lay.factors[0].M) for j in range(len(levels))]
     names = brms_variable_names(model, levels)
     if len(names) != len(cols):  # pragma: no cover - guards the two orders against drifting apart
         raise SpecError(f"internal: {len(names)} brms names for {len(cols)} Stan columns.")
@@ -431,8 +459,9 @@ def brms_columns(
 def stan_variables(model: FormulaNPE) -> list[str]:
     """The Stan variables of :func:`stan_program` that :func:`brms_columns` reads."""
     lay = _layout(model)
-    out = (["b_Intercept"] if lay.intercept else []) + (["b"] if lay.K else []) + ["sd_1"]
-    out += (["cor_1"] if lay.cor else []) + [slot.class_ for slot, _ in lay.aux] + ["r_1"]
-    return out
+    n = range(1, len(lay.factors) + 1)
+    out = (["b_Intercept"] if lay.intercept else []) + (["b"] if lay.K else []) + [f"sd_{i}" for i in n]
+    out += [f"cor_{i}" for i, f in zip(n, lay.factors) if f.cor] + [slot.class_ for slot, _ in lay.aux]
+    return out + [f"r_{i}" for i in n]
 
 

@@ -13,10 +13,16 @@ Supported syntax::
     (1 + x || g)                     uncorrelated group-level effects
     (0 + x | g)                      group-level slopes without intercept
 
-One grouping factor per model and one group-level term per grouping factor: `(1 | g) + (0 + x | g)` is
-rejected with a message suggesting `(1 + x || g)` (merging blocks would change how brms codes factors in
-them, and a partly correlated covariance cannot be represented). Functions (`log(x)`, `I(x^2)`, `s(x)`),
-`.`, `^`, `/`, `%in%` and parentheses other than around group-level terms raise
+    (1 | a) + (1 | b)                crossed grouping factors (each its own sds, correlations and effects)
+    (1 | a/b)                        nested factors: (1 | a) + (1 | a:b)
+    (1 | a:b)                        the interaction of a and b as one grouping factor (levels `<a>_<b>`)
+
+One group-level term per grouping factor: `(1 | g) + (0 + x | g)` is rejected with a message suggesting
+`(1 + x || g)` (merging blocks would change how brms codes factors in them, and a partly correlated covariance
+cannot be represented). With several grouping factors the first is the *primary* one until
+:meth:`FormulaTerms.with_primary` makes another primary (the design makes the factor with the most levels
+primary: see :mod:`mlnpe.formula.model`); the others are :attr:`FormulaTerms.crossed`. Functions (`log(x)`,
+`I(x^2)`, `s(x)`), `.`, `^`, `%in%` and parentheses other than around group-level terms raise
 :class:`~mlnpe.errors.SpecError`, except inside `offset()`.
 
 `Intercept` is brms's reserved name: it may only stand as a term of its own in the population-level part of a
@@ -34,12 +40,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, NoReturn, Sequence
 
 from ..errors import SpecError
 
-__all__ = ["INTERCEPT", "FormulaTerms", "OffsetTerm", "parse_formula"]
+__all__ = ["INTERCEPT", "CrossedTerm", "FormulaTerms", "OffsetTerm", "factor_variables", "parse_formula"]
 
 #: brms's reserved name of the intercept as an ordinary coefficient (`0 + Intercept`).
 INTERCEPT = "Intercept"
@@ -106,6 +112,33 @@ class _GroupTerm(NamedTuple):
     text: str
 
 
+def factor_variables(group: str) -> tuple[str, ...]:
+    """The data columns of a grouping factor: ("g",) for "g", ("a", "b") for the interaction "a:b"."""
+    return tuple(group.split(":"))
+
+
+@dataclass(frozen=True)
+class CrossedTerm:
+    """The group-level term of a grouping factor other than the primary one.
+
+    Attributes:
+        group: the factor's name, a column ("b") or an interaction of columns ("a:b").
+        intercept: whether it has a varying intercept.
+        terms: its terms without the intercept, like `FormulaTerms.terms`.
+        correlated: True for `|`, False for `||`.
+    """
+
+    group: str
+    intercept: bool
+    terms: tuple[tuple[str, ...], ...]
+    correlated: bool
+
+    def text(self) -> str:
+        """The term as the normalized formula writes it, e.g. "(1 + x | b)"."""
+        lhs = " + ".join(["1" if self.intercept else "0"] + [":".join(t) for t in self.terms])
+        return f"({lhs} {'|' if self.correlated else '||'} {self.group})"
+
+
 @dataclass(frozen=True)
 class FormulaTerms:
     """The parsed terms of a formula.
@@ -124,6 +157,7 @@ class FormulaTerms:
         correlated: True for `|` (correlated effects) and without group-level terms, False for `||`.
         formula: the normalized formula text, e.g. "y ~ 1 + x + (1 + x | g)".
         offsets: the population-level `offset()` terms (their sum enters the linear predictor).
+        crossed: the group-level terms of the other grouping factors, crossed with or nested in `group`.
     """
 
     response: str
@@ -136,6 +170,7 @@ class FormulaTerms:
     correlated: bool
     formula: str
     offsets: tuple[OffsetTerm, ...] = ()
+    crossed: tuple[CrossedTerm, ...] = ()
 
     def __post_init__(self) -> None:
         if self.intercept_coef and self.intercept:
@@ -153,6 +188,11 @@ class FormulaTerms:
                 f"FormulaTerms: the group-level term of {self.group!r} has no coefficients. "
                 f"Use (1 | {self.group}) for a varying intercept."
             )
+        if self.crossed and self.group is None:
+            raise SpecError("FormulaTerms: `crossed` terms need a primary `group`, got group=None.")
+        names = [self.group] + [c.group for c in self.crossed]
+        if len(set(names)) < len(names):
+            raise SpecError(f"FormulaTerms: the grouping factors {names} repeat a factor; give each one term.")
 
     @property
     def intercept_coef(self) -> bool:
@@ -160,15 +200,37 @@ class FormulaTerms:
         of class b, the predictors not centred for it."""
         return (INTERCEPT,) in self.terms
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Every grouping factor, the primary first."""
+        return () if self.group is None else (self.group,) + tuple(c.group for c in self.crossed)
+
     def variables(self) -> tuple[str, ...]:
         """All data columns used, without repeats: response, trials, predictors in term order, the offsets'
-        columns, group (`Intercept` of `0 + Intercept` is no column)."""
+        columns, the grouping factors' columns (`Intercept` of `0 + Intercept` is no column)."""
         names = [self.response, self.trials]
         names += [v for term in self.terms if term != (INTERCEPT,) for v in term]
         names += [v for term in self.group_terms for v in term]
+        names += [v for c in self.crossed for term in c.terms for v in term]
         names += [v for offset in self.offsets for v in offset.variables]
-        names.append(self.group)
+        names += [v for g in self.groups for v in factor_variables(g)]
         return tuple(dict.fromkeys(n for n in names if n is not None))
+
+    def with_primary(self, group: str) -> "FormulaTerms":
+        """The same model with `group` as the primary grouping factor (the others in their order)."""
+        if group == self.group:
+            return self
+        terms = {self.group: CrossedTerm(self.group, self.group_intercept, self.group_terms, self.correlated)}
+        terms.update({c.group: c for c in self.crossed})
+        if group not in terms:
+            raise SpecError(f"FormulaTerms: {group!r} is none of the grouping factors {list(terms)}.")
+        first = terms.pop(group)
+        crossed = tuple(terms.values())
+        head = self.formula[: _first_group_term(self.formula)]
+        return replace(
+            self, group=group, group_intercept=first.intercept, group_terms=first.terms, correlated=first.correlated,
+            crossed=crossed, formula=" + ".join([head, first.text()] + [c.text() for c in crossed]),
+        )
 
 
 def parse_formula(formula: str) -> FormulaTerms:
@@ -206,10 +268,12 @@ def parse_formula(formula: str) -> FormulaTerms:
     if not rhs:
         raise SpecError(f"`formula` {formula!r} has no predictors after '~'. Use 'y ~ 1' for an intercept only.")
     fixed, groups = _parse_sum(rhs, formula, allow_groups=True)
-    term = _single_group(groups, formula)
-    if term is None:
-        term = _GroupTerm(None, _Sum(False, (), ()), True, "")
-    used = {v for t in fixed.terms + term.part.terms for v in t} | {term.group}
+    groups = _one_term_per_group(groups, formula)
+    term = groups[0] if groups else _GroupTerm(None, _Sum(False, (), ()), True, "")
+    crossed = tuple(CrossedTerm(g.group, g.part.intercept, g.part.terms, g.correlated) for g in groups[1:])
+    used = {v for t in fixed.terms + term.part.terms for v in t}
+    used |= {v for g in groups for v in factor_variables(g.group)}
+    used |= {v for c in crossed for t in c.terms for v in t}
     used |= {v for offset in fixed.offsets for v in offset.variables}
     if response in used:
         raise SpecError(
@@ -225,8 +289,9 @@ def parse_formula(formula: str) -> FormulaTerms:
         group_intercept=term.part.intercept,
         group_terms=term.part.terms,
         correlated=term.correlated,
-        formula=_format(response, trials, fixed, term),
+        formula=_format(response, trials, fixed, groups),
         offsets=fixed.offsets,
+        crossed=crossed,
     )
 
 
@@ -315,7 +380,7 @@ def _parse_sum(tokens: list[_Token], formula: str, *, allow_groups: bool) -> tup
                 raise SpecError(f"`formula` {formula!r}: group-level terms cannot be nested: {_text(part)!r}.")
             if sign == "-":
                 raise SpecError(f"`formula` {formula!r}: a group-level term cannot be subtracted: -{_text(part)}.")
-            groups.append(_parse_group(part[1:-1], formula))
+            groups.extend(_parse_group(part[1:-1], formula))
         elif len(part) == 1 and part[0].kind == "number":
             intercept = _intercept_flag(part[0], sign, formula)
         elif _is_offset(part):
@@ -420,8 +485,8 @@ def _reject_unsupported(tokens: list[_Token], formula: str) -> None:
             )
 
 
-def _parse_group(tokens: list[_Token], formula: str) -> _GroupTerm:
-    """Parses the inside of `(lhs | g)`."""
+def _parse_group(tokens: list[_Token], formula: str) -> list[_GroupTerm]:
+    """Parses the inside of `(lhs | g)`: one term, or one per factor of `(lhs | a/b)` (a, then a:b)."""
     bars = [i for i, t in enumerate(tokens) if t.text in ("|", "||") and _depth(tokens, i) == 0]
     text = f"({_text(tokens)})"
     if len(bars) > 1:
@@ -433,62 +498,73 @@ def _parse_group(tokens: list[_Token], formula: str) -> _GroupTerm:
     if not lhs:
         raise SpecError(f"`formula` {formula!r}: {text} has nothing left of the bar; write (1 | g).")
     correlated = tokens[bars[0]].text == "|"
-    if len(rhs) == 1 and rhs[0].kind == "name":
-        group = _check_name(rhs[0], formula)
-    elif rhs and all(t.kind == "name" or t.text in ("/", ":") for t in rhs) and rhs[0].kind == "name":
+    names_ok = rhs and all(t.kind == "name" or t.text in ("/", ":") for t in rhs)
+    if not (names_ok and rhs[0].kind == "name" and rhs[-1].kind == "name") or any(
+        a.kind == b.kind for a, b in zip(rhs, rhs[1:])
+    ):
         raise SpecError(
-            f"`formula` {formula!r}: mlnpe fits one grouping factor per model; {text} uses the groups "
-            f"{_nested_groups(rhs)}. Combine them into one column (e.g. data['a_b'] = a + '_' + b) and "
-            "use (... | a_b)."
+            f"`formula` {formula!r}: the grouping factor in {text} must be a variable name (g), an interaction "
+            f"(a:b) or a nesting (a/b), got {_text(rhs)!r}."
         )
-    else:
-        raise SpecError(
-            f"`formula` {formula!r}: the grouping factor in {text} must be a single variable name, got "
-            f"{_text(rhs)!r}."
-        )
+    for token in rhs:
+        if token.kind == "name":
+            _check_name(token, formula)
+    groups = _nested_groups(rhs)
     part, _ = _parse_sum(lhs, formula, allow_groups=False)
     if not part.intercept and not part.terms:
-        raise SpecError(f"`formula` {formula!r}: {text} has no coefficients; write (1 | {group}).")
-    return _GroupTerm(group, part, correlated, text)
+        raise SpecError(f"`formula` {formula!r}: {text} has no coefficients; write (1 | {groups[-1]}).")
+    for group in groups:
+        repeated = [v for v in dict.fromkeys(factor_variables(group)) if factor_variables(group).count(v) > 1]
+        if repeated:
+            raise SpecError(f"`formula` {formula!r}: {text} names {repeated[0]!r} twice in the factor {group!r}.")
+    return [_GroupTerm(group, part, correlated, text) for group in groups]
+
+
+def _first_group_term(formula: str) -> int:
+    """Where the group-level terms of a normalized formula text start (they come last; offsets hold no '|')."""
+    start = 0
+    while (start := formula.find(" + (", start)) >= 0:
+        depth, end = 0, start + 3
+        for end in range(start + 3, len(formula)):
+            depth += {"(": 1, ")": -1}.get(formula[end], 0)
+            if depth == 0:
+                break
+        if "|" in formula[start:end]:
+            return start
+        start = end
+    return len(formula)
 
 
 def _nested_groups(tokens: list[_Token]) -> list[str]:
     """brms's groups of `a/b/c` (a, a:b, a:b:c) or `a:b` (a:b)."""
     if any(t.text == "/" for t in tokens):
-        parts = [_text(p) for _, p in _split(tokens, ("/",), leading=False)]
+        parts = [_text(p).replace(" ", "") for _, p in _split(tokens, ("/",), leading=False)]
         return [":".join(parts[: i + 1]) for i in range(len(parts))]
-    return [_text(tokens)]
+    return [_text(tokens).replace(" ", "")]
 
 
-def _single_group(groups: list[_GroupTerm], formula: str) -> _GroupTerm | None:
-    """The only group-level term (None without one); several grouping factors or terms raise."""
-    if not groups:
-        return None
-    names = list(dict.fromkeys(g.group for g in groups))
-    texts = [g.text for g in groups]
-    if len(names) > 1:
-        raise SpecError(
-            f"`formula` {formula!r}: mlnpe fits one grouping factor per model, found groups {names} in "
-            f"{texts}. Fit one model per grouping factor or combine the factors into one column."
-        )
-    if len(groups) > 1:
-        coefs = ["1"] if any(g.part.intercept for g in groups) else ["0"]
-        coefs += list(dict.fromkeys(":".join(t) for g in groups for t in g.part.shown))
+def _one_term_per_group(groups: list[_GroupTerm], formula: str) -> list[_GroupTerm]:
+    """The group-level terms, one per grouping factor; a factor in several terms raises."""
+    for name in dict.fromkeys(g.group for g in groups):
+        mine = [g for g in groups if g.group == name]
+        if len(mine) == 1:
+            continue
+        coefs = ["1"] if any(g.part.intercept for g in mine) else ["0"]
+        coefs += list(dict.fromkeys(":".join(t) for g in mine for t in g.part.shown))
         lhs = " + ".join(coefs)
         raise SpecError(
-            f"`formula` {formula!r}: the group {names[0]!r} appears in {len(groups)} group-level terms "
-            f"{texts}; mlnpe needs one term per grouping factor. Write ({lhs} | {names[0]}) "
-            f"for correlated or ({lhs} || {names[0]}) for uncorrelated effects."
+            f"`formula` {formula!r}: the group {name!r} appears in {len(mine)} group-level terms "
+            f"{[g.text for g in mine]}; mlnpe needs one term per grouping factor. Write ({lhs} | {name}) "
+            f"for correlated or ({lhs} || {name}) for uncorrelated effects."
         )
-    return groups[0]
+    return groups
 
 
-def _format(response: str, trials: str | None, fixed: _Sum, term: _GroupTerm) -> str:
+def _format(response: str, trials: str | None, fixed: _Sum, groups: Sequence[_GroupTerm]) -> str:
     """The normalized formula text, with explicit 1/0 for the intercepts."""
     lhs = response if trials is None else f"{response} | trials({trials})"
     rhs = [_format_sum(fixed)] + [str(offset) for offset in fixed.offsets]
-    if term.group is not None:
-        rhs.append(f"({_format_sum(term.part)} {'|' if term.correlated else '||'} {term.group})")
+    rhs += [f"({_format_sum(g.part)} {'|' if g.correlated else '||'} {g.group})" for g in groups]
     return f"{lhs} ~ {' + '.join(rhs)}"
 
 
