@@ -80,6 +80,7 @@ class MultilevelNPE:
             raise ConfigError("the model must declare at least one global and one local parameter.")
         self.y_dim, self.x_dim = int(specs["y_dim"]), int(specs["x_dim"])
         self.effects = tuple((int(g), int(x)) for g, x in specs.get("effects", ()))
+        self.centring = tuple((int(a), tuple(int(c) for c in cols)) for a, cols in specs.get("centring", ()))
         self.groups = check_sizes("groups", groups)
         self.rows = check_sizes("rows", rows)
         changes = network_changes(network)
@@ -96,6 +97,7 @@ class MultilevelNPE:
                 local_summary,
                 global_summary,
                 [(g, self.y_dim + x) for g, x in self.effects],
+                self.centring,
             )
         self.custom_summaries = (local_summary is not None, global_summary is not None)
         self.history = TrainHistory()
@@ -411,6 +413,7 @@ class MultilevelNPE:
                 "y_dim": self.y_dim,
                 "x_dim": self.x_dim,
                 **({"effects": [list(p) for p in self.effects]} if self.effects else {}),
+                **({"centring": [[a, list(c)] for a, c in self.centring]} if self.centring else {}),
             },
             "groups": list(self.groups),
             "rows": list(self.rows),
@@ -478,4 +481,5 @@ def _specs_of(model: TwoLevelModel) -> dict[str, Any]:
         "y_dim": model.y_dim,
         "x_dim": model.x_dim,
         **({"effects": [list(p) for p in model.level_effects]} if model.level_effects else {}),
+        **({"centring": [[a, list(c)] for a, c in model.effect_centring]} if model.effect_centring else {}),
     }

@@ -64,6 +64,25 @@ def _real_rows(batch: GroupedBatch) -> tuple[Tensor, Tensor]:
     return (torch.cat(parts, -1) if len(parts) > 1 else parts[0]), group_of_row
 
 
+def _centring_map(g: int, centring: Sequence[tuple[int, Sequence[int]]]) -> Tensor:
+    """The (G, G) map of `MultilevelEstimator`'s `centring`: per block, anchor' = anchor + mean(effects), effect_k'
+    = effect_k - mean(effects) for all but the last, last' = mean(effects); other coordinates unchanged."""
+    out = torch.eye(g, dtype=torch.float64)
+    for anchor, columns in centring:
+        columns = [int(c) for c in columns]
+        if len(columns) < 2 or anchor in columns or not all(0 <= c < g for c in [anchor, *columns]):
+            raise ConfigError(f"`centring` block ({anchor}, {columns}) needs 2+ effect columns other than the anchor.")
+        step = torch.eye(g, dtype=torch.float64)
+        mean = torch.zeros(g, dtype=torch.float64)
+        mean[columns] = 1.0 / len(columns)
+        step[anchor] += mean
+        for c in columns[:-1]:
+            step[c] -= mean
+        step[columns[-1]] = mean
+        out = step @ out
+    return out.float()
+
+
 def _shift_regressors(
     stats: Tensor, h_local: Tensor, real: Tensor, fixed: list[int], estimate_pairs: list[tuple[int, int]]
 ) -> Tensor:
@@ -95,6 +114,10 @@ class MultilevelEstimator(nn.Module):
         global_summary: optional custom global summary module.
         effects: (global column, row column) per global parameter that multiplies a row feature
             (`mlnpe.networks.effects`); those row columns are hidden from the summaries.
+        centring: (anchor, effect columns) per block of real global scalars whose mean the anchor absorbs (a
+            formula model's intercept and a crossed factor's intercepts: the data pin down anchor + effect_k,
+            not each). The global flow then models anchor + mean, the effects minus their mean but the last,
+            and the mean (`_to_flow`): nearly independent coordinates instead of a (K + 1)-dimensional ridge.
     """
 
     def __init__(
@@ -106,11 +129,18 @@ class MultilevelEstimator(nn.Module):
         local_summary: nn.Module | None = None,
         global_summary: nn.Module | None = None,
         effects: Sequence[tuple[int, int]] = (),
+        centring: Sequence[tuple[int, Sequence[int]]] = (),
     ):
         super().__init__()
         self.global_bijector, self.local_bijector, self.config = global_bijector, local_bijector, config
         g, l = global_bijector.unconstrained_dim(), local_bijector.unconstrained_dim()
         self.effects = LevelEffects(effects, row_features) if effects else None
+        self.centred = bool(centring)
+        if self.centred:  # the global flow's coordinates v = gu @ flow_map.T (see `centring`)
+            flow_map = _centring_map(global_bijector.unconstrained_dim(), centring)
+            self.register_buffer("flow_map", flow_map)
+            self.register_buffer("flow_map_inverse", torch.linalg.inv(flow_map.double()).float())
+            self.register_buffer("flow_log_det", torch.linalg.slogdet(flow_map.double())[1].float())
         hidden = set() if self.effects is None else set(self.effects.row_columns.tolist())
         self.visible = [c for c in range(row_features) if c not in hidden]  # the row columns the summaries see
         row_features = len(self.visible)
@@ -174,14 +204,15 @@ class MultilevelEstimator(nn.Module):
         if getattr(self.local_summary, "origin", None) is not None:
             self.local_summary.set_origin(data_zero(self.row_loc, self.row_scale, self.local_summary.products))
         gu = self.global_bijector.inverse(global_params)
-        loc, scale = masked_moments(gu, torch.ones(gu.shape[0], dtype=torch.bool))
+        v = self._to_flow(gu)
+        loc, scale = masked_moments(v, torch.ones(v.shape[0], dtype=torch.bool))
         if self.global_shift is not None:
             h_local, packed, group_of_row = self._local(batch)
             stats = self._statistics(packed, group_of_row, *batch.row_mask.shape[:2])
             regressors = self._shift_statistics(
                 stats, h_local, batch.group_mask, self._effect_statistics(batch, packed, group_of_row)
             )
-            loc, scale = self.global_shift.fit(regressors, gu, loc, scale)
+            loc, scale = self.global_shift.fit(regressors, v, loc, scale)
         self.global_flow.set_standardization(loc, scale)
         lu = self.local_bijector.inverse(local_params)
         loc, scale = masked_moments(lu, batch.group_mask)
@@ -197,8 +228,17 @@ class MultilevelEstimator(nn.Module):
             weights = self.effects.group_weights(rows, owner, *batch.row_mask.shape[:2])
             self.effects.set_scale(weights, gu, batch.group_mask)
 
+    def _to_flow(self, gu: Tensor) -> Tensor:
+        """Unconstrained globals (..., G) -> the global flow's coordinates (the same without `centring`)."""
+        return gu @ self.flow_map.T.to(gu.dtype) if self.centred else gu
+
+    def _from_flow(self, v: Tensor) -> Tensor:
+        return v @ self.flow_map_inverse.T.to(v.dtype) if self.centred else v
+
     def _standardized_globals(self, gu: Tensor) -> Tensor:
-        """Unconstrained globals (..., G) in units of their prior's robust moments (the local flow's context)."""
+        """Unconstrained globals (..., G) in the global flow's coordinates and units of their prior's robust
+        moments (the local flow's context)."""
+        gu = self._to_flow(gu)
         if self.global_shift is not None:  # the global flow's own standardization is the shift's residual scale
             return (gu - self.global_shift.prior_loc) / self.global_shift.prior_scale
         return (gu - self.global_flow.loc) / self.global_flow.scale
@@ -216,11 +256,13 @@ class MultilevelEstimator(nn.Module):
     def global_log_prob(self, gu: Tensor, h_global: Tensor) -> Tensor:
         """log q(gu | x) of unconstrained globals gu (..., B, G) given `summarize`'s h_global (B, ...)."""
         context, shift, log_scale = self._split_global(h_global)
+        v = self._to_flow(gu)
+        jacobian = self.flow_log_det if self.centred else 0.0
         if shift is None:
-            return self.global_flow.log_prob(gu, context)
+            return self.global_flow.log_prob(v, context) + jacobian
         if log_scale is None:
-            return self.global_flow.log_prob(gu - shift, context)
-        return self.global_flow.log_prob((gu - shift) * torch.exp(-log_scale), context) - log_scale.sum(-1)
+            return self.global_flow.log_prob(v - shift, context) + jacobian
+        return self.global_flow.log_prob((v - shift) * torch.exp(-log_scale), context) - log_scale.sum(-1) + jacobian
 
     def global_sample(
         self, n: int, h_global: Tensor, generator: torch.Generator | None = None, log_prob: bool = False
@@ -248,6 +290,9 @@ class MultilevelEstimator(nn.Module):
             ladj = None if ladj is None else ladj + log_scale.sum(-1)
         if shift is not None:
             gu = gu + shift
+        gu = self._from_flow(gu)
+        if ladj is not None and self.centred:
+            ladj = ladj - self.flow_log_det
         return (gu, ladj) if log_det else gu
 
     # ---- summaries ------------------------------------------------------------------------------------------

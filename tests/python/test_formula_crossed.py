@@ -174,3 +174,21 @@ def test_structures_a_brms_user_may_not_mean_are_named():
     single = pd.DataFrame({"y": np.arange(8.0), "g": list("ppqqrrss"), "h": ["u", "u", "u", "v", "u", "u", "u", "u"]})
     with pytest.warns(UserWarning, match=r"levels \['v'\] of the grouping factor 'h' have one row each"):
         build_design(parse_formula("y ~ (1 | g) + (1 | h)"), single)
+
+
+def test_the_global_flow_models_the_intercept_and_the_effects_centred(crossed):
+    est = crossed.npe.estimator
+    assert crossed.model.effect_centring == ((0, (5, 6, 7, 8)),)
+    g = torch.randn(6, 9)
+    v = est._to_flow(g)  # the intercept plus the effects' mean, the centred effects, their mean
+    torch.testing.assert_close(v[:, 0], g[:, 0] + g[:, 5:].mean(1))
+    torch.testing.assert_close(v[:, 5:8], g[:, 5:8] - g[:, 5:].mean(1, keepdim=True))
+    torch.testing.assert_close(v[:, 8], g[:, 5:].mean(1))
+    torch.testing.assert_close(est._from_flow(v), g, atol=1e-5, rtol=1e-5)
+    # the draws' log densities from the sampling pass equal the density pass's (the map's Jacobian included)
+    batch = crossed.npe.batch(crossed.grouped_data(crossed.data)[0], allow_extrapolation=True)[0]
+    with torch.no_grad():
+        gd, ld, lq_g, lq_l = est.draw(7, batch, torch.Generator().manual_seed(0))
+        again_g, again_l = est.log_prob(gd, ld, batch)
+    torch.testing.assert_close(again_g, lq_g, atol=2e-3, rtol=1e-4)
+    torch.testing.assert_close(again_l, lq_l, atol=2e-3, rtol=1e-4)

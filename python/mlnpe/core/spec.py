@@ -94,6 +94,9 @@ class TwoLevelModel(abc.ABC):
     #: covariate * parameter on every row (the effects of a formula model's other grouping factors); the networks
     #: then see those covariates only through `mlnpe.networks.effects`
     level_effects: tuple[tuple[int, int], ...] = ()
+    #: (anchor, effect scalars) per block of real global scalars whose mean the anchor absorbs (the intercept and a
+    #: crossed factor's intercepts): the global flow models them centred (`MultilevelEstimator`'s `centring`)
+    effect_centring: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @abc.abstractmethod
     def sample_global(self, n: int, generator: torch.Generator) -> Tensor:

@@ -245,6 +245,11 @@ class FormulaModel(TwoLevelModel):
         self.level_effects = tuple(
             (int(g), int(x)) for c in self.crossed for g, x in zip(self._index["r", c.group], c.columns)
         )
+        intercept = [self.offsets[i] for i, slot in enumerate(self.slots) if slot.kind == "Intercept"]
+        self.effect_centring = tuple(  # a level's mean is Intercept + r_f[level]: see MultilevelEstimator
+            (int(intercept[0]), tuple(int(x) for x in self._index["r", c.group][c.z_names.index("Intercept")::len(c.z_names)]))
+            for c in self.crossed if intercept and "Intercept" in c.z_names and len(c.levels) > 1
+        )
         for c in self.crossed:
             if not len(self._index["r", c.group]) == len(c.levels) * len(c.z_names) == len(c.columns):
                 raise SpecError(f"the crossed factor {c.group!r} needs one r slot and one feature column per effect.")
