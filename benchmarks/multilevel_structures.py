@@ -3,13 +3,13 @@
 Cases (the data from R's lme4 through Rscript, speed_acc from ../shared/data):
 - penicillin: `diameter ~ 1 + (1 | plate) + (1 | sample)`, 24 plates crossed with 6 samples (144 rows);
 - pastes: `strength ~ 1 + (1 | batch/cask)`, 30 casks nested in 10 batches (60 rows);
-- speed_acc: `log_rt ~ condition + (1 | id) + (1 | stim)`, block 4 of Wagenmakers et al. (2008): 811 stimuli
-  crossed with 17 participants (1,626 uncensored trials).
+- speed_acc: `log_rt ~ stim_cat + (1 | id) + (1 | stim)` (stim_cat: word or nonword), block 4 of Wagenmakers et
+  al. (2008): 811 stimuli crossed with 17 participants (1,626 uncensored trials).
 
 Each case is fitted as `mlnpe()` fits it (`mlnpe.formula.cache.trained_model`, brms's default priors, focus 1) and
 compared over every parameter (population-level, sds, every level's effect of every factor, sigma) with NUTS on the
 same Stan program and priors (`mlnpe.stan.fit_stan`: 4 chains x (1000 + 1000), adapt_delta 0.99), which is brms's
-model with brms's default priors for these intercept-only formulas. Figures for the amortized draws ("raw") and the
+model with brms's default priors (mlnpe's autoscaled normal for class b). Figures for the amortized draws ("raw") and the
 PSIS-reweighted ones: |mean error| / Stan sd (targets: median <= 0.1) and sd / Stan sd (target: >= 90 % within
 [0.9, 1.1]); k-hat, the first fit's seconds (training included) and Stan's seconds (compile excluded). SBC: the
 trained amortizer's calibration (`FormulaNPE.sbc`, on the prior of its last focusing round; every parameter
@@ -59,13 +59,13 @@ def _speed_acc() -> pd.DataFrame:
     d = d[(d["block"] == 4) & ~d["censor"]].copy()
     d["log_rt"] = np.log(d["rt"])
     d["id"], d["stim"] = d["id"].astype(str), d["stim"].astype(str)
-    return d[["log_rt", "condition", "id", "stim"]].reset_index(drop=True)
+    return d[["log_rt", "stim_cat", "id", "stim"]].reset_index(drop=True)
 
 
 CASES = {
     "penicillin": (lambda: _lme4("Penicillin"), "diameter ~ 1 + (1 | plate) + (1 | sample)"),
     "pastes": (lambda: _lme4("Pastes"), "strength ~ 1 + (1 | batch/cask)"),
-    "speed_acc": (_speed_acc, "log_rt ~ condition + (1 | id) + (1 | stim)"),
+    "speed_acc": (_speed_acc, "log_rt ~ stim_cat + (1 | id) + (1 | stim)"),
 }
 
 
