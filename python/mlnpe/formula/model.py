@@ -12,7 +12,7 @@ its sds, its correlations and its effects `r_<f>[level,coef]` for each of its K_
 family parameters), r_f[k] ~ MVN(0, diag(sd_f) Omega_f diag(sd_f)). This factorization is exact: given the globals,
 the primary factor's units are independent, as ML-NPE needs. Its limit is that the other factors' levels are
 fixed by the training data and their K_f * M_f effects widen the global flow (`MAX_CROSSED` in total). Each row
-carries, as features, the products of that factor's columns with the indicator of its level (`crossed_columns`),
+carries, as features, the products of that factor's columns with the indicator of its level (`design_features`),
 so a simulated group that copies an observed group's rows keeps the observed cross-classification.
 
 Model: eta_ij = Intercept + (x_ij - x_means) b + z_ij r_j + offset_ij; r_j ~ MVN(0, diag(sd) Omega diag(sd));
@@ -233,7 +233,7 @@ class FormulaModel(TwoLevelModel):
         self._sampling_priors = [s.prior for s in self.slots]
         if len(self.z_source) != len(self.z_names):
             raise SpecError("`z_source` needs one entry per group-level coefficient.")
-        self.group = ""  # the primary factor's sd and cor slots are those of no crossed factor
+        # the primary factor's sd and cor columns are keyed by "": those of no crossed factor
         crossed_groups = {c.group for c in self.crossed}
         self._index: dict[tuple[str, str], Tensor] = {}  # (kind, group) -> global columns of sd, cor and r
         for kind in ("sd", "cor", "r"):
