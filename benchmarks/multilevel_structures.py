@@ -116,6 +116,7 @@ def run_case(name: str, seed: int, threads: int, sbc_datasets: int) -> dict:
            "levels": {g: n for g, n in zip(model.terms.groups, [len(fit.design.levels)]
                                            + [len(c.levels) for c in model.crossed])},
            "stopped": history.stopped, "train_seconds": round(model.train_seconds, 1),
+           "boxes": [[r.get("box"), r.get("box_khat") and round(r["box_khat"], 2)] for r in model.rounds],
            "first_fit_s": round(first_fit, 1), "refit_s": round(refit, 2), "khat": round(float(fit.pareto_k), 3),
            "stan_s": round(float(ref.diagnostics.get("sample_seconds", stan_total)), 1),
            "stan_divergences": int(ref.diagnostics.get("divergences", 0)), "compared": len(table),

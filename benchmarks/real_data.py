@@ -198,6 +198,7 @@ def run_case(
            "groups": len(fit.design.levels), "focus": focus, "train": {k: v for k, v in (train or {}).items()},
            "seconds": seconds, "stopped": history.stopped, "steps": history.step[-1] if history.step else 0,
            "checks": [[c["step"], round(c["khat"], 2)] for c in history.checks],
+           "boxes": [[r.get("box"), r.get("box_khat") and round(r["box_khat"], 2)] for r in model.rounds],
            "train_seconds": round(model.train_seconds, 1), "train_datasets": sum(r["datasets"] for r in model.rounds),
            "first_fit_s": round(first_fit, 1), "refit_s": round(refit, 2), "khat": round(float(fit.pareto_k), 3),
            "psis_ess": round(float(fit.ess), 1), "compared": len(table)}

@@ -13,6 +13,7 @@ import torch
 from mlnpe import RangeWarning, TrainConfig
 from mlnpe.errors import ConfigError
 from mlnpe.formula import FormulaNPE, check_focus, prior
+from mlnpe.formula.focus import narrow_region
 
 
 def _data(seed: int = 0, mu: float = 40.0, n_groups: int = 10, n_rows: int = 20) -> pd.DataFrame:
@@ -68,6 +69,12 @@ def test_focus_rounds_region_and_save_load(tmp_path):
     first = model.rounds[0]["region"]  # the regression box (`regression_region`)
     assert first["Intercept"][0] < data["y"].mean() < first["Intercept"][1]
     assert model.rounds[0]["datasets"] == 80 * 32 and model.rounds[1]["datasets"] == 120 * 32
+    assert model.rounds[0]["box"] == "regression" and model.rounds[0]["box_khat"] is None
+    # the second round's box: the first round's posterior box where PSIS certified it, else the regression box
+    second = model.rounds[1]
+    assert second["box"] == ("posterior" if second["box_khat"] < 0.7 else "kept")
+    if second["box"] == "kept":
+        assert second["region"] == first
     region = model.region
     assert set(region) == {"Intercept", "sd_g__Intercept", "sigma"}
     lo, hi = region["Intercept"]
@@ -83,6 +90,17 @@ def test_focus_rounds_region_and_save_load(tmp_path):
     assert model.spec_hash(focus=0) != model.spec_hash(focus=1)
     # the cache key is the specification's: the same before and after training (the R bridge recomputes it)
     assert model.spec_hash(focus=1) == _model(data).spec_hash(focus=1)
+
+
+def test_an_uncertified_posterior_does_not_narrow_the_box():
+    """An untrained amortizer's posterior (k-hat far above 0.7) says nothing about where the data's posterior is:
+    its box would cut the posterior off for every later round, so the region stays."""
+    data = _data()
+    model = _model(data)
+    model.model.set_region({"Intercept": (-50.0, 150.0)})
+    out = narrow_region(model, seed=0)
+    assert out["box"] == "kept" and out["box_khat"] > 0.7
+    assert model.region == {"Intercept": (-50.0, 150.0)}
 
 
 def test_focused_cache_key_covers_the_response():

@@ -3,8 +3,8 @@
 `FormulaNPE.train(focus=k)` runs :func:`train_focused`: a first box around the training data's posterior from
 regression on pooled statistics (:func:`regression_region`, no training), then k + 1 rounds, each simulating from
 the prior truncated to the box (`FormulaModel.set_region`) and each after the first in the box that the last
-round's posterior sets (:func:`posterior_region`). :func:`region_edges` names the parameters whose draws crowd an
-edge of the box, for `fit()` to warn. The truncated prior only changes where the simulations are; densities stay
+round's posterior sets (:func:`posterior_region`), where PSIS certifies that posterior (:func:`narrow_region`).
+:func:`region_edges` names the parameters whose draws crowd an edge of the box, for `fit()` to warn. The truncated prior only changes where the simulations are; densities stay
 the full prior's (Deistler et al. 2022, truncated proposals).
 
 The functions take the :class:`~mlnpe.formula.api.FormulaNPE` and use its parts: `npe` (the MultilevelNPE, which
@@ -24,15 +24,18 @@ from ..core.constraints import Positive, get_support
 from ..core.draws import PosteriorDraws
 from ..checks import check_float, check_int, check_seed
 from ..errors import ConfigError, DataError, RangeError
-from ..inference.certificate import Certificate
+from ..consistency import has_likelihood
+from ..core.data import collate
+from ..inference.certificate import Certificate, observed_khat
+from ..inference.policy import KHAT_REFINE
 from ..train import TrainConfig, TrainHistory
 
 if TYPE_CHECKING:
     from .api import FormulaNPE
 
 __all__ = [
-    "check_focus", "posterior_region", "record_round", "region_edges", "regression_region", "train_focused",
-    "training_data",
+    "check_focus", "narrow_region", "posterior_region", "record_round", "region_edges", "regression_region",
+    "train_focused", "training_data",
 ]
 
 
@@ -101,14 +104,32 @@ def train_focused(model: FormulaNPE, config: TrainConfig, focus: int) -> TrainHi
         budget = {"steps": max(1, int(round(config.steps * fraction))), "seed": config.seed + k}
         if config.time_limit is not None:
             budget["time_limit"] = config.time_limit * fraction
+        box: dict[str, Any] = {"box": "regression" if region else "prior", "box_khat": None}
         if k > 0:
-            region = posterior_region(model, seed=config.seed + 1000 + k)
-            model.model.set_region(region)
+            box = narrow_region(model, seed=config.seed + 1000 + k)
             model.npe = MultilevelNPE(model.model, model.groups, model.rows, model.network, seed=model.seed + k)
         round_config = TrainConfig.from_dict({**config.to_dict(), **budget})
         history = model.npe.train(round_config, **training_data(model, round_config, certify=k == focus))
         record_round(model, history, continued=False)
+        model.rounds[-1].update(box)
     return history
+
+
+def narrow_region(model: FormulaNPE, seed: int = 0, n_draws: int = 1000) -> dict[str, Any]:
+    """Narrows the model's region to the current amortizer's posterior box of the training data
+    (:func:`posterior_region`) where PSIS certifies that posterior (k-hat of `n_draws` draws below 0.7); otherwise
+    the region stays as it is. An overconfident round's box can exclude the posterior (a crossed model's group-level
+    sds 3-30 posterior sds outside it, BENCHMARKS.md), and no later round can leave the box again.
+
+    Returns:
+        how the round's box came about: {"box": "posterior" or "kept", "box_khat": the k-hat}.
+    """
+    grouped, _ = model.grouped_data(model.data)
+    khat = observed_khat(model.npe, collate([grouped]), n_draws, seed) if has_likelihood(model.model) else 0.0
+    if khat < KHAT_REFINE:
+        model.model.set_region(posterior_region(model, seed=seed))
+        return {"box": "posterior", "box_khat": khat}
+    return {"box": "kept", "box_khat": khat}
 
 
 def record_round(model: FormulaNPE, history: Any, continued: bool) -> None:

@@ -25,11 +25,27 @@ from ..errors import ConfigError
 from .policy import KHAT_REFINE
 from .psis import psis
 
-__all__ = ["Certificate"]
+__all__ = ["Certificate", "observed_khat"]
 
 
 def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+def observed_khat(npe: Any, batch: Any, n_draws: int = 1000, seed: int = 0) -> float:
+    """The PSIS k-hat of `n_draws` amortized draws of one collated dataset `batch` under `npe`'s current weights
+    (inf when no log ratio is finite)."""
+    est = npe.estimator
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        g, l, lq_g, lq_l = est.draw(int(n_draws), batch.to(_device(est)), generator)
+        g, l, lq = g.cpu(), l.cpu(), (lq_g + lq_l.sum(-1)).cpu()
+        log_ratio = (log_joint(npe.model, batch, g, l).double() - lq.double())[:, 0]
+    log_ratio = log_ratio.numpy()
+    if not np.isfinite(log_ratio).any():
+        return math.inf
+    log_ratio = np.where(np.isnan(log_ratio) | (log_ratio == np.inf), -np.inf, log_ratio)
+    return float(psis(log_ratio, warn=False).pareto_k)
 
 
 class Certificate:
@@ -60,17 +76,7 @@ class Certificate:
 
     def khat(self) -> float:
         """The PSIS k-hat of the amortized draws of the observed data under the current weights."""
-        est = self.npe.estimator
-        generator = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():
-            g, l, lq_g, lq_l = est.draw(self.n_draws, self.batch.to(_device(est)), generator)
-            g, l, lq = g.cpu(), l.cpu(), (lq_g + lq_l.sum(-1)).cpu()
-            log_ratio = (log_joint(self.npe.model, self.batch, g, l).double() - lq.double())[:, 0]
-        log_ratio = log_ratio.numpy()
-        if not np.isfinite(log_ratio).any():
-            return math.inf
-        log_ratio = np.where(np.isnan(log_ratio) | (log_ratio == np.inf), -np.inf, log_ratio)
-        return float(psis(log_ratio, warn=False).pareto_k)
+        return observed_khat(self.npe, self.batch, self.n_draws, self.seed)
 
     def held_out_loss(self) -> tuple[float, float]:
         """The mean NPE loss (eq. 13) of the held-out simulations and its standard error."""
