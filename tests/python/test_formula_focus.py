@@ -240,3 +240,19 @@ def test_regression_region_brackets_sigma_on_the_log_scale():
     low, high = region["sigma"]
     assert low < 10.0 < high and high / low < 4.0, region
     assert region["sd_g__x"][0] < 6.0 < region["sd_g__x"][1]
+
+
+def test_region_edges_of_a_positive_parameter_on_the_log_scale():
+    """A group-level sd of about 2 in a box [0.0095, 486] (a regression box with few groups) is far from both edges;
+    the same draws in a box starting at 1.9 crowd its lower edge."""
+    from mlnpe.core.draws import PosteriorDraws
+
+    model = _model(_data())
+    rng = np.random.default_rng(0)
+    gd = np.column_stack([np.full(1000, 40.0), 2.0 * np.exp(rng.normal(0, 0.2, 1000)), np.ones(1000)])
+    levels = tuple(f"g{j}" for j in range(10))
+    draws = PosteriorDraws(gd, np.zeros((1000, 10, 1)), ("Intercept", "sd_g__Intercept", "sigma"), ("Intercept",), levels)
+    model.model.set_region({"sd_g__Intercept": (0.0095, 486.0)})
+    assert model.region_edges(draws) == []
+    model.model.set_region({"sd_g__Intercept": (1.9, 50.0)})
+    assert model.region_edges(draws)[0].startswith("sd_g__Intercept (")

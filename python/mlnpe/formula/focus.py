@@ -274,7 +274,12 @@ def region_edges(model: FormulaNPE, draws: PosteriorDraws, margin: float = 0.05,
         if box is None:
             continue
         support, u = _unconstrained(model, draws, i)
-        ulo, uhi = support.inverse(torch.tensor(box, dtype=torch.float64)[:, None])[:, 0].tolist()
+        ends = torch.tensor(box, dtype=torch.float64)[:, None]
+        if isinstance(support, Positive):  # on the log scale: a wide box's edges are far apart there, as its widths
+            u = torch.log(support.forward(u[:, None])[:, 0])
+            ulo, uhi = torch.log(ends)[:, 0].tolist()
+        else:
+            ulo, uhi = support.inverse(ends)[:, 0].tolist()
         width = uhi - ulo
         low, high = slot.prior.support
         crowd = 0.0
