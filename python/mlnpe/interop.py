@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .checks import check_choice, check_flag, check_float, check_int, check_seed
-from .errors import ConfigError, DataError, MlnpeError
+from .errors import ConfigError, DataError, MlnpeError, RangeError
 from .version import __version__
 
 __all__ = ["FitControl", "sitrep", "fit_model", "refit", "predict", "logo", "sbc", "save_model", "load_model"]
@@ -667,6 +667,51 @@ def sbc(
             draw(folder / name)
             out["plots"].append(str(folder / name))
     return out
+
+
+@_entry
+def study(
+    model_path: str,
+    grid: Mapping[str, Any] | None = None,
+    truth: Mapping[str, Any] | None = None,
+    n_groups: Any = None,
+    n_rows: Any = None,
+    n_datasets: int = 200,
+    n_draws: int = 1000,
+    seed: int | None = None,
+    level: float = 0.95,
+    threshold: float = 0.975,
+    progress: bool = False,
+    workers: Any = None,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """A simulation study with the amortizer (`FormulaNPE.simulate_study`), R's ``simulate_study()``; `workers`
+    is its `client` (a number of local worker processes or a dask scheduler's address).
+
+    Returns:
+        ``{"summary": columns, "datasets": columns, "level", "threshold", "seconds", "seed"}``.
+    """
+    n_datasets, n_draws = check_int(n_datasets, "ndatasets", 2), check_int(n_draws, "ndraws", 10)
+    seed = check_seed(seed)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31))
+    model = _load(model_path)
+    sizes = {name: None if v is None else _as_list(v) for name, v in (("ngroups", n_groups), ("nrows", n_rows))}
+    grid = None if grid is None else {str(k): _as_list(v) for k, v in dict(grid).items()}
+    truth = None if truth is None else {str(k): float(v) for k, v in dict(truth).items()}
+    try:
+        result = model.simulate_study(grid, truth, sizes["ngroups"], sizes["nrows"], n_datasets, n_draws, seed,
+                                      level=float(level), threshold=float(threshold), progress=bool(progress),
+                                      client=workers, checkpoint=checkpoint)  # fmt: skip
+    except (ConfigError, RangeError) as error:  # R's argument names
+        message = str(error).replace("`n_groups`", "`ngroups`").replace("`n_rows`", "`nrows`")
+        raise type(error)(message) from None
+
+    def columns(frame: Any) -> dict[str, list[Any]]:
+        return {str(c): [v.item() if hasattr(v, "item") else v for v in frame[c]] for c in frame.columns}
+
+    return {"summary": columns(result.summary), "datasets": columns(result.datasets), "level": result.level,
+            "threshold": result.threshold, "seconds": result.seconds, "seed": seed}
 
 
 @_entry

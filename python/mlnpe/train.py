@@ -20,6 +20,7 @@ from .checks import SEED, Bound, check_choice, check_flag
 from .errors import ConfigError, NumericalError
 from .estimator import MultilevelEstimator
 from .core.spec import SimulatedBatch
+from .distributed import local_device, process_group
 
 __all__ = ["TrainConfig", "TrainHistory", "resolve_device", "train_config", "train_estimator"]
 
@@ -289,7 +290,10 @@ def train_estimator(
     old_threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    device = resolve_device(config.device)
+    device = local_device(resolve_device(config.device))
+    group = process_group(device)
+    if group is not None and config.mode != "online":
+        raise ConfigError("training on several processes (torchrun) needs TrainConfig mode='online'.")
     if device.type != "cpu":
         estimator.to(device)
         cpu_simulate = simulate
@@ -299,7 +303,7 @@ def train_estimator(
 
     try:
         if config.mode == "online":
-            _train_online(estimator, simulate, config, generator, history, extra_loss, monitor)
+            _train_online(estimator, simulate, config, generator, history, extra_loss, monitor, group, device)
         else:
             _train_offline(estimator, simulate, config, generator, history, extra_loss, monitor)
     finally:
@@ -310,13 +314,26 @@ def train_estimator(
     return history
 
 
-def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, extra_loss=None, progress: float = 0.0) -> float:
-    # summed in float64: an untrained flow's reverse KL on the data can reach 1e36 per dataset, whose float32 sum
-    # overflows although every term is finite (its gradient then overflows too, and the step is skipped below)
-    loss = estimator.loss(sims.global_params, sims.local_params, sims.batch).double()
-    if extra_loss is not None:
-        loss = loss + extra_loss(sims, progress).double()
-    loss = loss.mean()
+class _Objective(torch.nn.Module):
+    """A step's per-dataset loss as a module's forward (what DistributedDataParallel wraps): the NPE loss plus the
+    extra losses. Summed in float64: an untrained flow's reverse KL on the data can reach 1e36 per dataset, whose
+    float32 sum overflows although every term is finite (its gradient then overflows too, and the step is
+    skipped)."""
+
+    def __init__(self, estimator: MultilevelEstimator, extra_loss: Callable[[SimulatedBatch, float], Tensor] | None):
+        super().__init__()
+        self.estimator, self.extra_loss = estimator, extra_loss
+
+    def forward(self, sims: SimulatedBatch, progress: float) -> Tensor:
+        loss = self.estimator.loss(sims.global_params, sims.local_params, sims.batch).double()
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(sims, progress).double()
+        return loss
+
+
+def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, extra_loss=None, progress: float = 0.0,
+          objective: torch.nn.Module | None = None) -> float:
+    loss = (objective or _Objective(estimator, extra_loss))(sims, progress).mean()
     if not torch.isfinite(loss):
         raise NumericalError(
             "the training loss became non-finite; lower `learning_rate`, or check the scale of the simulator's output "
@@ -426,28 +443,45 @@ def _check(estimator, monitor, step: int, average: "_Average | None") -> str | N
     return reason
 
 
-def _train_online(estimator, simulate, config, generator, history, extra_loss=None, monitor=None) -> None:
+def _train_online(estimator, simulate, config, generator, history, extra_loss=None, monitor=None, group=None,
+                  device=None) -> None:
     estimator.train()
+    objective: torch.nn.Module = _Objective(estimator, extra_loss)
+    if group is not None:  # data-parallel (`mlnpe.distributed`): each process its own simulations
+        objective = group.wrap(objective, device or torch.device("cpu"))
+        generator = torch.Generator().manual_seed(generator.initial_seed() + 1_000_003 * group.rank)
     optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
     schedule = _Schedule(config, config.steps)
-    bar = _Progress(schedule, config.progress)
+    bar = _Progress(schedule, config.progress and (group is None or group.rank == 0))
     average = _Average(estimator, config.ema_decay) if config.ema_decay else None
     start, losses, seen = time.perf_counter(), [], 0
     log_every = max(min(config.steps // 200, 25), 1)
     step = 0
-    while not schedule.done(step):
+    while True:
+        done, progress = schedule.done(step), schedule.progress(step)
         lr = schedule.set_lr(optimizer, step)
+        if group is not None:  # rank 0's clock rules: the processes step, stop and check together
+            done, progress, lr = group.leader([float(done), progress, lr])
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
+        if done:
+            break
         sims = simulate(config.batch_size, generator)
-        losses.append(_step(estimator, optimizer, sims, config, extra_loss, schedule.progress(step)))
+        losses.append(_step(estimator, optimizer, sims, config, progress=progress, objective=objective))
         if average is not None:
             average.update()
-        seen += config.batch_size
+        seen += config.batch_size * (1 if group is None else group.world)
         step += 1
         if step % log_every == 0:
             bar.update(step, losses[-1])
             _log(history, step, losses, lr, start, seen)
-        if monitor is not None and schedule.should_check(step):
-            schedule.decide(step, _check(estimator, monitor, step, average))
+        if monitor is not None:
+            check = schedule.should_check(step)
+            if group is not None:
+                check = bool(group.leader([float(check)])[0])
+            if check:
+                verdict = _check(estimator, monitor, step, average) if group is None or group.rank == 0 else None
+                schedule.decide(step, verdict if group is None else group.leader_object(verdict))
     bar.close()
     history.stopped = schedule.reason(step)
     if average is not None:

@@ -180,8 +180,8 @@ def test_weight_averaging_keeps_the_exponential_average_of_the_trajectory(monkey
     trajectory = []
     step = train_module._step
 
-    def recording_step(estimator, *args):
-        loss = step(estimator, *args)
+    def recording_step(estimator, *args, **kwargs):
+        loss = step(estimator, *args, **kwargs)
         trajectory.append([p.detach().clone() for p in estimator.parameters() if p.requires_grad])
         return loss
 

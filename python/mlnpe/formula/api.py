@@ -187,9 +187,12 @@ class FormulaNPE:
             focus: number of focusing rounds. 0 (the default) trains (or continues training) one amortizer over
                 the whole prior: right for simulation studies and for data of any scale. With focus = k >= 1,
                 training restarts and runs k + 1 rounds on the same total budget (steps and time limit): the
-                first k rounds share 40 % of it, the last round 60 %. After each round, the posterior of the
-                training data sets a box around every scalar global parameter (quartiles -+ 4 interquartile
-                ranges on the flow's unconstrained scale; `posterior_region`), and the next round simulates
+                first k rounds share 40 % of it, the last round 60 %. The first round trains in a box from
+                regression on pooled statistics (`regression_region`). After each round whose posterior of the
+                training data PSIS finds covering it (k-hat < 1; otherwise the box stays), that posterior sets a box
+                around every scalar global parameter (quartiles -+ 4 interquartile ranges on the flow's
+                unconstrained scale; `posterior_region`; `rounds` records each box and its k-hat), and the next
+                round simulates
                 from the prior truncated to that box (correlations stay unrestricted), with freshly initialized
                 and standardized networks. The amortizer then stays amortized over datasets like the training
                 data (refits of new data of the same design, leave-one-group-out) and is much more accurate for
@@ -294,6 +297,90 @@ class FormulaNPE:
         global_names, _ = brms_globals(self, np.zeros((1, len(self.npe.global_names))))
         return sbc(self.npe, n_datasets, n_draws, seed, prob, transform=lambda g, l: (brms_globals(self, g)[1], l),
                    names=(global_names, brms_local_names(self)))  # fmt: skip
+
+    def simulate_study(
+        self,
+        grid: Any = None,
+        truth: Any = None,
+        n_groups: Any = None,
+        n_rows: Any = None,
+        n_datasets: int = 200,
+        n_draws: int = 1000,
+        seed: int = 0,
+        *,
+        level: float = 0.95,
+        threshold: float = 0.975,
+        progress: bool = False,
+        client: Any = None,
+        checkpoint: Any = None,
+    ) -> Any:
+        """A simulation study or power analysis with this amortizer: it only samples (`mlnpe.study`).
+
+        Arguments:
+            grid: brms-named global parameters -> values to study (e.g. {"b_x": [0, 0.2, 0.5]}); every
+                combination is a grid point.
+            truth: brms-named values of the other global parameters (default: the posterior means of the
+                training data's amortized fit).
+            n_groups, n_rows: the numbers of groups and of rows per group to study, every combination (default:
+                the training data's number of groups and median group size); inside the trained ranges.
+            n_datasets: datasets per grid point and design; n_draws: posterior draws per dataset.
+            seed: seed of the simulations and draws.
+            level: the interval level of `power_interval`; threshold: the posterior probability of `power_prob`.
+            progress: show a progress bar.
+            client: where the study's cells run (`mlnpe.study.study_client`): None (here), a number of local
+                worker processes, a dask scheduler's address, or a dask.distributed Client.
+            checkpoint: a directory that keeps every finished cell; a rerun with it resumes an interrupted study.
+
+        Returns:
+            an `mlnpe.study.StudyResult` (bias, RMSE, coverage, power per parameter, grid point and design; each
+            dataset's PSIS k-hat).
+
+        Raises:
+            RangeError: a grid point outside a prior's support or the focused amortizer's box, or sizes outside
+                the trained ranges.
+        """
+        from .study import formula_study
+
+        return formula_study(self, grid, truth, n_groups, n_rows, n_datasets, n_draws, seed, level=level,
+                             threshold=threshold, progress=progress, client=client, checkpoint=checkpoint)  # fmt: skip
+
+    def sample_many(
+        self,
+        data: Any,
+        n_draws: int = 1000,
+        seed: int = 0,
+        *,
+        dataset: str = "dataset",
+        chunk: int = 256,
+        output: Any = None,
+        allow_extrapolation: bool = False,
+    ) -> Any:
+        """Posterior summaries of many datasets of this model, streamed in chunks (batched inference).
+
+        Arguments:
+            data: one long table of all datasets: a pandas DataFrame or the path of a Parquet file (read in
+                batches; each dataset's rows contiguous), with the formula's columns and `dataset`.
+            n_draws: posterior draws per dataset (only their summaries are kept).
+            seed: seed of the draws (chunk k uses seed + k).
+            dataset: the column naming each row's dataset.
+            chunk: datasets per sampling pass (and per Parquet part).
+            output: None (return the summaries) or a directory to write them to as Parquet, one file per chunk
+                (`part-00000.parquet`, ...), each complete before the next begins; a rerun of the same call
+                resumes after the parts already there.
+            allow_extrapolation: accept datasets outside the trained numbers of groups and rows.
+
+        Returns:
+            a pandas DataFrame in long form (`dataset`, `parameter` in brms's names, `mean`, `sd`, `p_positive`,
+            `lower_<level>` and `upper_<level>` for 0.5, 0.9 and 0.95), or the output directory.
+
+        Raises:
+            DataError: a dataset with bad data (its id named), a missing `dataset` column; LoadError: a part that
+                could not be written (disk full), with the finished parts intact.
+        """
+        from .study import formula_sample_many
+
+        return formula_sample_many(self, data, n_draws, seed, dataset=dataset, chunk=chunk, output=output,
+                                   allow_extrapolation=allow_extrapolation)  # fmt: skip
 
     def log_joint(self, draws: PosteriorDraws, data: GroupedData) -> np.ndarray:
         """log p(theta, y) of every draw: (draws,)."""
