@@ -281,9 +281,9 @@ py_predict <- function(path, data, draws, kind, newdata, seed, allow_new_levels,
   matrix_from_py(value)
 }
 
-py_logo <- function(path, data, ndraws, nsim, seed) {
+py_logo <- function(path, data, ndraws, nsim, seed, group = NULL) {
   py_call("logo", model_path = path, data = data, n_draws = as.integer(ndraws), n_local = as.integer(nsim),
-          seed = as.integer(seed))
+          seed = as.integer(seed), group = group)
 }
 
 py_save_model <- function(path, to) py_call("save_model", model_path = path, path = to)

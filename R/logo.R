@@ -8,8 +8,11 @@
 #' unbiased and much less noisy than prior draws alone when groups have many rows. brms needs one MCMC refit
 #' per group for the same quantity (`kfold(fit, group = )`).
 #'
-#' With several grouping factors the groups left out are the levels of the primary factor, the one with the most
-#' levels (`fit$group`); the effects of the others are parameters of the trained model, fixed by its levels.
+#' With several grouping factors, `group` names the factor whose levels are left out: by default the primary
+#' factor, the one with the most levels (`fit$group`). For another factor, each level's rows are left out and
+#' predicted as those of a new level: its effects drawn from their distribution given each draw of the refit (as
+#' brms's `kfold(group = )` with `sample_new_levels = "gaussian"`), the effects of groups of the primary factor
+#' from the refit where they keep rows, and from their distribution where all their rows are left out.
 #'
 #' The refits are never refined by HMC (`refine` in [mlnpe()]): that would cost seconds to a minute per group.
 #' Their k-hats (in `diagnostics`) say how far each amortized refit is from its exact posterior.
@@ -21,6 +24,7 @@
 #' @param ndraws Draws of each refit.
 #' @param nsim Draws of the held-out group's effects per draw.
 #' @param seed Seed (`NULL`: drawn from R's generator).
+#' @param group The grouping factor whose levels are left out (`NULL`: the primary one, `fit$group`).
 #' @return An object of class `c("logo", "loo")`: `estimates` (rows `elpd_logo` and `logoic`, columns
 #'   `Estimate` and `SE`), `pointwise` (one row per group: `elpd_logo`, `logoic`), `diagnostics`
 #'   (`pareto_k` of each refit; `ess_local`, the effective sample size of the `ndraws` x `nsim` importance
@@ -30,17 +34,23 @@
 #' loo::loo_compare(logo(fit1), logo(fit2))
 #' }
 #' @export
-logo <- function(fit, ndraws = 1000, nsim = 20, seed = NULL) {
+logo <- function(fit, ndraws = 1000, nsim = 20, seed = NULL, group = NULL) {
   if (!inherits(fit, "mlnpefit")) {
     mlnpe_abort(sprintf("`fit` must be an mlnpefit, not %s.", describe_class(fit)), "mlnpe_argument_error")
   }
   ndraws <- check_count(ndraws, "ndraws")
   nsim <- check_count(nsim, "nsim")
   seed <- check_seed(seed)
+  factors <- vapply(grouping_factors(fit), `[[`, character(1), "group")
+  group <- group %||% fit$group
+  if (!is.character(group) || length(group) != 1L || !group %in% factors) {
+    mlnpe_abort(sprintf("`group` is %s, which is no grouping factor of this fit (%s).", describe_value(group),
+                        paste0("\"", factors, "\"", collapse = ", ")), "mlnpe_argument_error")
+  }
   spec <- fit$spec
   value <- py_logo(fit$amortizer$path, encode_data(fit$data, spec$vars, spec$response, fit$family, spec$groups),
-                   ndraws, nsim, seed)
-  new_logo(as.numeric(unlist(value$elpd)), as.character(unlist(value$levels)), fit$group,
+                   ndraws, nsim, seed, if (identical(group, fit$group)) NULL else group)
+  new_logo(as.numeric(unlist(value$elpd)), as.character(unlist(value$levels)), group,
            as.integer(unlist(value$nobs)), vapply(value$pareto_k, function(k) k %||% NA_real_, numeric(1)),
            ndraws, nsim, as.numeric(unlist(value$ess_local)))
 }

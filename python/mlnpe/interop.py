@@ -614,8 +614,10 @@ def logo(
     n_draws: int = 1000,
     n_local: int = 20,
     seed: int | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
-    """Leave-one-group-out cross-validation with the amortizer (`mlnpe.formula.logo.formula_logo`), R's ``logo()``.
+    """Leave-one-group-out cross-validation with the amortizer (`mlnpe.formula.logo.formula_logo`), R's ``logo()``;
+    `group` names the grouping factor whose levels are left out (None: the primary one).
 
     Returns:
         ``{"levels", "elpd", "nobs", "pareto_k", "ess_local"}``: per group its elpd, number of rows, the PSIS k-hat
@@ -626,7 +628,8 @@ def logo(
 
     n_draws, n_local, seed = check_int(n_draws, "ndraws"), check_int(n_local, "nsim"), check_seed(seed)
     model = _load(model_path)
-    result = formula_logo(model, _frame(data), n_draws=n_draws, n_local=n_local, seed=seed)
+    result = formula_logo(model, _frame(data), n_draws=n_draws, n_local=n_local, seed=seed,
+                          group=None if group is None else str(group))
     return {
         "levels": list(result.levels),
         "elpd": result.elpd_j.tolist(),

@@ -194,3 +194,34 @@ def test_the_global_flow_models_the_intercept_and_the_effects_centred(crossed):
         again_g, again_l = est.log_prob(gd, ld, batch)
     torch.testing.assert_close(again_g, lq_g, atol=2e-3, rtol=1e-4)
     torch.testing.assert_close(again_l, lq_l, atol=2e-3, rtol=1e-4)
+
+
+def test_logo_over_the_other_factor_predicts_each_level_as_a_new_one(crossed):
+    """logo(group="item"): each item's rows are predicted as those of a new item. Given each refit draw they are
+    MVN(mu_s, sigma_s^2 I + sd_item,s^2 11^T), with the subjects' effects of the same refit draw; the Monte Carlo
+    estimate over the new item's effect must match that exact value. Leaving the new item's effect out (or taking
+    it as 0) misses the shared variance, and leaving out the subjects' effects moves mu."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    data = crossed_data()
+    result = crossed.logo(data, n_draws=100, n_local=1000, seed=3, group="item")
+    assert result.levels == ("i0", "i1", "i2", "i3") and int(result.nobs_j.sum()) == len(data)
+    for i, level in enumerate(result.levels):
+        held = data[data["item"] == level]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ParetoKWarning)
+            fit = crossed.fit(data[data["item"] != level].reset_index(drop=True), n_draws=100, seed=3 + i,
+                              refine=False)  # fmt: skip
+        d = fit.draws
+        reliable = float(fit.psis.pareto_k) <= float(fit.psis.khat_threshold)
+        log_w = fit.psis.log_weights if reliable else np.full(100, -np.log(100))
+        subjects = d[[f"r_subj[{s},Intercept]" for s in held["subj"]]].to_numpy()
+        mu = d["b_Intercept"].to_numpy()[:, None] + d["b_x"].to_numpy()[:, None] * held["x"].to_numpy() + subjects
+        n = len(held)
+        exact = [multivariate_normal(mu[s], d["sigma"].iloc[s] ** 2 * np.eye(n)
+                                     + d["sd_item__Intercept"].iloc[s] ** 2 * np.ones((n, n))).logpdf(held["y"])
+                 for s in range(100)]  # fmt: skip
+        assert abs(result.elpd_j[i] - logsumexp(np.asarray(exact) + log_w)) < 0.15, (level, result.elpd_j[i])
+    with pytest.raises(Exception, match="`group` 'plate' is not a grouping factor.*'subj', 'item'"):
+        crossed.logo(data, n_draws=20, group="plate")

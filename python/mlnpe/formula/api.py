@@ -274,12 +274,16 @@ class FormulaNPE:
         """
         return fit_dataset(self, newdata, n_draws, seed, psis, allow_extrapolation, refine, refine_config)
 
-    def logo(self, data: Any = None, n_draws: int = 1000, n_local: int = 20, seed: int | None = None) -> Any:
-        """Leave-one-group-out elpd of `data` (default: the training data), one instant refit per group
-        (`mlnpe.formula.logo.formula_logo`); returns an `mlnpe.inference.logo.LogoResult`."""
+    def logo(
+        self, data: Any = None, n_draws: int = 1000, n_local: int = 20, seed: int | None = None,
+        group: str | None = None,
+    ) -> Any:
+        """Leave-one-group-out elpd of `data` (default: the training data), one instant refit per level of the
+        grouping factor `group` (default: the primary one) (`mlnpe.formula.logo.formula_logo`); returns an
+        `mlnpe.inference.logo.LogoResult`."""
         from .logo import formula_logo
 
-        return formula_logo(self, self.data if data is None else data, n_draws, n_local, seed)
+        return formula_logo(self, self.data if data is None else data, n_draws, n_local, seed, group=group)
 
     def sbc(self, n_datasets: int = 200, n_draws: int = 250, seed: int = 0, prob: float = 0.99) -> Any:
         """Simulation-based calibration of the amortizer in brms's names (`mlnpe.inference.sbc.sbc`).

@@ -294,6 +294,10 @@ class FormulaModel(TwoLevelModel):
         """(..., G) -> (..., K_f, M_f) the effects of a crossed factor."""
         return global_params[..., self._index["r", factor.group]].unflatten(-1, (len(factor.levels), len(factor.z_names)))
 
+    def effect_columns(self, factor: CrossedFactor) -> list[int]:
+        """The global columns of a crossed factor's effects, level-major ((k, m) at k * M_f + m)."""
+        return [int(c) for c in self._index["r", factor.group]]
+
     def scale_tril(self, global_params: Tensor, group: str = "") -> Tensor:
         """(..., G) -> (..., M, M) Cholesky factor of the covariance of r_j (of a crossed factor's effects)."""
         sd = self.sds(global_params, group)
