@@ -4,7 +4,10 @@ Cases (the data from R's lme4 through Rscript, speed_acc from ../shared/data):
 - penicillin: `diameter ~ 1 + (1 | plate) + (1 | sample)`, 24 plates crossed with 6 samples (144 rows);
 - pastes: `strength ~ 1 + (1 | batch/cask)`, 30 casks nested in 10 batches (60 rows);
 - speed_acc: `log_rt ~ stim_cat + (1 | id) + (1 | stim)` (stim_cat: word or nonword), block 4 of Wagenmakers et
-  al. (2008): 811 stimuli crossed with 17 participants (1,626 uncensored trials).
+  al. (2008): 811 stimuli crossed with 17 participants (1,626 uncensored trials);
+and two simulated designs checked by SBC alone (no Stan):
+- nested3: pupils in classes in schools, `y ~ x + (1 | school/class)`, 8 schools x 4 classes x 6 pupils;
+- crossed_bernoulli: `y ~ x + (1 | subj) + (1 | item)`, bernoulli, 20 subjects x 10 items x 2 trials.
 
 Each case is fitted as `mlnpe()` fits it (`mlnpe.formula.cache.trained_model`, brms's default priors, focus 1) and
 compared over every parameter (population-level, sds, every level's effect of every factor, sigma) with NUTS on the
@@ -62,10 +65,32 @@ def _speed_acc() -> pd.DataFrame:
     return d[["log_rt", "stim_cat", "id", "stim"]].reset_index(drop=True)
 
 
+def _nested3(seed: int = 11) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    school = np.repeat(np.arange(8), 24)
+    cls = np.repeat(np.arange(32), 6)
+    x = rng.normal(size=len(school))
+    y = 1.0 + 0.4 * x + rng.normal(0, 0.6, 8)[school] + rng.normal(0, 0.4, 32)[cls] + rng.normal(0, 1.0, len(x))
+    return pd.DataFrame({"y": y, "x": x, "school": [f"s{k}" for k in school], "class": [f"c{k}" for k in cls]})
+
+
+def _crossed_bernoulli(seed: int = 12) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    subj, item = np.meshgrid(np.arange(20), np.arange(10), indexing="ij")
+    subj, item = np.repeat(subj.ravel(), 2), np.repeat(item.ravel(), 2)
+    x = rng.normal(size=len(subj))
+    eta = -0.3 + 0.8 * x + rng.normal(0, 0.8, 20)[subj] + rng.normal(0, 0.5, 10)[item]
+    y = (rng.random(len(x)) < 1 / (1 + np.exp(-eta))).astype(int)
+    return pd.DataFrame({"y": y, "x": x, "subj": [f"p{k}" for k in subj], "item": [f"w{k}" for k in item]})
+
+
+# name: (data, formula, family, compared with Stan)
 CASES = {
-    "penicillin": (lambda: _lme4("Penicillin"), "diameter ~ 1 + (1 | plate) + (1 | sample)"),
-    "pastes": (lambda: _lme4("Pastes"), "strength ~ 1 + (1 | batch/cask)"),
-    "speed_acc": (_speed_acc, "log_rt ~ stim_cat + (1 | id) + (1 | stim)"),
+    "penicillin": (lambda: _lme4("Penicillin"), "diameter ~ 1 + (1 | plate) + (1 | sample)", "gaussian", True),
+    "pastes": (lambda: _lme4("Pastes"), "strength ~ 1 + (1 | batch/cask)", "gaussian", True),
+    "speed_acc": (_speed_acc, "log_rt ~ stim_cat + (1 | id) + (1 | stim)", "gaussian", True),
+    "nested3": (_nested3, "y ~ x + (1 | school/class)", "gaussian", False),
+    "crossed_bernoulli": (_crossed_bernoulli, "y ~ x + (1 | subj) + (1 | item)", "bernoulli", False),
 }
 
 
@@ -79,19 +104,34 @@ def _moments(values: np.ndarray, weights) -> tuple[float, float]:
 def run_case(name: str, seed: int, threads: int, sbc_datasets: int) -> dict:
     from mlnpe.stan.reference import fit_stan
 
-    load, formula = CASES[name]
+    load, formula, family, with_stan = CASES[name]
     data = load()
     torch.set_num_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ParetoKWarning)
         t = time.perf_counter()
-        model, _ = trained_model(formula, data, "gaussian", None, train={"seed": seed, "progress": False}, cache=False,
+        model, _ = trained_model(formula, data, family, None, train={"seed": seed, "progress": False}, cache=False,
                                  seed=seed)  # fmt: skip
         fit = model.fit(n_draws=4000, seed=seed + 1, refine=False)
         first_fit = time.perf_counter() - t
         t = time.perf_counter()
         model.fit(data, n_draws=4000, seed=seed + 2, refine=False)
         refit = time.perf_counter() - t
+    sbc = model.sbc(n_datasets=sbc_datasets, n_draws=100, seed=seed + 3)
+    outside = [row["parameter"] for row in sbc.table() if not row["inside_band"]]
+    pooled_outside = [row["parameter"] for row in sbc.table() if row["pooled_inside_band"] is False]
+    history = model.npe.history
+    out = {"case": name, "formula": model.terms.formula, "family": family, "rows": len(data),
+           "levels": {g: n for g, n in zip(model.terms.groups, [len(fit.design.levels)]
+                                           + [len(c.levels) for c in model.crossed])},
+           "stopped": history.stopped, "train_seconds": round(model.train_seconds, 1),
+           "boxes": [[r.get("box"), r.get("box_khat") and round(r["box_khat"], 2)] for r in model.rounds],
+           "first_fit_s": round(first_fit, 1), "refit_s": round(refit, 2), "khat": round(float(fit.pareto_k), 3),
+           "sbc_pass": bool(sbc.passed), "sbc_outside": outside, "sbc_pooled_locals_outside": pooled_outside}
+    if not with_stan:
+        out.update(median_err_sd=None, max_err_sd=None, sd_ratio_min=None, sd_ratio_max=None, stan_s=None)
+        print(json.dumps(out), flush=True)
+        return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = time.perf_counter()
@@ -108,19 +148,8 @@ def run_case(name: str, seed: int, threads: int, sbc_datasets: int) -> dict:
             row[f"{label}_err"], row[f"{label}_ratio"] = abs(m - r_mean) / r_sd, s / r_sd
         rows.append(row)
     table = pd.DataFrame(rows).set_index("variable")
-    sbc = model.sbc(n_datasets=sbc_datasets, n_draws=100, seed=seed + 3)
-    outside = [row["parameter"] for row in sbc.table() if not row["inside_band"]]
-    pooled_outside = [row["parameter"] for row in sbc.table() if row["pooled_inside_band"] is False]
-    history = model.npe.history
-    out = {"case": name, "formula": model.terms.formula, "rows": len(data),
-           "levels": {g: n for g, n in zip(model.terms.groups, [len(fit.design.levels)]
-                                           + [len(c.levels) for c in model.crossed])},
-           "stopped": history.stopped, "train_seconds": round(model.train_seconds, 1),
-           "boxes": [[r.get("box"), r.get("box_khat") and round(r["box_khat"], 2)] for r in model.rounds],
-           "first_fit_s": round(first_fit, 1), "refit_s": round(refit, 2), "khat": round(float(fit.pareto_k), 3),
-           "stan_s": round(float(ref.diagnostics.get("sample_seconds", stan_total)), 1),
-           "stan_divergences": int(ref.diagnostics.get("divergences", 0)), "compared": len(table),
-           "sbc_pass": bool(sbc.passed), "sbc_outside": outside, "sbc_pooled_locals_outside": pooled_outside}
+    out.update(stan_s=round(float(ref.diagnostics.get("sample_seconds", stan_total)), 1),
+               stan_divergences=int(ref.diagnostics.get("divergences", 0)), compared=len(table))
     for label in ("raw", "psis"):
         ratio = table[f"{label}_ratio"]
         out[label] = {
