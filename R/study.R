@@ -119,7 +119,9 @@ print.mlnpe_study <- function(x, digits = 3, ...) {
                 bad, nrow(d)))
   }
   cat("\n")
-  print(format(x$summary, digits = digits), row.names = FALSE)
+  shown <- setdiff(names(x$summary), c("point", "mean_sd", "coverage_50", "power_prob", "n_datasets"))
+  print(format(x$summary[, shown, drop = FALSE], digits = digits), row.names = FALSE)
+  cat("\n(all columns, per-dataset k-hats: x$summary, x$datasets)\n")
   invisible(x)
 }
 
