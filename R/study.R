@@ -93,12 +93,14 @@ simulate_study <- function(fit, grid = NULL, truth = NULL, ngroups = NULL, nrows
     on.exit(if (is.na(old_ld)) Sys.unsetenv("LD_LIBRARY_PATH") else Sys.setenv(LD_LIBRARY_PATH = old_ld), add = TRUE)
     Sys.setenv(LD_LIBRARY_PATH = subprocess_ld_path(if (is.na(old_ld)) "" else old_ld))
   }
+  draws <- posterior::as_draws_matrix(fit)
+  means <- as.list(colMeans(unclass(draws)[, !startsWith(colnames(draws), "."), drop = FALSE]))
   value <- py_call("study", model_path = fit$amortizer$path,
                    grid = if (is.null(grid)) NULL else lapply(grid, function(v) as.list(as.numeric(v))),
                    truth = if (is.null(truth)) NULL else lapply(truth, as.numeric),
                    n_groups = ngroups, n_rows = nrows, n_datasets = ndatasets, n_draws = ndraws, seed = seed,
                    level = level, threshold = threshold, progress = isTRUE(progress), workers = workers,
-                   checkpoint = if (is.null(checkpoint)) NULL else path.expand(checkpoint))
+                   checkpoint = if (is.null(checkpoint)) NULL else path.expand(checkpoint), means = means)
   frame <- function(columns) {
     out <- lapply(columns, function(v) unlist(lapply(v, function(x) if (is.null(x)) NA else x)))
     as.data.frame(out, stringsAsFactors = FALSE, check.names = FALSE)

@@ -687,6 +687,7 @@ def study(
     progress: bool = False,
     workers: Any = None,
     checkpoint: str | None = None,
+    means: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A simulation study with the amortizer (`FormulaNPE.simulate_study`), R's ``simulate_study()``; `workers`
     is its `client` (a number of local worker processes or a dask scheduler's address).
@@ -700,12 +701,14 @@ def study(
         seed = int(np.random.SeedSequence().entropy % (2**31))
     model = _load(model_path)
     sizes = {name: None if v is None else _as_list(v) for name, v in (("ngroups", n_groups), ("nrows", n_rows))}
+    means = None if means is None else {str(k): float(v) for k, v in dict(means).items()}
     grid = None if grid is None else {str(k): _as_list(v) for k, v in dict(grid).items()}
     truth = None if truth is None else {str(k): float(v) for k, v in dict(truth).items()}
     try:
         result = model.simulate_study(grid, truth, sizes["ngroups"], sizes["nrows"], n_datasets, n_draws, seed,
                                       level=float(level), threshold=float(threshold), progress=bool(progress),
-                                      client=workers, checkpoint=checkpoint)  # fmt: skip
+                                      client=workers, checkpoint=checkpoint,
+                                      means=means)  # fmt: skip
     except (ConfigError, RangeError) as error:  # R's argument names
         message = str(error).replace("`n_groups`", "`ngroups`").replace("`n_rows`", "`nrows`")
         raise type(error)(message) from None

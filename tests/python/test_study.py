@@ -267,3 +267,12 @@ def test_study_of_an_exact_posterior_covers_as_claimed():
         assert abs(s.loc[(point, "mu"), "bias"]) < 0.03  # mu's posterior sd is about 0.15
     assert s.loc[(0, "mu"), "power_interval"] <= 0.09 and s.loc[(1, "mu"), "power_interval"] >= 0.97
     assert s.loc[(1, "mu"), "power_prob"] >= 0.97 and s.loc[(0, "mu"), "power_prob"] <= 0.09
+
+
+def test_a_model_without_data_takes_its_base_from_means_or_truth(model, tmp_path):
+    loaded = FormulaNPE.load(model.save(tmp_path / "m"))  # no training data
+    with pytest.raises(ConfigError, match="no training data.*pass every global parameter"):
+        loaded.simulate_study({"b_x": [0.0]}, n_datasets=2)
+    means = {"b_Intercept": 1.0, "b_x": 0.3, "sd_g__Intercept": 0.5, "sigma": 1.0, "r_g[g0,Intercept]": 0.1}
+    study = loaded.simulate_study({"b_x": [0.0]}, n_groups=[5], n_rows=[4], n_datasets=3, n_draws=20, means=means)
+    assert study.summary.set_index("parameter").loc["sigma", "truth"] == 1.0

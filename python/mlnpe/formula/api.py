@@ -317,14 +317,16 @@ class FormulaNPE:
         progress: bool = False,
         client: Any = None,
         checkpoint: Any = None,
+        means: Any = None,
     ) -> Any:
         """A simulation study or power analysis with this amortizer: it only samples (`mlnpe.study`).
 
         Arguments:
             grid: brms-named global parameters -> values to study (e.g. {"b_x": [0, 0.2, 0.5]}); every
                 combination is a grid point.
-            truth: brms-named values of the other global parameters (default: the posterior means of the
-                training data's amortized fit).
+            truth: brms-named values of the other global parameters (default: `means`).
+            means: brms-named values for the parameters neither `grid` nor `truth` names (a fit's posterior
+                means; default: those of the training data's amortized fit).
             n_groups, n_rows: the numbers of groups and of rows per group to study, every combination (default:
                 the training data's number of groups and median group size); inside the trained ranges.
             n_datasets: datasets per grid point and design; n_draws: posterior draws per dataset.
@@ -346,7 +348,8 @@ class FormulaNPE:
         from .study import formula_study
 
         return formula_study(self, grid, truth, n_groups, n_rows, n_datasets, n_draws, seed, level=level,
-                             threshold=threshold, progress=progress, client=client, checkpoint=checkpoint)  # fmt: skip
+                             threshold=threshold, progress=progress, client=client, checkpoint=checkpoint,
+                             means=means)  # fmt: skip
 
     def sample_many(
         self,

@@ -30,10 +30,16 @@ if TYPE_CHECKING:
 __all__ = ["formula_sample_many", "formula_study"]
 
 
-def _base(model: FormulaNPE, truth: Mapping[str, float] | None, names: list[str], seed: int) -> dict[str, float]:
-    """The base truth in brms's names: `truth` over the posterior means of the training data's amortized fit."""
+def _base(
+    model: FormulaNPE, truth: Mapping[str, float] | None, names: list[str], seed: int,
+    means: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """The base truth in brms's names: `truth` over `means` (a fit's posterior means, e.g. R's fit) or else the
+    posterior means of the training data's amortized fit."""
     base: dict[str, float] = {}
-    if truth is None or set(names) - set(truth):
+    if means is not None:
+        base = {name: float(means[name]) for name in names if name in means}
+    if set(names) - set(truth or {}) - set(base):
         if model.data is None:
             missing = sorted(set(names) - set(truth or {}))
             raise ConfigError(
@@ -41,8 +47,8 @@ def _base(model: FormulaNPE, truth: Mapping[str, float] | None, names: list[str]
                 f"pass every global parameter ({names}) in `truth`."
             )
         fit = model.fit(n_draws=2000, seed=seed, psis=False, refine=False)
-        means = fit.draws[names].mean()
-        base = {name: float(means[name]) for name in names}
+        fitted = fit.draws[names].mean()
+        base = {name: float(fitted[name]) for name in names}
     for name, value in dict(truth or {}).items():
         if name not in names:
             raise ConfigError(f"`truth` names {name!r}, which is not a global parameter of the model; its global "
@@ -122,13 +128,14 @@ def formula_study(
     progress: bool = False,
     client: Any = None,
     checkpoint: Any = None,
+    means: Mapping[str, float] | None = None,
 ) -> StudyResult:
     """A simulation study of a trained formula model: see `FormulaNPE.simulate_study`."""
     import pandas as pd
 
     g_dim = sum(len(slot.labels) for slot in model.slots)
     names, _ = brms_globals(model, np.zeros((1, g_dim)))
-    base = _base(model, truth, names, seed)
+    base = _base(model, truth, names, seed, means)
     grid_names, points = _grid(grid, names)
     observed = None if model.data is None else model.grouped_data(model.data)[0]
     if n_groups is None:  # the training data's design, else the largest trained one
