@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from .consistency import has_likelihood, log_joint
 from .core.data import GroupedBatch, GroupedData, collate
 from .errors import ConfigError, RangeError
 from .inference.policy import KHAT_REFINE
-from .inference.psis import psis
+from .inference.certificate import ratio_khat
 
 __all__ = ["StudyResult", "sample_many", "simulate_study", "study_client"]
 
@@ -80,11 +79,7 @@ def _summaries(draws: np.ndarray, truth: np.ndarray | None, levels: Sequence[flo
 def _khats(npe: Any, batch: GroupedBatch, g: torch.Tensor, l: torch.Tensor, lq: torch.Tensor) -> np.ndarray:
     """PSIS k-hat per dataset of draws g (S, B, G), l (S, B, J, L) with log q (S, B)."""
     ratio = (log_joint(npe.model, batch, g, l).double() - lq.double()).numpy()
-    out = np.empty(ratio.shape[1])
-    for i in range(ratio.shape[1]):
-        r = np.where(np.isnan(ratio[:, i]) | (ratio[:, i] == np.inf), -np.inf, ratio[:, i])
-        out[i] = psis(r, warn=False).pareto_k if np.isfinite(r).any() else math.inf
-    return out
+    return np.array([ratio_khat(ratio[:, i]) for i in range(ratio.shape[1])])
 
 
 @dataclass

@@ -331,9 +331,9 @@ class _Objective(torch.nn.Module):
         return loss
 
 
-def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, extra_loss=None, progress: float = 0.0,
-          objective: torch.nn.Module | None = None) -> float:
-    loss = (objective or _Objective(estimator, extra_loss))(sims, progress).mean()
+def _step(estimator, optimizer, sims: SimulatedBatch, config: TrainConfig, objective: torch.nn.Module,
+          progress: float = 0.0) -> float:
+    loss = objective(sims, progress).mean()
     if not torch.isfinite(loss):
         raise NumericalError(
             "the training loss became non-finite; lower `learning_rate`, or check the scale of the simulator's output "
@@ -467,7 +467,7 @@ def _train_online(estimator, simulate, config, generator, history, extra_loss=No
         if done:
             break
         sims = simulate(config.batch_size, generator)
-        losses.append(_step(estimator, optimizer, sims, config, progress=progress, objective=objective))
+        losses.append(_step(estimator, optimizer, sims, config, objective, progress))
         if average is not None:
             average.update()
         seen += config.batch_size * (1 if group is None else group.world)
@@ -504,6 +504,7 @@ def _train_offline(estimator, simulate, config, generator, history, extra_loss=N
     n_val = max(int(round(n_chunks * config.validation_fraction)), 1)
     chunks = [simulate(config.batch_size, generator) for _ in range(n_chunks)]
     train_chunks, val_chunks = chunks[n_val:], chunks[:n_val]
+    objective = _Objective(estimator, extra_loss)
     estimator.train()
     optimizer = torch.optim.Adam(estimator.parameters(), lr=config.learning_rate)
     schedule = _Schedule(config, config.steps)
@@ -517,7 +518,7 @@ def _train_offline(estimator, simulate, config, generator, history, extra_loss=N
             if schedule.done(step):
                 break
             lr = schedule.set_lr(optimizer, step)
-            losses.append(_step(estimator, optimizer, train_chunks[i], config, extra_loss, schedule.progress(step)))
+            losses.append(_step(estimator, optimizer, train_chunks[i], config, objective, schedule.progress(step)))
             if average is not None:
                 average.update()
             seen += config.batch_size

@@ -86,13 +86,7 @@ def formula_logo(
     held_rows = [design.group == j for j in range(len(design.levels))]
 
     def refit(j: int) -> LogoRefit:
-        rest = data.loc[~held_rows[j]].reset_index(drop=True)
-        with warnings.catch_warnings():  # the k-hat of every refit is returned, not warned about
-            warnings.simplefilter("ignore", ParetoKWarning)
-            fit = model.fit(rest, n_draws=n_draws, seed=base + j, psis=n_draws >= 10, refine=False)
-        reliable = fit.psis is not None and float(fit.psis.pareto_k) <= float(fit.psis.khat_threshold)
-        log_weights = fit.psis.log_weights if reliable else np.full(n_draws, -math.log(n_draws))
-        return LogoRefit(fit.raw.global_draws, log_weights, fit.pareto_k)
+        return _refit(model, data.loc[~held_rows[j]].reset_index(drop=True), n_draws, base + j)[1]
 
     def local_proposal(j: int, global_draws: np.ndarray, m: int) -> tuple[torch.Tensor, np.ndarray]:
         generator = torch.Generator().manual_seed(base + j + 7919)
@@ -114,6 +108,17 @@ def formula_logo(
     return logo(design.levels, refit, local_proposal, held_out_log_lik, n_draws=n_draws, n_local=n_local, nobs=nobs)
 
 
+def _refit(model: FormulaNPE, rest: Any, n_draws: int, seed: int) -> tuple[PosteriorDraws, LogoRefit]:
+    """The amortized fit of `rest` (never refined): its raw draws, and its global draws with their PSIS log weights
+    where its k-hat is at most the threshold (else equal weights)."""
+    with warnings.catch_warnings():  # the k-hat of every refit is returned, not warned about
+        warnings.simplefilter("ignore", ParetoKWarning)
+        fit = model.fit(rest, n_draws=n_draws, seed=seed, psis=n_draws >= 10, refine=False)
+    reliable = fit.psis is not None and float(fit.psis.pareto_k) <= float(fit.psis.khat_threshold)
+    log_weights = fit.psis.log_weights if reliable else np.full(n_draws, -math.log(n_draws))
+    return fit.raw, LogoRefit(fit.raw.global_draws, log_weights, fit.pareto_k)
+
+
 def _factor_logo(model: FormulaNPE, data: Any, index: int, n_draws: int, n_local: int, base: int) -> LogoResult:
     """Leave-one-level-out of the non-primary grouping factor `model.model.crossed[index]` (see the module doc)."""
     factor = model.model.crossed[index]
@@ -126,14 +131,8 @@ def _factor_logo(model: FormulaNPE, data: Any, index: int, n_draws: int, n_local
     raws: dict[int, PosteriorDraws] = {}
 
     def refit(i: int) -> LogoRefit:
-        rest = data.loc[~held_rows[i]].reset_index(drop=True)
-        with warnings.catch_warnings():  # the k-hat of every refit is returned, not warned about
-            warnings.simplefilter("ignore", ParetoKWarning)
-            fit = model.fit(rest, n_draws=n_draws, seed=base + i, psis=n_draws >= 10, refine=False)
-        raws[i] = fit.raw
-        reliable = fit.psis is not None and float(fit.psis.pareto_k) <= float(fit.psis.khat_threshold)
-        log_weights = fit.psis.log_weights if reliable else np.full(n_draws, -math.log(n_draws))
-        return LogoRefit(fit.raw.global_draws, log_weights, fit.pareto_k)
+        raws[i], out = _refit(model, data.loc[~held_rows[i]].reset_index(drop=True), n_draws, base + i)
+        return out
 
     def new_level(i: int, global_draws: np.ndarray, m: int) -> tuple[torch.Tensor, np.ndarray]:
         """r_f[k] from its prior given each global draw: M per draw (the proposal is the prior: no correction)."""

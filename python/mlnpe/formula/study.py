@@ -179,26 +179,25 @@ def _frames_of(data: Any, dataset: str) -> Iterator[tuple[Any, Any]]:
         raise DataError(f"the Parquet file {str(path)!r} has no column {dataset!r} naming each row's dataset; its "
                         f"columns: {source.schema_arrow.names}. Pass `dataset=` the column that does.")  # fmt: skip
     seen: set[Any] = set()
+
+    def first(key: Any) -> Any:
+        if key in seen:
+            raise DataError(f"the rows of dataset {key!r} in {str(path)!r} are not contiguous: sort the file by "
+                            f"{dataset!r} (each dataset's rows together) and rerun.")  # fmt: skip
+        seen.add(key)
+        return key
+
     pending = None
     for record_batch in source.iter_batches(batch_size=1 << 16):
         frame = record_batch.to_pandas()
         frame = frame if pending is None else pd.concat([pending, frame], ignore_index=True)
         ids = frame[dataset].to_numpy()
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        for a, b in zip(starts[:-1], starts[1:]):
-            key = ids[a]
-            if key in seen:
-                raise DataError(f"the rows of dataset {key!r} in {str(path)!r} are not contiguous: sort the file by "
-                                f"{dataset!r} (each dataset's rows together) and rerun.")  # fmt: skip
-            seen.add(key)
-            yield key, frame.iloc[a:b]
+        for a, b in zip(starts[:-1], starts[1:]):  # the last run may go on in the next batch
+            yield first(ids[a]), frame.iloc[a:b]
         pending = frame.iloc[starts[-1]:]
     if pending is not None and len(pending):
-        key = pending[dataset].iloc[0]
-        if key in seen:
-            raise DataError(f"the rows of dataset {key!r} in {str(path)!r} are not contiguous: sort the file by "
-                            f"{dataset!r} and rerun.")  # fmt: skip
-        yield key, pending
+        yield first(pending[dataset].iloc[0]), pending
 
 
 def formula_sample_many(

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from .policy import KHAT_REFINE
 from .psis import psis
 
-__all__ = ["Certificate", "observed_khat"]
+__all__ = ["Certificate", "observed_khat", "ratio_khat"]
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -41,7 +41,12 @@ def observed_khat(npe: Any, batch: Any, n_draws: int = 1000, seed: int = 0) -> f
         g, l, lq_g, lq_l = est.draw(int(n_draws), batch.to(_device(est)), generator)
         g, l, lq = g.cpu(), l.cpu(), (lq_g + lq_l.sum(-1)).cpu()
         log_ratio = (log_joint(npe.model, batch, g, l).double() - lq.double())[:, 0]
-    log_ratio = log_ratio.numpy()
+    return ratio_khat(log_ratio.numpy())
+
+
+def ratio_khat(log_ratio: np.ndarray) -> float:
+    """The PSIS k-hat of one set of log ratios log p(theta, y) - log q(theta | y) (S,): NaN and +inf ratios (a draw
+    outside the model's support) count as weight zero; inf when no ratio is finite."""
     if not np.isfinite(log_ratio).any():
         return math.inf
     log_ratio = np.where(np.isnan(log_ratio) | (log_ratio == np.inf), -np.inf, log_ratio)
